@@ -1,0 +1,33 @@
+# Both targets bootstrap .venv from nothing, so a fresh clone needs only `make run` / `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test venv lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q --upgrade "pip>=23"
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# API + one worker on SQLite under ./var, dashboard on http://$(HOST):$(PORT)/
+run: $(STAMP)
+	$(BIN)/thresher up --host $(HOST) --port $(PORT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check core store service workers cli migrations tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/magnitude_search.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,135 @@
+"""`thresher`: migrate, serve, worker, up, zoo train.
+
+Heavy imports stay inside the subcommands: `serve` must never load torch, and `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from core.errors import SchemaBehind
+from core.settings import Settings
+
+
+def _migrate(args: argparse.Namespace, cfg: Settings) -> int:
+    from store.db import upgrade
+
+    upgrade(cfg.database_url)
+    print(f"database {_safe_url(cfg.database_url)} is at the latest schema")
+    return 0
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _serve(args: argparse.Namespace, cfg: Settings) -> int:
+    import uvicorn
+
+    from service.app import create_app
+
+    app = create_app(cfg)
+    print(f"Thresher API on http://{args.host}:{args.port}/  (docs: /docs)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _worker(args: argparse.Namespace, cfg: Settings) -> int:
+    from workers.loop import Worker
+
+    worker = Worker(cfg, name=args.name)
+    worker.install_signal_handlers()
+    worker.serve(exit_when_idle=args.exit_when_idle, max_jobs=args.max_jobs)
+    return 0
+
+
+def _up(args: argparse.Namespace, cfg: Settings) -> int:
+    """API + one worker process on the same database; migrates first (the zero-setup default)."""
+    from store.db import upgrade
+
+    upgrade(cfg.database_url)
+    env = dict(os.environ, THRESHER_DATABASE_URL=cfg.database_url)
+    worker = subprocess.Popen([sys.executable, "-m", "cli.main", "worker"], env=env)
+    try:
+        return _serve(args, cfg)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
+def _zoo_train(args: argparse.Namespace, cfg: Settings) -> int:
+    from workers import device as devices
+    from workers.training import train_builtin
+
+    dev = devices.pick(args.device or cfg.device)
+    print(f"training {args.architecture} on {args.dataset} ({devices.describe(dev)}), "
+          f"{args.epochs} epochs …", flush=True)
+    result = train_builtin(args.architecture, args.dataset, cfg.datasets_dir, epochs=args.epochs,
+                           seed=args.seed, device=dev, out=Path(args.out))
+    print(f"wrote {args.out}: validation accuracy {result.val_accuracy:.4f}, "
+          f"test accuracy {result.test_accuracy:.4f}")
+    return 0
+
+
+DEFAULT_EPOCHS = {"lenet-300-100": 12, "lenet-5": 12}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="thresher", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("migrate", help="upgrade the database schema to the latest revision")
+
+    for name, helptext in (("serve", "run the API alone"),
+                           ("up", "run the API and one worker (SQLite under ./var by default)")):
+        sp = sub.add_parser(name, help=helptext)
+        sp.add_argument("--host", default="127.0.0.1")
+        sp.add_argument("--port", type=int, default=8000)
+
+    wp = sub.add_parser("worker", help="run one worker")
+    wp.add_argument("--name", help="worker name (default: host-pid)")
+    wp.add_argument("--exit-when-idle", action="store_true", help="exit once the queue is empty")
+    wp.add_argument("--max-jobs", type=int, help="exit after this many jobs")
+
+    zp = sub.add_parser("zoo", help="built-in architectures")
+    zsub = zp.add_subparsers(dest="zoo_command", required=True)
+    tp = zsub.add_parser("train", help="train a reference model on a built-in dataset")
+    tp.add_argument("architecture", help="lenet-300-100 or lenet-5")
+    tp.add_argument("--dataset", default="mnist")
+    tp.add_argument("--out", required=True, help="output .safetensors file")
+    tp.add_argument("--epochs", type=int)
+    tp.add_argument("--seed", type=int, default=0)
+    tp.add_argument("--device", help="cpu, cuda, … (default: THRESHER_DEVICE or auto)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=os.environ.get("THRESHER_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = Settings()
+    handlers = {"migrate": _migrate, "serve": _serve, "worker": _worker, "up": _up}
+    try:
+        if args.command == "zoo":
+            if args.epochs is None:
+                args.epochs = DEFAULT_EPOCHS.get(args.architecture, 10)
+            return _zoo_train(args, cfg)
+        return handlers[args.command](args, cfg)
+    except SchemaBehind as exc:
+        print(f"thresher: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

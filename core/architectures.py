@@ -1,0 +1,106 @@
+"""Architecture descriptions: the tensors a model must have, as pure data.
+
+The API validates uploaded weights against these tables without importing torch; workers build the
+torch module through `builder`, an import path resolved only in the worker process. Operators add
+architectures as Python entry points in the group ``thresher.architectures`` whose object is an
+`Architecture` (its module must not import torch at import time).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib.metadata import entry_points
+from math import prod
+
+ENTRY_POINT_GROUP = "thresher.architectures"
+PRUNABLE_KINDS = frozenset({"linear", "conv1d", "conv2d", "conv3d"})
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    shape: tuple[int, ...]
+    kind: str  # linear | conv1d | conv2d | conv3d | bias | other
+
+    @property
+    def numel(self) -> int:
+        return prod(self.shape)
+
+    @property
+    def prunable(self) -> bool:
+        return self.kind in PRUNABLE_KINDS
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    description: str
+    input_shape: tuple[int, ...]  # one sample, e.g. (1, 28, 28)
+    num_classes: int
+    tensors: tuple[Tensor, ...]
+    builder: str  # "module:callable" returning a torch.nn.Module with exactly these tensors
+    config: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def total_parameters(self) -> int:
+        return sum(t.numel for t in self.tensors)
+
+    @property
+    def prunable(self) -> tuple[Tensor, ...]:
+        return tuple(t for t in self.tensors if t.prunable)
+
+    def tensor(self, name: str) -> Tensor:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "architecture": self.name,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "layers": [
+                {"name": t.name, "kind": t.kind, "shape": list(t.shape), "parameters": t.numel,
+                 "prunable": t.prunable}
+                for t in self.tensors
+            ],
+            "total_parameters": self.total_parameters,
+            "prunable_parameters": sum(t.numel for t in self.prunable),
+        }
+
+
+@lru_cache(maxsize=1)
+def registry() -> dict[str, Architecture]:
+    """Built-ins first, then installed entry points (a name clash keeps the built-in)."""
+    from core import zoo
+
+    found: dict[str, Architecture] = {a.name: a for a in zoo.BUILTINS}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in found:
+            continue
+        try:
+            obj = ep.load()
+        except Exception:  # an operator's broken plugin must not take the service down
+            log.exception("architecture entry point %s failed to load", ep.name)
+            continue
+        if not isinstance(obj, Architecture) or obj.name != ep.name:
+            log.error("entry point %s is not an Architecture named %s; ignored", ep.value, ep.name)
+            continue
+        found[obj.name] = obj
+    return found
+
+
+def get_architecture(name: str) -> Architecture:
+    from core.errors import InvalidInput
+
+    reg = registry()
+    if name not in reg:
+        raise InvalidInput(
+            f"unknown architecture {name!r}; choose one of {sorted(reg)}", field="architecture"
+        )
+    return reg[name]

@@ -1,0 +1,28 @@
+"""How a candidate is scored: compression ratios and the penalized objective."""
+
+from __future__ import annotations
+
+import math
+
+
+def compression_ratio(total: int, nonzero: int) -> float:
+    """All parameters / non-zero parameters (DESIGN §5); an all-zero model counts as one weight."""
+    return total / max(nonzero, 1)
+
+
+def objective(nonzero: int, total: int, accuracy_drop: float, max_drop: float) -> float:
+    """Value the optimizers minimize.
+
+    Feasible candidates score log10(kept fraction), which lies in [-inf, 0]. Infeasible ones score
+    above every feasible one (1 + 100 × violation) so the constraint is never traded for size, yet
+    the violation stays graded and the optimizer can walk back toward feasibility.
+    """
+    kept = math.log10(max(nonzero, 1) / total)
+    violation = accuracy_drop - max_drop
+    if violation <= 0:
+        return kept
+    return 1.0 + 100.0 * violation
+
+
+def is_feasible(accuracy_drop: float, max_drop: float) -> bool:
+    return accuracy_drop <= max_drop

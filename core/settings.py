@@ -1,0 +1,43 @@
+"""Settings from the environment (prefix THRESHER_), built once per entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _default_datasets_dir() -> Path:
+    # The project's data lives beside the checkout in ../shared (never inside the repository).
+    for candidate in (Path.cwd() / ".." / "shared" / "datasets", _REPO_ROOT.parent / "shared" / "datasets"):
+        if candidate.is_dir():
+            return candidate.resolve()
+    return (Path.cwd() / "datasets").resolve()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="THRESHER_", extra="ignore")
+
+    database_url: str = "sqlite:///./var/thresher.db"
+    datasets_dir: Path = _default_datasets_dir()
+    # Local cache of blobs by sha256, so a worker fetches a model or dataset once.
+    cache_dir: Path = Path("./var/cache")
+
+    # API limits
+    max_upload_bytes: int = 512 * 1024 * 1024
+    max_classes: int = 10_000
+    max_trials: int = 100_000
+
+    # Queue: a claim is a lease renewed by heartbeats; see DESIGN.md §4.
+    lease_seconds: float = 60.0
+    heartbeat_seconds: float = 10.0
+    poll_seconds: float = 1.0
+    max_attempts: int = 3
+    retry_backoff_seconds: float = 10.0
+    retry_backoff_max_seconds: float = 300.0
+
+    # Worker
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    worker_name: str | None = None

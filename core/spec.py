@@ -1,0 +1,85 @@
+"""The job spec: what a user asks for, validated once, stored as JSON with the job."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from core.optimizers import METHODS, OPTIMIZERS
+
+MAX_TRIALS = 100_000
+
+
+class Budget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    trials: int = Field(description="number of candidates to score (≥ 1)")
+
+    @field_validator("trials")
+    @classmethod
+    def _trials(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"budget.trials must be at least 1, got {v}")
+        if v > MAX_TRIALS:
+            raise ValueError(f"budget.trials must be at most {MAX_TRIALS}, got {v}")
+        return v
+
+
+class SearchOptions(BaseModel):
+    """Knobs of the per-layer threshold search; the defaults suit LeNet-sized models."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_keep_ratio: float = Field(
+        1e-4, gt=0, lt=1, description="lower bound of each layer's keep ratio (searched in log10)"
+    )
+    population: int = Field(
+        8, ge=1, le=1024, description="candidates asked and scored together, written in one transaction"
+    )
+    validation_subset: int | None = Field(
+        None, ge=100,
+        description="score candidates on this many validation samples (seeded); the best are "
+        "re-scored on the full validation split before one is reported",
+    )
+    rescore_top: int = Field(8, ge=1, le=256, description="feasible candidates re-scored in full")
+    calibrate: bool = Field(
+        True,
+        description="spend a few trials on a uniform keep-ratio bisection and start the optimizer "
+        "from the best uniform point",
+    )
+    prune_biases: bool = Field(False, description="also prune bias vectors")
+
+
+class JobSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_id: str
+    dataset_id: str
+    method: str = "magnitude"
+    optimizer: str = "nevergrad:NGOpt"
+    max_accuracy_drop: float = Field(
+        description="largest allowed absolute drop of validation accuracy (0.005 = half a point)"
+    )
+    budget: Budget
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    search: SearchOptions = SearchOptions()
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        if v not in METHODS:
+            raise ValueError(f"unknown method {v!r}; choose one of {list(METHODS)}")
+        return v
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer(cls, v: str) -> str:
+        if v not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {v!r}; choose one of {list(OPTIMIZERS)}")
+        return v
+
+    @field_validator("max_accuracy_drop")
+    @classmethod
+    def _delta(cls, v: float) -> float:
+        if not (0.0 <= v < 1.0):
+            raise ValueError(f"max_accuracy_drop must be in [0, 1), got {v}")
+        return v

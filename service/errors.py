@@ -1,0 +1,57 @@
+"""Every error leaves the API as JSON {"error", "detail"} with a 4xx that names the problem."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core.errors import DatasetUnavailable, InvalidInput
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail = status, error, detail
+
+
+def not_found(kind: str, ident: str) -> ApiError:
+    return ApiError(404, "not_found", f"{kind} {ident!r} not found")
+
+
+def _body(error: str, detail: str) -> dict[str, str]:
+    return {"error": error, "detail": detail}
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts) or "invalid request"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(_body(exc.error, exc.detail), status_code=exc.status)
+
+    @app.exception_handler(InvalidInput)
+    async def _invalid(_: Request, exc: InvalidInput) -> JSONResponse:
+        return JSONResponse(_body("invalid_input", exc.detail), status_code=422)
+
+    @app.exception_handler(DatasetUnavailable)
+    async def _dataset(_: Request, exc: DatasetUnavailable) -> JSONResponse:
+        return JSONResponse(_body("dataset_unavailable", str(exc)), status_code=503)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(_body("invalid_input", _validation_detail(exc)), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+            exc.status_code, "http_error")
+        return JSONResponse(_body(error, str(exc.detail)), status_code=exc.status_code)

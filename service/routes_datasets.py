@@ -1,0 +1,115 @@
+"""POST/GET /v1/datasets: a multipart upload (.safetensors / .npz) or a built-in by name."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.datastructures import UploadFile
+
+from core.settings import Settings
+from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION
+from service.deps import db, session_factory, settings
+from service.errors import ApiError, not_found
+from service.routes_models import read_upload
+from service.uploads import builtin_summary, parse_dataset
+from service.views import dataset_doc
+from store import blobs, records
+from store.db import transaction
+from store.models import Dataset
+
+router = APIRouter(prefix="/v1", tags=["datasets"])
+
+
+class DatasetOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    builtin: str | None = None
+    name: str | None = Field(None, max_length=200)
+    validation_fraction: float = Field(DEFAULT_VALIDATION_FRACTION, gt=0, lt=1)
+    split_seed: int = Field(DEFAULT_SPLIT_SEED, ge=0, le=2**31 - 1)
+
+
+def _options(raw: dict[str, Any]) -> DatasetOptions:
+    try:
+        return DatasetOptions.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise ApiError(422, "invalid_input", f"{loc}: {err['msg']}") from None
+
+
+_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": {
+                "type": "object", "required": ["file"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary",
+                             "description": ".safetensors or .npz with x_train, y_train, x_test, "
+                                            "y_test and optional x_val, y_val"},
+                    "name": {"type": "string"},
+                    "validation_fraction": {"type": "number"},
+                    "split_seed": {"type": "integer"},
+                }}},
+            "application/json": {"schema": {
+                "type": "object", "required": ["builtin"],
+                "properties": {"builtin": {"type": "string", "enum": ["mnist"]},
+                               "name": {"type": "string"},
+                               "validation_fraction": {"type": "number"},
+                               "split_seed": {"type": "integer"}}}},
+        },
+    }
+}
+
+
+@router.post("/datasets", status_code=201, openapi_extra=_OPENAPI)
+async def create_dataset(request: Request, cfg: Settings = Depends(settings),
+                         sessions: sessionmaker[Session] = Depends(session_factory)) -> dict[str, Any]:
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=10)
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(422, "invalid_input", "file: a multipart file field named 'file' is required")
+        opts = _options({k: v for k, v in form.items() if k != "file"})
+        data = await read_upload(upload, "file", cfg.max_upload_bytes)
+        parsed = parse_dataset(data, max_bytes=cfg.max_upload_bytes, max_classes=cfg.max_classes,
+                               validation_fraction=opts.validation_fraction,
+                               split_seed=opts.split_seed)
+        with transaction(sessions) as session:  # the write lock only after validation
+            sha = blobs.put(session, parsed.canonical)
+            row = records.add_dataset(session, summary=parsed.summary, builtin=None,
+                                      blob_sha256=sha, name=opts.name)
+            return dataset_doc(row)
+    if ctype.startswith("application/json"):
+        try:
+            raw = json.loads(await request.body())
+        except json.JSONDecodeError as exc:
+            raise ApiError(422, "invalid_input", f"body is not valid JSON ({exc})") from None
+        if not isinstance(raw, dict):
+            raise ApiError(422, "invalid_input", "body must be a JSON object")
+        opts = _options(raw)
+        if opts.builtin is None:
+            raise ApiError(422, "invalid_input", "builtin: name a built-in dataset (e.g. 'mnist') "
+                                                 "or upload a file as multipart/form-data")
+        summary = builtin_summary(opts.builtin, cfg.datasets_dir, opts.validation_fraction,
+                                  opts.split_seed)
+        with transaction(sessions) as session:
+            row = records.add_dataset(session, summary=summary, builtin=opts.builtin,
+                                      blob_sha256=None, name=opts.name or opts.builtin)
+            return dataset_doc(row)
+    raise ApiError(415, "unsupported_media_type",
+                   "send multipart/form-data with a 'file', or JSON {\"builtin\": \"mnist\"}")
+
+
+@router.get("/datasets/{dataset_id}")
+def get_dataset(dataset_id: str, session: Session = Depends(db)) -> dict[str, Any]:
+    row = session.get(Dataset, dataset_id)
+    if row is None:
+        raise not_found("dataset", dataset_id)
+    return dataset_doc(row)

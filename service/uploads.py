@@ -1,0 +1,199 @@
+"""Validating uploaded weights and datasets with numpy (no torch, never pickle)."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import dataclass
+from math import prod
+from typing import Any
+
+import numpy as np
+import safetensors.numpy
+
+from core import mnist
+from core.architectures import Architecture
+from core.errors import InvalidInput
+from core.safetensors_header import read_header
+from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION
+
+REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
+OPTIONAL_KEYS = ("x_val", "y_val")
+MAX_NPZ_EXPANSION = 4  # an npz may expand to this many times the upload limit, no more
+
+
+def validate_weights(data: bytes, arch: Architecture) -> None:
+    """Weights must hold exactly the architecture's tensors, float32, finite."""
+    header, _ = read_header(data, "weights")
+    expected = {t.name: t for t in arch.tensors}
+    missing = sorted(set(expected) - set(header))
+    extra = sorted(set(header) - set(expected))
+    if missing:
+        raise InvalidInput(f"weights lack tensor {missing[0]!r} of {arch.name} "
+                           f"(missing: {missing})", field="weights")
+    if extra:
+        raise InvalidInput(f"weights hold tensor {extra[0]!r}, which {arch.name} does not have "
+                           f"(unexpected: {extra})", field="weights")
+    for name, t in expected.items():
+        info = header[name]
+        if info.shape != t.shape:
+            raise InvalidInput(f"weights tensor {name!r} has shape {list(info.shape)}, "
+                               f"{arch.name} needs {list(t.shape)}", field="weights")
+        if info.dtype != "F32":
+            raise InvalidInput(f"weights tensor {name!r} has dtype {info.dtype}, "
+                               "float32 (F32) is required", field="weights")
+    try:
+        tensors = safetensors.numpy.load(data)
+    except Exception as exc:  # the library checks offsets and sizes against the header
+        raise InvalidInput(f"weights: corrupt safetensors data ({exc})", field="weights") from None
+    for name in expected:
+        if not np.isfinite(tensors[name]).all():
+            raise InvalidInput(f"weights tensor {name!r} holds NaN or infinite values", field="weights")
+
+
+@dataclass(frozen=True)
+class ParsedDataset:
+    canonical: bytes  # safetensors: x_* float32, y_* int64
+    summary: dict[str, Any]
+
+
+def _load_arrays(data: bytes, max_bytes: int) -> dict[str, np.ndarray]:
+    if data[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                expanded = sum(i.file_size for i in zf.infolist())
+        except zipfile.BadZipFile:
+            raise InvalidInput("file is not a valid .npz archive", field="file") from None
+        if expanded > MAX_NPZ_EXPANSION * max_bytes:
+            raise InvalidInput(f"file expands to {expanded} bytes, more than the limit "
+                               f"{MAX_NPZ_EXPANSION * max_bytes}", field="file")
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                return {k: npz[k] for k in npz.files}
+        except ValueError as exc:
+            # numpy raises this for object arrays, which would need pickle.
+            raise InvalidInput(f"file: .npz arrays must be numeric, not pickled objects ({exc})",
+                               field="file") from None
+        except Exception as exc:
+            raise InvalidInput(f"file is not a readable .npz archive ({exc})", field="file") from None
+    header, _ = read_header(data, "file")
+    for name, info in header.items():
+        if info.dtype in ("BF16", "F8_E4M3", "F8_E5M2"):
+            raise InvalidInput(f"file: array {name!r} has dtype {info.dtype}; use float32",
+                               field="file")
+    try:
+        return dict(safetensors.numpy.load(data))
+    except Exception as exc:
+        raise InvalidInput(f"file: corrupt safetensors data ({exc})", field="file") from None
+
+
+def parse_dataset(data: bytes, *, max_bytes: int, max_classes: int,
+                  validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
+                  split_seed: int = DEFAULT_SPLIT_SEED) -> ParsedDataset:
+    arrays = _load_arrays(data, max_bytes)
+    missing = [k for k in REQUIRED_KEYS if k not in arrays]
+    if missing:
+        raise InvalidInput(f"file lacks array {missing[0]!r} (needs {list(REQUIRED_KEYS)}, "
+                           f"optional {list(OPTIONAL_KEYS)})", field="file")
+    unknown = sorted(set(arrays) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
+    if unknown:
+        raise InvalidInput(f"file holds unknown array {unknown[0]!r}", field="file")
+    if ("x_val" in arrays) != ("y_val" in arrays):
+        raise InvalidInput("file must hold both x_val and y_val, or neither", field="file")
+    splits = ["train", "test"] + (["val"] if "x_val" in arrays else [])
+
+    out: dict[str, np.ndarray] = {}
+    sample_shape: tuple[int, ...] | None = None
+    top_label = -1
+    for split in splits:
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.dtype.kind not in "fiu":
+            raise InvalidInput(f"x_{split} has dtype {x.dtype}; a real numeric dtype is required",
+                               field="file")
+        if y.dtype.kind not in "iu":
+            raise InvalidInput(f"y_{split} has dtype {y.dtype}; integer class labels are required",
+                               field="file")
+        if x.ndim < 2:
+            raise InvalidInput(f"x_{split} must be (N, ...) with one sample per row, got shape "
+                               f"{list(x.shape)}", field="file")
+        if y.ndim != 1:
+            raise InvalidInput(f"y_{split} must be one-dimensional, got shape {list(y.shape)}",
+                               field="file")
+        if x.shape[0] == 0:
+            raise InvalidInput(f"x_{split} is empty", field="file")
+        if x.shape[0] != y.shape[0]:
+            raise InvalidInput(f"x_{split} has {x.shape[0]} samples but y_{split} has {y.shape[0]} "
+                               "labels", field="file")
+        if sample_shape is None:
+            sample_shape = tuple(x.shape[1:])
+        elif tuple(x.shape[1:]) != sample_shape:
+            raise InvalidInput(f"x_{split} samples have shape {list(x.shape[1:])}, x_train's have "
+                               f"{list(sample_shape)}", field="file")
+        xf = np.ascontiguousarray(x, dtype=np.float32)
+        if not np.isfinite(xf).all():
+            raise InvalidInput(f"x_{split} holds NaN or infinite values", field="file")
+        if int(y.min()) < 0:
+            raise InvalidInput(f"y_{split} holds a negative label ({int(y.min())})", field="file")
+        top_label = max(top_label, int(y.max()))
+        out[f"x_{split}"], out[f"y_{split}"] = xf, np.ascontiguousarray(y, dtype=np.int64)
+
+    classes = top_label + 1
+    if classes > max_classes:
+        raise InvalidInput(f"labels go up to {top_label}; at most {max_classes} classes are allowed",
+                           field="file")
+    if classes < 2:
+        raise InvalidInput("labels hold a single class; at least 2 are needed", field="file")
+    assert sample_shape is not None
+    n_train = int(out["y_train"].shape[0])
+    if "y_val" in out:
+        split_sizes = {"train": n_train, "validation": int(out["y_val"].shape[0])}
+        validation: dict[str, Any] = {"source": "given"}
+    else:
+        n_val = int(round(n_train * validation_fraction))
+        if n_val < 1 or n_val >= n_train:
+            raise InvalidInput(f"validation_fraction {validation_fraction} of {n_train} training "
+                               "samples leaves no validation or no training sample", field="file")
+        split_sizes = {"train": n_train - n_val, "validation": n_val}
+        validation = {"source": "seeded split of the training set",
+                      "fraction": validation_fraction, "seed": split_seed}
+    summary = {
+        "source": "upload",
+        "sample_shape": list(sample_shape),
+        "classes": classes,
+        "splits": {**split_sizes, "test": int(out["y_test"].shape[0])},
+        "validation": validation,
+        "dtype": "float32",
+        "preprocessing": "as uploaded, cast to float32",
+    }
+    return ParsedDataset(canonical=safetensors.numpy.save(out), summary=summary)
+
+
+def builtin_summary(name: str, datasets_dir: Any, validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
+                    split_seed: int = DEFAULT_SPLIT_SEED) -> dict[str, Any]:
+    if name != "mnist":
+        raise InvalidInput(f"unknown built-in dataset {name!r}; choose one of ['mnist']",
+                           field="builtin")
+    mnist.verify(datasets_dir)  # raises DatasetUnavailable
+    n_val = int(round(mnist.TRAIN_SIZE * validation_fraction))
+    return {
+        "source": "builtin:mnist",
+        "sample_shape": list(mnist.SAMPLE_SHAPE),
+        "classes": mnist.NUM_CLASSES,
+        "splits": {"train": mnist.TRAIN_SIZE - n_val, "validation": n_val, "test": mnist.TEST_SIZE},
+        "validation": {"source": "seeded split of the training set", "fraction": validation_fraction,
+                       "seed": split_seed},
+        "dtype": "float32",
+        "preprocessing": mnist.PREPROCESSING,
+    }
+
+
+def check_compatible(arch: Architecture, dataset_summary: dict[str, Any]) -> None:
+    """A job's model must accept the dataset's samples and cover its classes."""
+    sample = tuple(dataset_summary["sample_shape"])
+    flat_ok = bool(arch.config.get("flatten_input")) and prod(sample) == prod(arch.input_shape)
+    if sample != arch.input_shape and not flat_ok:
+        raise InvalidInput(f"dataset samples have shape {list(sample)}, {arch.name} expects "
+                           f"{list(arch.input_shape)}", field="dataset_id")
+    if dataset_summary["classes"] > arch.num_classes:
+        raise InvalidInput(f"dataset has {dataset_summary['classes']} classes, {arch.name} outputs "
+                           f"{arch.num_classes}", field="dataset_id")

@@ -1,0 +1,81 @@
+"""Rows → JSON documents the API returns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from store.models import Dataset, Job, Model, Trial, Worker
+
+
+def model_doc(m: Model) -> dict[str, Any]:
+    return {"id": m.id, "name": m.name, "weights_sha256": m.weights_sha256,
+            "created_at": m.created_at.isoformat(), **m.summary}
+
+
+def dataset_doc(d: Dataset) -> dict[str, Any]:
+    return {"id": d.id, "name": d.name, "builtin": d.builtin, "created_at": d.created_at.isoformat(),
+            **d.summary}
+
+
+def job_doc(j: Job) -> dict[str, Any]:
+    spec = j.spec
+    ref = j.reference or {}
+    return {
+        "id": j.id,
+        "status": j.status,
+        "model_id": j.model_id,
+        "dataset_id": j.dataset_id,
+        "method": spec["method"],
+        "optimizer": spec["optimizer"],
+        "max_accuracy_drop": spec["max_accuracy_drop"],
+        "seed": spec["seed"],
+        "spec": spec,
+        "progress": {
+            "trials_done": j.trials_done,
+            "trials_total": j.trials_total,
+            "fraction": j.trials_done / j.trials_total if j.trials_total else 0.0,
+            "stage": j.stage,
+        },
+        "reference": {
+            "val_accuracy": ref.get("val_accuracy"),
+            "test_accuracy": ref.get("test_accuracy"),
+            "total_parameters": ref.get("total_parameters"),
+        },
+        "best": j.best,
+        "test_accuracy": j.test_accuracy,
+        "error": j.error,
+        "attempt": j.attempt,
+        "worker": j.lease_owner if j.status == "running" else None,
+        "created_at": j.created_at.isoformat(),
+        "started_at": j.started_at.isoformat() if j.started_at else None,
+        "finished_at": j.finished_at.isoformat() if j.finished_at else None,
+        "updated_at": j.updated_at.isoformat(),
+    }
+
+
+def trial_doc(t: Trial) -> dict[str, Any]:
+    return {
+        "number": t.number,
+        "stage": t.stage,
+        "round": t.round,
+        "candidate": t.candidate,
+        "keep_ratios": t.keep_ratios,
+        "metrics": {
+            "val_accuracy": t.val_accuracy,
+            "accuracy_drop": t.accuracy_drop,
+            "scored_on": t.scored_on,
+            "nonzero": t.nonzero,
+            "total": t.total,
+            "compression_ratio": t.compression_ratio,
+            "weights_ratio": t.weights_ratio,
+            "objective": t.objective,
+        },
+        "feasible": t.feasible,
+        "error": t.error,
+        "duration_ms": t.duration_ms,
+    }
+
+
+def worker_doc(w: Worker) -> dict[str, Any]:
+    return {"name": w.name, "host": w.host, "pid": w.pid, "device": w.device,
+            "current_job_id": w.current_job_id, "last_seen": w.last_seen.isoformat()}

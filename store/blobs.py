@@ -1,0 +1,65 @@
+"""Content-addressed bytes, chunked so that large checkpoints and datasets stream."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from store.models import Blob, BlobChunk
+
+CHUNK_SIZE = 1024 * 1024
+
+
+def put(session: Session, data: bytes) -> str:
+    """Store `data` (idempotent) and return its sha256."""
+    sha = hashlib.sha256(data).hexdigest()
+    if session.get(Blob, sha) is not None:
+        return sha
+    session.add(Blob(sha256=sha, size=len(data), chunk_size=CHUNK_SIZE))
+    session.flush()
+    for idx, start in enumerate(range(0, max(len(data), 1), CHUNK_SIZE)):
+        session.add(BlobChunk(sha256=sha, idx=idx, data=data[start : start + CHUNK_SIZE]))
+        # Flush per chunk so the session never holds a large blob's chunks twice.
+        session.flush()
+    return sha
+
+
+def iter_chunks(session: Session, sha: str) -> Iterator[bytes]:
+    count = session.scalar(select(Blob.size).where(Blob.sha256 == sha))
+    if count is None:
+        raise KeyError(sha)
+    idx = 0
+    while True:
+        chunk = session.scalar(
+            select(BlobChunk.data).where(BlobChunk.sha256 == sha, BlobChunk.idx == idx)
+        )
+        if chunk is None:
+            return
+        yield chunk
+        idx += 1
+
+
+def read(session: Session, sha: str) -> bytes:
+    data = b"".join(iter_chunks(session, sha))
+    if hashlib.sha256(data).hexdigest() != sha:
+        raise ValueError(f"blob {sha} is corrupt")
+    return data
+
+
+def read_cached(session: Session, sha: str, cache_dir: Path) -> bytes:
+    """Read through a local cache keyed by sha256 (a worker fetches a blob once per machine)."""
+    path = cache_dir / sha[:2] / sha
+    if path.is_file():
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() == sha:
+            return data
+    data = read(session, sha)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return data

@@ -1,0 +1,163 @@
+"""Tables. Timestamps are UTC computed in Python; SQLite's naive datetimes come back as UTC."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use store.models.utcnow()")
+        if value is not None and dialect.name == "sqlite":
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: UTCDateTime}
+
+
+class Blob(Base):
+    __tablename__ = "blob"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    chunk_size: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BlobChunk(Base):
+    __tablename__ = "blob_chunk"
+
+    sha256: Mapped[str] = mapped_column(
+        String(64), ForeignKey("blob.sha256", ondelete="CASCADE"), primary_key=True
+    )
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Model(Base):
+    __tablename__ = "model"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    architecture: Mapped[str] = mapped_column(String(100))
+    weights_sha256: Mapped[str] = mapped_column(String(64), ForeignKey("blob.sha256"))
+    summary: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Dataset(Base):
+    __tablename__ = "dataset"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    builtin: Mapped[str | None] = mapped_column(String(50))
+    blob_sha256: Mapped[str | None] = mapped_column(String(64), ForeignKey("blob.sha256"))
+    summary: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "job"
+    __table_args__ = (Index("ix_job_status_created", "status", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    model_id: Mapped[str] = mapped_column(String(36), ForeignKey("model.id"))
+    dataset_id: Mapped[str] = mapped_column(String(36), ForeignKey("dataset.id"))
+    spec: Mapped[dict[str, Any]]
+    # queued → running → succeeded | failed | cancelled
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    trials_done: Mapped[int] = mapped_column(Integer, default=0)
+    trials_total: Mapped[int] = mapped_column(Integer)
+    stage: Mapped[str | None] = mapped_column(String(40))
+    reference: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    best: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    test_accuracy: Mapped[float | None] = mapped_column(Float)
+    checkpoint_sha256: Mapped[str | None] = mapped_column(String(64), ForeignKey("blob.sha256"))
+    error: Mapped[str | None] = mapped_column(Text)
+    # lease and fencing (DESIGN §4)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None]
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    not_before: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Trial(Base):
+    __tablename__ = "trial"
+    # A retried worker can never write a trial twice.
+    __table_args__ = (UniqueConstraint("job_id", "number", name="uq_trial_job_number"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("job.id", ondelete="CASCADE"), index=True
+    )
+    number: Mapped[int] = mapped_column(Integer)
+    stage: Mapped[str] = mapped_column(String(40))
+    round: Mapped[int] = mapped_column(Integer, default=0)
+    candidate: Mapped[list[Any]]
+    keep_ratios: Mapped[dict[str, Any]]
+    val_accuracy: Mapped[float | None] = mapped_column(Float)
+    accuracy_drop: Mapped[float | None] = mapped_column(Float)
+    scored_on: Mapped[int] = mapped_column(Integer)  # validation samples the score used
+    nonzero: Mapped[int | None] = mapped_column(BigInteger)
+    total: Mapped[int] = mapped_column(BigInteger)
+    compression_ratio: Mapped[float | None] = mapped_column(Float)
+    weights_ratio: Mapped[float | None] = mapped_column(Float)
+    objective: Mapped[float | None] = mapped_column(Float)
+    feasible: Mapped[bool] = mapped_column(Boolean)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Worker(Base):
+    __tablename__ = "worker"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(100))
+    current_job_id: Mapped[str | None] = mapped_column(String(36))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,102 @@
+"""Reading and writing models, datasets, jobs and trials. Callers own the transaction."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
+
+from store.models import Dataset, Job, Model, Trial, Worker, utcnow
+from store.queue import Lease, update_job
+
+LOCAL_OWNER = "local"
+FINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def add_model(session: Session, *, architecture: str, weights_sha256: str, summary: dict[str, Any],
+              name: str | None, owner: str = LOCAL_OWNER) -> Model:
+    row = Model(id=new_id(), owner=owner, name=name, architecture=architecture,
+                weights_sha256=weights_sha256, summary=summary, created_at=utcnow())
+    session.add(row)
+    session.flush()
+    return row
+
+
+def add_dataset(session: Session, *, summary: dict[str, Any], builtin: str | None,
+                blob_sha256: str | None, name: str | None, owner: str = LOCAL_OWNER) -> Dataset:
+    row = Dataset(id=new_id(), owner=owner, name=name, builtin=builtin, blob_sha256=blob_sha256,
+                  summary=summary, created_at=utcnow())
+    session.add(row)
+    session.flush()
+    return row
+
+
+def add_job(session: Session, *, model_id: str, dataset_id: str, spec: dict[str, Any],
+            trials_total: int, owner: str = LOCAL_OWNER) -> Job:
+    now = utcnow()
+    row = Job(id=new_id(), owner=owner, model_id=model_id, dataset_id=dataset_id, spec=spec,
+              status="queued", trials_done=0, trials_total=trials_total, attempt=0, failures=0,
+              created_at=now, updated_at=now)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def list_jobs(session: Session, *, offset: int, limit: int, status: str | None = None) -> tuple[list[Job], int]:
+    query = select(Job)
+    count = select(func.count()).select_from(Job)
+    if status is not None:
+        query = query.where(Job.status == status)
+        count = count.where(Job.status == status)
+    rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id).offset(offset).limit(limit))
+    return list(rows), int(session.scalar(count) or 0)
+
+
+def cancel_job(session: Session, job_id: str) -> Job | None:
+    """Cancel a queued or running job; the running worker's fenced writes then match nothing and it
+    stops at its next write or heartbeat. Returns None when the job is already final."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(("queued", "running")))
+        .values(status="cancelled", finished_at=now, updated_at=now, lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def list_trials(session: Session, job_id: str, *, offset: int, limit: int) -> tuple[list[Trial], int]:
+    rows = session.scalars(
+        select(Trial).where(Trial.job_id == job_id).order_by(Trial.number).offset(offset).limit(limit)
+    )
+    total = session.scalar(select(func.count()).select_from(Trial).where(Trial.job_id == job_id))
+    return list(rows), int(total or 0)
+
+
+def all_trials(session: Session, job_id: str) -> list[Trial]:
+    return list(session.scalars(select(Trial).where(Trial.job_id == job_id).order_by(Trial.number)))
+
+
+def write_trials(session: Session, lease: Lease, trials: Sequence[dict[str, Any]],
+                 **job_values: Any) -> None:
+    """Write a population's trials and the job's progress in one fenced transaction.
+
+    The fenced job UPDATE comes first: it raises LeaseLost before any trial row is inserted when the
+    job is no longer ours, and it holds the job's row lock while the trials go in."""
+    update_job(session, lease, **job_values)
+    if trials:
+        now = utcnow()
+        session.execute(insert(Trial), [{"job_id": lease.job_id, "created_at": now, **t} for t in trials])
+
+
+def list_workers(session: Session) -> list[Worker]:
+    return list(session.scalars(select(Worker).order_by(Worker.last_seen.desc())))

@@ -1,0 +1,26 @@
+"""The downloadable result: dense safetensors with exact zeros and a JSON manifest in its metadata."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import safetensors.torch
+import torch
+
+MANIFEST_KEY = "thresher"
+FORMAT = "thresher-checkpoint/1"
+
+
+def build(params: dict[str, torch.Tensor], manifest: dict[str, Any]) -> bytes:
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in params.items()}
+    return safetensors.torch.save(tensors, metadata={MANIFEST_KEY: json.dumps({"format": FORMAT, **manifest})})
+
+
+def read_manifest(data: bytes) -> dict[str, Any]:
+    """The manifest of a checkpoint (header only; no tensor is loaded)."""
+    from core.safetensors_header import read_header
+
+    _, metadata = read_header(data, "checkpoint")
+    result: dict[str, Any] = json.loads(metadata[MANIFEST_KEY])
+    return result

@@ -1,0 +1,71 @@
+"""Per-layer magnitude masks: keep ratios → exact masks, and non-zero counting.
+
+Magnitudes are sorted once per layer, so turning a keep ratio into a threshold is an index lookup,
+not a new sort per trial.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from core.architectures import Architecture
+
+
+@dataclass(frozen=True)
+class PrunedModel:
+    params: dict[str, torch.Tensor]  # every tensor of the model, pruned ones with exact zeros
+    kept: dict[str, int]  # non-zero count per searched tensor
+    nonzero: int  # non-zero parameters of the whole model
+    total: int
+
+    def keep_ratios(self, sizes: dict[str, int]) -> dict[str, float]:
+        return {name: self.kept[name] / sizes[name] for name in self.kept}
+
+
+class MagnitudePruner:
+    def __init__(self, arch: Architecture, params: dict[str, torch.Tensor], prune_biases: bool) -> None:
+        self.params = params
+        self.names = [t.name for t in arch.tensors if t.prunable or (prune_biases and t.kind == "bias")]
+        self.sizes = {n: params[n].numel() for n in self.names}
+        # descending |w| of each searched tensor
+        self._sorted = {n: params[n].detach().abs().flatten().sort(descending=True).values
+                        for n in self.names}
+        self.total = sum(p.numel() for p in params.values())
+        self._fixed_nonzero = sum(int(torch.count_nonzero(p)) for n, p in params.items()
+                                  if n not in self._sorted)
+
+    @property
+    def dims(self) -> int:
+        return len(self.names)
+
+    def keep_count(self, name: str, ratio: float) -> int:
+        n = self.sizes[name]
+        return min(n, max(1, round(ratio * n)))
+
+    def threshold(self, name: str, ratio: float) -> float:
+        return float(self._sorted[name][self.keep_count(name, ratio) - 1])
+
+    def apply(self, ratios: Sequence[float]) -> PrunedModel:
+        """Keep the largest-magnitude fraction `ratios[i]` of tensor `names[i]`."""
+        if len(ratios) != len(self.names):
+            raise ValueError(f"expected {len(self.names)} keep ratios, got {len(ratios)}")
+        out = dict(self.params)
+        kept: dict[str, int] = {}
+        for name, ratio in zip(self.names, ratios, strict=True):
+            if not (0.0 < ratio <= 1.0) or math.isnan(ratio):
+                raise ValueError(f"keep ratio for {name} must be in (0, 1], got {ratio}")
+            w = self.params[name]
+            pruned = torch.where(w.abs() >= self.threshold(name, ratio), w, torch.zeros_like(w))
+            out[name] = pruned
+            kept[name] = int(torch.count_nonzero(pruned))
+        return PrunedModel(params=out, kept=kept, nonzero=self._fixed_nonzero + sum(kept.values()),
+                           total=self.total)
+
+
+def log_ratios_to_keep(x: Sequence[float]) -> list[float]:
+    """Candidates are searched as log10 keep ratios (well conditioned over 1e-4 … 1)."""
+    return [min(1.0, 10.0 ** float(v)) for v in x]

@@ -1,0 +1,146 @@
+"""Running one claimed job: load model and data, search, store the checkpoint, finish the job."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import safetensors.torch
+import torch
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.architectures import get_architecture
+from core.settings import Settings
+from core.spec import JobSpec
+from store import blobs, records
+from store.db import transaction
+from store.models import Dataset, Job, Model, utcnow
+from store.queue import Lease, update_job
+from workers import checkpoint, zoo
+from workers.data import load_splits
+from workers.search import Evaluated, MagnitudeSearch, SearchResult
+
+log = logging.getLogger(__name__)
+
+
+class Stop(Exception):
+    """The worker was asked to drain (SIGTERM); the job goes back to the queue."""
+
+
+class DbRecorder:
+    """Persists a search into the job's rows; every write is fenced by the lease."""
+
+    def __init__(self, sessions: sessionmaker[Session], lease: Lease, stored: dict[int, Evaluated],
+                 should_stop: Any) -> None:
+        self.sessions, self.lease, self.stored = sessions, lease, stored
+        self.should_stop = should_stop
+
+    def replay(self, number: int) -> Evaluated | None:
+        return self.stored.get(number)
+
+    def write(self, trials: Sequence[Evaluated], *, trials_done: int, stage: str,
+              best: Evaluated | None) -> None:
+        with transaction(self.sessions) as s:
+            values: dict[str, Any] = {"trials_done": trials_done, "stage": stage}
+            if best is not None:
+                values["best"] = best.best_doc()
+            records.write_trials(s, self.lease, [t.row() for t in trials], **values)
+
+    def set_reference(self, reference: dict[str, Any]) -> None:
+        with transaction(self.sessions) as s:
+            update_job(s, self.lease, reference=reference, stage="reference")
+
+    def check(self) -> None:
+        self.should_stop()
+
+
+def _stored_trials(session: Session, job_id: str) -> dict[int, Evaluated]:
+    out: dict[int, Evaluated] = {}
+    for t in records.all_trials(session, job_id):
+        out[t.number] = Evaluated(
+            number=t.number, stage=t.stage, candidate=list(t.candidate), keep_ratios=dict(t.keep_ratios),
+            val_accuracy=t.val_accuracy, accuracy_drop=t.accuracy_drop, scored_on=t.scored_on,
+            nonzero=t.nonzero, total=t.total, compression_ratio=t.compression_ratio,
+            weights_ratio=t.weights_ratio, objective=t.objective if t.objective is not None else 0.0,
+            feasible=t.feasible, error=t.error, duration_ms=t.duration_ms, round=t.round,
+        )
+    return out
+
+
+def run(sessions: sessionmaker[Session], lease: Lease, settings: Settings, device: torch.device,
+        should_stop: Any) -> None:
+    with transaction(sessions) as s:
+        job = s.get(Job, lease.job_id)
+        assert job is not None
+        model_row = s.get(Model, job.model_id)
+        dataset_row = s.get(Dataset, job.dataset_id)
+        assert model_row is not None and dataset_row is not None
+        spec = JobSpec.model_validate(job.spec)
+        weights = blobs.read_cached(s, model_row.weights_sha256, settings.cache_dir)
+        data_blob = (blobs.read_cached(s, dataset_row.blob_sha256, settings.cache_dir)
+                     if dataset_row.blob_sha256 else None)
+        stored = _stored_trials(s, job.id)
+        dataset_summary = dict(dataset_row.summary)
+        model_id, dataset_id, weights_sha = model_row.id, dataset_row.id, model_row.weights_sha256
+        update_job(s, lease, stage="loading")
+
+    arch = get_architecture(model_row.architecture)
+    model = zoo.build(arch).to(device).eval()
+    params = {k: v.to(device) for k, v in safetensors.torch.load(weights).items()}
+    splits = load_splits(builtin=dataset_row.builtin, blob=data_blob, summary=dataset_summary,
+                         datasets_dir=settings.datasets_dir).to(device)
+    if stored:
+        log.info("job %s: resuming with %d stored trials", lease.job_id, len(stored))
+
+    torch.manual_seed(spec.seed)
+    recorder = DbRecorder(sessions, lease, stored, should_stop)
+    result = MagnitudeSearch(arch, model, params, splits, spec, recorder).run()
+
+    manifest = manifest_for(result, arch_name=arch.name, arch_config=dict(arch.config),
+                            dataset_summary=dataset_summary, spec=spec, job_id=lease.job_id,
+                            model_id=model_id, dataset_id=dataset_id, weights_sha256=weights_sha,
+                            device=str(device))
+    data = checkpoint.build(result.pruned.params, manifest)
+    best = {**result.best.best_doc(), "test_accuracy": result.test_accuracy}
+    with transaction(sessions) as s:
+        sha = blobs.put(s, data)
+        update_job(s, lease, status="succeeded", stage="done", best=best, reference=result.reference,
+                   test_accuracy=result.test_accuracy, checkpoint_sha256=sha, finished_at=utcnow(),
+                   lease_expires_at=None, error=None)
+    log.info("job %s succeeded: %.1fx at val drop %.4f, test accuracy %.4f", lease.job_id,
+             result.best.compression_ratio or 0.0, result.best.accuracy_drop or 0.0, result.test_accuracy)
+
+
+def manifest_for(result: SearchResult, *, arch_name: str, arch_config: dict[str, Any],
+                 dataset_summary: dict[str, Any], spec: JobSpec, job_id: str, model_id: str,
+                 dataset_id: str, weights_sha256: str, device: str) -> dict[str, Any]:
+    best, pruned = result.best, result.pruned
+    sizes = {n: result.pruned.params[n].numel() for n in pruned.kept}
+    return {
+        "job_id": job_id,
+        "architecture": arch_name,
+        "architecture_config": arch_config,
+        "preprocessing": dataset_summary.get("preprocessing"),
+        "sample_shape": dataset_summary.get("sample_shape"),
+        "classes": dataset_summary.get("classes"),
+        "validation": dataset_summary.get("validation"),
+        "layers": {n: {"kept": pruned.kept[n], "total": sizes[n], "keep_ratio": pruned.kept[n] / sizes[n],
+                       "threshold": result.thresholds[n]} for n in pruned.kept},
+        "nonzero": pruned.nonzero,
+        "total": pruned.total,
+        "compression_ratio": best.compression_ratio,
+        "weights_ratio": best.weights_ratio,
+        "reference": {"val_accuracy": result.reference["val_accuracy"],
+                      "test_accuracy": result.reference["test_accuracy"]},
+        "pruned": {"val_accuracy": best.val_accuracy, "accuracy_drop": best.accuracy_drop,
+                   "test_accuracy": result.test_accuracy},
+        "max_accuracy_drop": spec.max_accuracy_drop,
+        "trial_number": best.number,
+        "seed": spec.seed,
+        "spec": spec.model_dump(mode="json"),
+        "model_id": model_id,
+        "dataset_id": dataset_id,
+        "reference_weights_sha256": weights_sha256,
+        "device": device,
+    }

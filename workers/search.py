@@ -1,0 +1,281 @@
+"""The per-layer magnitude threshold search (method `magnitude`).
+
+Stages, all seeded and all recorded as trials:
+  calibrate  a uniform keep-ratio grid, refined once: the best single ratio for every layer;
+  search     the chosen optimizer over per-layer log10 keep ratios, started from that point;
+  rescore    when candidates were scored on a validation subset, the best feasible ones again on
+             the full validation split (a candidate that only passed on a subset is never "best").
+
+Resuming: the recorder replays stored trials by number. A seeded run asks the same candidates
+again, so stored results are told back without evaluation and the job continues the very same
+trajectory; if the asked candidates differ (another library version), the optimizer is rebuilt from
+the stored trials instead.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.architectures import Architecture
+from core.metrics import compression_ratio, is_feasible, objective
+from core.spec import JobSpec
+from workers import optimizers
+from workers.data import Splits
+from workers.evaluation import accuracy
+from workers.masking import MagnitudePruner, PrunedModel, log_ratios_to_keep
+
+FAILED_OBJECTIVE = 1e6
+CALIBRATION_GRID = 8
+
+
+@dataclass
+class Evaluated:
+    number: int
+    stage: str
+    candidate: list[float]
+    keep_ratios: dict[str, float]
+    val_accuracy: float | None
+    accuracy_drop: float | None
+    scored_on: int
+    nonzero: int | None
+    total: int
+    compression_ratio: float | None
+    weights_ratio: float | None
+    objective: float
+    feasible: bool
+    error: str | None
+    duration_ms: float
+    round: int = 0
+
+    def row(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def best_doc(self) -> dict[str, Any]:
+        return {"trial_number": self.number, "stage": self.stage,
+                "compression_ratio": self.compression_ratio, "weights_ratio": self.weights_ratio,
+                "nonzero": self.nonzero, "total": self.total, "val_accuracy": self.val_accuracy,
+                "accuracy_drop": self.accuracy_drop, "scored_on": self.scored_on,
+                "keep_ratios": self.keep_ratios}
+
+
+class Recorder(Protocol):
+    def replay(self, number: int) -> Evaluated | None: ...
+    def write(self, trials: Sequence[Evaluated], *, trials_done: int, stage: str,
+              best: Evaluated | None) -> None: ...
+    def set_reference(self, reference: dict[str, Any]) -> None: ...
+    def check(self) -> None: ...
+
+
+class ReplayDiverged(Exception):
+    """Stored trials were asked for other candidates than this run asks."""
+
+
+@dataclass
+class SearchResult:
+    best: Evaluated
+    pruned: PrunedModel
+    reference: dict[str, Any]
+    test_accuracy: float
+    thresholds: dict[str, float]
+
+
+def _better(a: Evaluated, b: Evaluated | None) -> bool:
+    """Fewer non-zeros wins; then higher accuracy; then the earlier trial."""
+    if b is None:
+        return True
+    assert a.nonzero is not None and b.nonzero is not None
+    return (a.nonzero, -(a.val_accuracy or 0.0), a.number) < (b.nonzero, -(b.val_accuracy or 0.0), b.number)
+
+
+class MagnitudeSearch:
+    def __init__(self, arch: Architecture, model: nn.Module, params: dict[str, torch.Tensor],
+                 splits: Splits, spec: JobSpec, recorder: Recorder,
+                 on_population: Callable[[], None] | None = None) -> None:
+        self.arch, self.model, self.spec, self.recorder = arch, model, spec, recorder
+        self.splits = splits
+        self.pruner = MagnitudePruner(arch, params, spec.search.prune_biases)
+        self.budget = spec.budget.trials
+        self.population = spec.search.population
+        self.lower = math.log10(spec.search.min_keep_ratio)
+        self.delta = spec.max_accuracy_drop
+        self.weights_total = sum(self.pruner.sizes.values())
+        self.results: list[Evaluated] = []
+        self.best: Evaluated | None = None
+        self._on_population = on_population
+        n_val = splits.y_val.shape[0]
+        subset = spec.search.validation_subset
+        if subset is not None and subset < n_val:
+            gen = torch.Generator().manual_seed(spec.seed)
+            idx = torch.randperm(n_val, generator=gen)[:subset].sort().values.to(splits.y_val.device)
+            self.x_score, self.y_score = splits.x_val[idx], splits.y_val[idx]
+        else:
+            self.x_score, self.y_score = splits.x_val, splits.y_val
+        self.subset = self.y_score.shape[0] < n_val
+
+    # -- scoring ---------------------------------------------------------------------------
+    def _score(self, number: int, stage: str, x: Sequence[float], ref: float,
+               xs: torch.Tensor, ys: torch.Tensor) -> Evaluated:
+        start = time.perf_counter()
+        cand = [float(v) for v in x]
+        try:
+            pruned = self.pruner.apply(log_ratios_to_keep(cand))
+            acc = accuracy(self.model, pruned.params, xs, ys)
+        except Exception as exc:  # a bad candidate is a failed trial, not a failed job
+            return Evaluated(number, stage, cand, {}, None, None, int(ys.shape[0]), None,
+                             self.pruner.total, None, None, FAILED_OBJECTIVE, False,
+                             f"{type(exc).__name__}: {exc}", (time.perf_counter() - start) * 1e3)
+        drop = ref - acc
+        weights_kept = sum(pruned.kept.values())
+        return Evaluated(
+            number=number, stage=stage, candidate=cand,
+            keep_ratios=pruned.keep_ratios(self.pruner.sizes), val_accuracy=acc, accuracy_drop=drop,
+            scored_on=int(ys.shape[0]), nonzero=pruned.nonzero, total=pruned.total,
+            compression_ratio=compression_ratio(pruned.total, pruned.nonzero),
+            weights_ratio=compression_ratio(self.weights_total, weights_kept),
+            objective=objective(pruned.nonzero, pruned.total, drop, self.delta),
+            feasible=is_feasible(drop, self.delta), error=None,
+            duration_ms=(time.perf_counter() - start) * 1e3,
+        )
+
+    def _population(self, stage: str, xs: Sequence[Sequence[float]], first: int, *, full: bool = False,
+                    trials_done: int | None = None) -> list[Evaluated]:
+        """Score (or replay) trials first … first+len(xs)-1 and persist them in one write."""
+        self.recorder.check()
+        stored = [self.recorder.replay(first + i) for i in range(len(xs))]
+        if all(s is not None for s in stored):
+            out = [s for s in stored if s is not None]
+            for s, x in zip(out, xs, strict=True):
+                if not np.allclose(s.candidate, x, rtol=0, atol=1e-9):
+                    raise ReplayDiverged(f"trial {s.number}")
+            self._remember(out)
+            return out
+        ref, xv, yv = ((self.reference_full, self.splits.x_val, self.splits.y_val) if full
+                       else (self.reference_scored, self.x_score, self.y_score))
+        out = [self._score(first + i, stage, x, ref, xv, yv) for i, x in enumerate(xs)]
+        self._remember(out)
+        done = trials_done if trials_done is not None else first + len(xs)
+        self.recorder.write(out, trials_done=done, stage=stage, best=self.best)
+        if self._on_population:
+            self._on_population()
+        return out
+
+    def _remember(self, evaluated: list[Evaluated]) -> None:
+        self.results.extend(evaluated)
+        for e in evaluated:
+            if e.feasible and e.stage != "rescore" and _better(e, self.best):
+                self.best = e
+
+    # -- stages ----------------------------------------------------------------------------
+    def _calibrate(self, number: int) -> tuple[int, np.ndarray]:
+        """Uniform keep ratio grid over [lower, 0] (0 = keep everything, always feasible), then one
+        finer grid inside the bracket where feasibility is lost."""
+        d = self.pruner.dims
+        rounds = 2 if self.budget >= 4 * CALIBRATION_GRID else (1 if self.budget >= 2 * CALIBRATION_GRID else 0)
+        best_u = 0.0
+        lo, hi = self.lower, 0.0
+        for r in range(rounds):
+            if r == 0:
+                grid = np.linspace(lo, hi, CALIBRATION_GRID)
+            else:
+                grid = np.linspace(lo, hi, CALIBRATION_GRID + 2)[1:-1]
+            evaluated = self._population("calibrate", [[float(g)] * d for g in grid], number)
+            number += len(grid)
+            feasible = [g for g, e in zip(grid, evaluated, strict=True) if e.feasible]
+            if feasible:
+                best_u = min(best_u, float(min(feasible)))
+            step = (hi - lo) / (len(grid) - 1 if r == 0 else len(grid) + 1)
+            lo, hi = max(self.lower, best_u - step), best_u
+        return number, np.full(d, best_u)
+
+    def _search(self, number: int, start: np.ndarray) -> int:
+        spec = self.spec
+        first_search = number
+
+        def build() -> optimizers.AskTell:
+            opt = optimizers.make(spec.optimizer, dims=self.pruner.dims, lower=self.lower, upper=0.0,
+                                  seed=spec.seed, budget=self.budget - first_search,
+                                  population=self.population)
+            opt.suggest(start)
+            return opt
+
+        opt = build()
+        while number < self.budget:
+            n = min(self.population, self.budget - number)
+            xs = [opt.ask() for _ in range(n)]
+            try:
+                evaluated = self._population("search", [x.tolist() for x in xs], number)
+            except ReplayDiverged:
+                # Rebuild from what the database holds and go on from the first missing trial.
+                opt = build()
+                while (stored := self.recorder.replay(number)) is not None:
+                    self._remember([stored])
+                    opt.tell_foreign(np.asarray(stored.candidate), stored.objective)
+                    number += 1
+                continue
+            for x, e in zip(xs, evaluated, strict=True):
+                opt.tell(x, e.objective)
+            number += n
+        return number
+
+    def _rescore(self, number: int) -> Evaluated:
+        """Re-score the best feasible candidates on the full validation split."""
+        if not self.subset:
+            assert self.best is not None
+            return self.best
+        ranked: list[Evaluated] = []
+        seen: set[tuple[float, ...]] = set()
+        for e in sorted((e for e in self.results if e.feasible and e.stage != "rescore"),
+                        key=lambda e: (e.nonzero, -(e.val_accuracy or 0.0), e.number)):
+            key = tuple(e.candidate)
+            if key not in seen:
+                seen.add(key)
+                ranked.append(e)
+            if len(ranked) == self.spec.search.rescore_top:
+                break
+        # keep-everything is always feasible in full and closes the list
+        ranked.append(Evaluated(-1, "rescore", [0.0] * self.pruner.dims, {}, None, None, 0, None, 0,
+                                None, None, 0.0, True, None, 0.0))
+        rescored = self._population("rescore", [e.candidate for e in ranked], number, full=True,
+                                    trials_done=self.budget)
+        best: Evaluated | None = None
+        for e in rescored:
+            if e.feasible and _better(e, best):
+                best = e
+        assert best is not None, "keeping every weight cannot lose accuracy"
+        return best
+
+    # -- the whole job ---------------------------------------------------------------------
+    def run(self) -> SearchResult:
+        full_params = self.pruner.params
+        self.reference_full = accuracy(self.model, full_params, self.splits.x_val, self.splits.y_val)
+        self.reference_scored = (accuracy(self.model, full_params, self.x_score, self.y_score)
+                                 if self.subset else self.reference_full)
+        reference = {"val_accuracy": self.reference_full, "total_parameters": self.pruner.total,
+                     "scored_val_accuracy": self.reference_scored,
+                     "scored_on": int(self.y_score.shape[0])}
+        self.recorder.set_reference(reference)
+
+        number = 0
+        if self.spec.search.calibrate:
+            number, start = self._calibrate(number)
+        else:
+            start = np.zeros(self.pruner.dims)
+        number = self._search(number, start)
+        best = self._rescore(number)
+
+        pruned = self.pruner.apply(log_ratios_to_keep(best.candidate))
+        test_accuracy = accuracy(self.model, pruned.params, self.splits.x_test, self.splits.y_test)
+        reference["test_accuracy"] = accuracy(self.model, full_params, self.splits.x_test,
+                                              self.splits.y_test)
+        thresholds = {n: self.pruner.threshold(n, r)
+                      for n, r in zip(self.pruner.names, log_ratios_to_keep(best.candidate), strict=True)}
+        return SearchResult(best=best, pruned=pruned, reference=reference,
+                            test_accuracy=test_accuracy, thresholds=thresholds)
