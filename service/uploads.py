@@ -26,8 +26,9 @@ def validate_weights(data: bytes, arch: Architecture) -> None:
     """Weights must hold exactly the architecture's tensors, float32, finite."""
     header, _ = read_header(data, "weights")
     expected = {t.name: t for t in arch.tensors}
-    missing = sorted(set(expected) - set(header))
-    extra = sorted(set(header) - set(expected))
+    # in the architecture's own order, so the first named is the first a reader expects
+    missing = [n for n in expected if n not in header]
+    extra = [n for n in header if n not in expected]
     if missing:
         raise InvalidInput(f"weights lack tensor {missing[0]!r} of {arch.name} "
                            f"(missing: {missing})", field="weights")

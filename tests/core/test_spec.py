@@ -1,0 +1,34 @@
+import pytest
+from pydantic import ValidationError
+
+from core.optimizers import OPTIMIZERS
+from core.spec import JobSpec
+
+BASE = {"model_id": "m", "dataset_id": "d", "method": "magnitude", "optimizer": "nevergrad:NGOpt",
+        "max_accuracy_drop": 0.005, "budget": {"trials": 10}, "seed": 1}
+
+
+def test_valid_spec_keeps_values_and_defaults() -> None:
+    spec = JobSpec.model_validate(BASE)
+    assert spec.max_accuracy_drop == 0.005 and spec.budget.trials == 10 and spec.seed == 1
+    assert spec.search.population == 8 and spec.search.calibrate
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"optimizer": "nevergrad:Nope"}, "unknown optimizer 'nevergrad:Nope'"),
+    ({"method": "quantize"}, "unknown method 'quantize'"),
+    ({"max_accuracy_drop": -0.1}, "max_accuracy_drop must be in [0, 1)"),
+    ({"max_accuracy_drop": 1.0}, "max_accuracy_drop must be in [0, 1)"),
+    ({"budget": {"trials": 0}}, "budget.trials must be at least 1"),
+    ({"budget": {"trials": 10**9}}, "budget.trials must be at most"),
+    ({"surprise": 1}, "Extra inputs are not permitted"),
+])
+def test_invalid_spec_names_the_problem(change: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        JobSpec.model_validate({**BASE, **change})
+    assert message in str(err.value)
+
+
+def test_every_listed_optimizer_is_accepted() -> None:
+    for name in OPTIMIZERS:
+        assert JobSpec.model_validate({**BASE, "optimizer": name}).optimizer == name

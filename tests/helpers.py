@@ -1,0 +1,43 @@
+"""Helpers the tests share: counting what the database holds, driving the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, func, select
+
+from store.models import Blob, BlobChunk, Dataset, Job, Model, Trial
+
+TABLES = (Blob, BlobChunk, Model, Dataset, Job, Trial)
+
+
+def row_counts(url: str) -> dict[str, int]:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        counts = {t.__tablename__: int(conn.scalar(select(func.count()).select_from(t)) or 0)
+                  for t in TABLES}
+    engine.dispose()
+    return counts
+
+
+def upload_model(client: TestClient, weights: bytes, architecture: str = "lenet-300-100") -> dict[str, Any]:
+    r = client.post("/v1/models", data={"architecture": architecture},
+                    files={"weights": ("model.safetensors", weights, "application/octet-stream")})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def upload_dataset(client: TestClient, data: bytes, filename: str = "data.npz") -> dict[str, Any]:
+    r = client.post("/v1/datasets", files={"file": (filename, data, "application/octet-stream")})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def submit(client: TestClient, model_id: str, dataset_id: str, **spec: Any) -> dict[str, Any]:
+    body = {"model_id": model_id, "dataset_id": dataset_id, "method": "magnitude",
+            "optimizer": "nevergrad:NGOpt", "max_accuracy_drop": 0.01, "budget": {"trials": 40},
+            "seed": 0, **spec}
+    r = client.post("/v1/jobs", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()

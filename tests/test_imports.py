@@ -1,0 +1,22 @@
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_api_app_loads_no_torch_nevergrad_or_optuna(sqlite_url: str) -> None:
+    """DESIGN §1: the API process never imports torch (nor the optimizers)."""
+    code = (
+        "import sys\n"
+        "from core.settings import Settings\n"
+        "from service.app import create_app\n"
+        f"app = create_app(Settings(database_url={sqlite_url!r}))\n"
+        "from fastapi.testclient import TestClient\n"
+        "c = TestClient(app)\n"
+        "assert c.get('/healthz').status_code == 200\n"
+        "assert c.get('/').status_code == 200\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'nevergrad', 'optuna'})\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[1])
+    assert out.stdout.strip() == "[]"
