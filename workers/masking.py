@@ -68,4 +68,8 @@ class MagnitudePruner:
 
 def log_ratios_to_keep(x: Sequence[float]) -> list[float]:
     """Candidates are searched as log10 keep ratios (well conditioned over 1e-4 … 1)."""
+    for v in x:
+        # min() below would silently turn NaN into 1.0 (keep everything)
+        if not math.isfinite(float(v)):
+            raise ValueError(f"keep ratio exponent must be finite, got {v}")
     return [min(1.0, 10.0 ** float(v)) for v in x]

@@ -19,12 +19,14 @@ class AskTell(Protocol):
 
 
 class NevergradOptimizer:
-    def __init__(self, name: str, dims: int, lower: float, upper: float, seed: int, budget: int,
-                 population: int) -> None:
+    def __init__(self, name: str, start: np.ndarray, lower: float, upper: float, seed: int,
+                 budget: int, population: int) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # nevergrad warns about matplotlib at import
             import nevergrad as ng
-        param = ng.p.Array(shape=(dims,), lower=lower, upper=upper)
+        # Centred on the start point: evolution strategies put their mean there instead of at the
+        # middle of the box (1 % kept everywhere, usually far from feasible).
+        param = ng.p.Array(init=np.asarray(start, dtype=float), lower=lower, upper=upper)
         param.random_state = np.random.RandomState(seed)
         self._param = param
         self._opt = ng.optimizers.registry[name](parametrization=param, budget=max(budget, 1),
@@ -33,13 +35,17 @@ class NevergradOptimizer:
         self._lower, self._upper = lower, upper
 
     def ask(self) -> np.ndarray:
-        cand = self._opt.ask()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # NGOpt's sub-optimizers warn on every ask
+            cand = self._opt.ask()
         self._pending.append(cand)
         return np.clip(np.asarray(cand.value, dtype=float), self._lower, self._upper)
 
     def tell(self, x: np.ndarray, loss: float) -> None:
         cand = self._pending.pop(0)
-        self._opt.tell(cand, loss)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._opt.tell(cand, loss)
 
     def suggest(self, x: np.ndarray) -> None:
         self._opt.suggest(np.asarray(x, dtype=float))
@@ -52,13 +58,16 @@ class NevergradOptimizer:
 
 
 class OptunaOptimizer:
-    def __init__(self, name: str, dims: int, lower: float, upper: float, seed: int) -> None:
+    def __init__(self, name: str, start: np.ndarray, lower: float, upper: float, seed: int) -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        dims = len(start)
+        x0 = {f"x{i:03d}": float(v) for i, v in enumerate(start)}
         samplers = {
             "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True),
-            "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
+            "cmaes": lambda: optuna.samplers.CmaEsSampler(x0=x0, seed=seed,
+                                                          warn_independent_sampling=False),
             "random": lambda: optuna.samplers.RandomSampler(seed=seed),
         }
         with warnings.catch_warnings():
@@ -91,11 +100,16 @@ class OptunaOptimizer:
             params=params, distributions=self._dist, value=loss))
 
 
-def make(name: str, *, dims: int, lower: float, upper: float, seed: int, budget: int,
+def make(name: str, *, start: np.ndarray, lower: float, upper: float, seed: int, budget: int,
          population: int) -> AskTell:
+    """An optimizer over [lower, upper]^len(start) whose first candidate is `start`."""
     library, _, algo = name.partition(":")
+    opt: AskTell
     if library == "nevergrad":
-        return NevergradOptimizer(algo, dims, lower, upper, seed, budget, population)
-    if library == "optuna":
-        return OptunaOptimizer(algo, dims, lower, upper, seed)
-    raise ValueError(f"unknown optimizer {name!r}")
+        opt = NevergradOptimizer(algo, start, lower, upper, seed, budget, population)
+    elif library == "optuna":
+        opt = OptunaOptimizer(algo, start, lower, upper, seed)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}")
+    opt.suggest(start)
+    return opt

@@ -200,11 +200,9 @@ class MagnitudeSearch:
         first_search = number
 
         def build() -> optimizers.AskTell:
-            opt = optimizers.make(spec.optimizer, dims=self.pruner.dims, lower=self.lower, upper=0.0,
-                                  seed=spec.seed, budget=self.budget - first_search,
-                                  population=self.population)
-            opt.suggest(start)
-            return opt
+            return optimizers.make(spec.optimizer, start=start, lower=self.lower, upper=0.0,
+                                   seed=spec.seed, budget=self.budget - first_search,
+                                   population=self.population)
 
         opt = build()
         while number < self.budget:
