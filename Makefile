@@ -21,6 +21,7 @@ run: $(STAMP)
 	$(BIN)/thresher up --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
+	$(BIN)/ruff check core store service workers cli migrations tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

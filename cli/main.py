@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=os.environ.get("THRESHER_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per plugin otherwise
     cfg = Settings()
     handlers = {"migrate": _migrate, "serve": _serve, "worker": _worker, "up": _up}
     try:

@@ -15,7 +15,7 @@ from core import mnist
 from core.architectures import Architecture
 from core.errors import InvalidInput
 from core.safetensors_header import read_header
-from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION
+from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION, validation_size
 
 REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
 OPTIONAL_KEYS = ("x_val", "y_val")
@@ -150,7 +150,7 @@ def parse_dataset(data: bytes, *, max_bytes: int, max_classes: int,
         split_sizes = {"train": n_train, "validation": int(out["y_val"].shape[0])}
         validation: dict[str, Any] = {"source": "given"}
     else:
-        n_val = int(round(n_train * validation_fraction))
+        n_val = validation_size(n_train, validation_fraction)
         if n_val < 1 or n_val >= n_train:
             raise InvalidInput(f"validation_fraction {validation_fraction} of {n_train} training "
                                "samples leaves no validation or no training sample", field="file")
@@ -175,7 +175,7 @@ def builtin_summary(name: str, datasets_dir: Any, validation_fraction: float = D
         raise InvalidInput(f"unknown built-in dataset {name!r}; choose one of ['mnist']",
                            field="builtin")
     mnist.verify(datasets_dir)  # raises DatasetUnavailable
-    n_val = int(round(mnist.TRAIN_SIZE * validation_fraction))
+    n_val = validation_size(mnist.TRAIN_SIZE, validation_fraction)
     return {
         "source": "builtin:mnist",
         "sample_shape": list(mnist.SAMPLE_SHAPE),

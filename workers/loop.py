@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import threading
-import time
 import traceback
 from types import FrameType
 
