@@ -22,10 +22,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check core store service workers cli migrations tests bench
+	$(BIN)/mypy core store service workers cli
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check core store service workers cli migrations tests bench
+	$(BIN)/mypy core store service workers cli
 
 bench: $(STAMP)
 	$(BIN)/python bench/magnitude_search.py

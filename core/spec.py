@@ -61,7 +61,7 @@ class JobSpec(BaseModel):
     )
     budget: Budget
     seed: int = Field(0, ge=0, le=2**31 - 1)
-    search: SearchOptions = SearchOptions()
+    search: SearchOptions = Field(default_factory=SearchOptions)
 
     @field_validator("method")
     @classmethod

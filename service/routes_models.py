@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.datastructures import UploadFile as StarletteUpload
 
 from core.architectures import get_architecture, registry
 from core.settings import Settings
@@ -20,7 +21,7 @@ from store.models import Model
 router = APIRouter(prefix="/v1", tags=["models"])
 
 
-async def read_upload(upload: UploadFile, field: str, limit: int) -> bytes:
+async def read_upload(upload: StarletteUpload, field: str, limit: int) -> bytes:
     data = await upload.read(limit + 1)
     if len(data) > limit:
         raise ApiError(413, "too_large", f"{field} is larger than the limit of {limit} bytes")

@@ -73,8 +73,8 @@ class OptunaOptimizer:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # experimental-feature warnings (multivariate TPE)
             self._study = optuna.create_study(direction="minimize", sampler=samplers[name]())
-        self._dist = {f"x{i:03d}": optuna.distributions.FloatDistribution(lower, upper)
-                      for i in range(dims)}
+        self._dist: dict[str, optuna.distributions.BaseDistribution] = {
+            f"x{i:03d}": optuna.distributions.FloatDistribution(lower, upper) for i in range(dims)}
         self._pending: list[Any] = []
         self._optuna = optuna
 

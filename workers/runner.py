@@ -6,8 +6,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import safetensors.torch
 import torch
+from safetensors.torch import load as load_safetensors  # parses tensors only, never pickle
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.architectures import get_architecture
@@ -87,7 +87,7 @@ def run(sessions: sessionmaker[Session], lease: Lease, settings: Settings, devic
 
     arch = get_architecture(model_row.architecture)
     model = zoo.build(arch).to(device).eval()
-    params = {k: v.to(device) for k, v in safetensors.torch.load(weights).items()}
+    params = {k: v.to(device) for k, v in load_safetensors(weights).items()}
     splits = load_splits(builtin=dataset_row.builtin, blob=data_blob, summary=dataset_summary,
                          datasets_dir=settings.datasets_dir).to(device)
     if stored:

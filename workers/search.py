@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -97,8 +97,7 @@ def _better(a: Evaluated, b: Evaluated | None) -> bool:
 
 class MagnitudeSearch:
     def __init__(self, arch: Architecture, model: nn.Module, params: dict[str, torch.Tensor],
-                 splits: Splits, spec: JobSpec, recorder: Recorder,
-                 on_population: Callable[[], None] | None = None) -> None:
+                 splits: Splits, spec: JobSpec, recorder: Recorder) -> None:
         self.arch, self.model, self.spec, self.recorder = arch, model, spec, recorder
         self.splits = splits
         self.pruner = MagnitudePruner(arch, params, spec.search.prune_biases)
@@ -109,7 +108,6 @@ class MagnitudeSearch:
         self.weights_total = sum(self.pruner.sizes.values())
         self.results: list[Evaluated] = []
         self.best: Evaluated | None = None
-        self._on_population = on_population
         n_val = splits.y_val.shape[0]
         subset = spec.search.validation_subset
         if subset is not None and subset < n_val:
@@ -163,8 +161,6 @@ class MagnitudeSearch:
         self._remember(out)
         done = trials_done if trials_done is not None else first + len(xs)
         self.recorder.write(out, trials_done=done, stage=stage, best=self.best)
-        if self._on_population:
-            self._on_population()
         return out
 
     def _remember(self, evaluated: list[Evaluated]) -> None:
@@ -211,12 +207,16 @@ class MagnitudeSearch:
             try:
                 evaluated = self._population("search", [x.tolist() for x in xs], number)
             except ReplayDiverged:
-                # Rebuild from what the database holds and go on from the first missing trial.
+                # This run asks other candidates than the stored ones (another library version):
+                # rebuild the optimizer from every stored search trial, go on after the last one.
                 opt = build()
-                while (stored := self.recorder.replay(number)) is not None:
-                    self._remember([stored])
+                known = first_search
+                while (stored := self.recorder.replay(known)) is not None:
+                    if known >= number:
+                        self._remember([stored])
                     opt.tell_foreign(np.asarray(stored.candidate), stored.objective)
-                    number += 1
+                    known += 1
+                number = known
                 continue
             for x, e in zip(xs, evaluated, strict=True):
                 opt.tell(x, e.objective)
@@ -228,20 +228,16 @@ class MagnitudeSearch:
         if not self.subset:
             assert self.best is not None
             return self.best
-        ranked: list[Evaluated] = []
-        seen: set[tuple[float, ...]] = set()
+        candidates: list[list[float]] = []
         for e in sorted((e for e in self.results if e.feasible and e.stage != "rescore"),
                         key=lambda e: (e.nonzero, -(e.val_accuracy or 0.0), e.number)):
-            key = tuple(e.candidate)
-            if key not in seen:
-                seen.add(key)
-                ranked.append(e)
-            if len(ranked) == self.spec.search.rescore_top:
+            if e.candidate not in candidates:
+                candidates.append(e.candidate)
+            if len(candidates) == self.spec.search.rescore_top:
                 break
-        # keep-everything is always feasible in full and closes the list
-        ranked.append(Evaluated(-1, "rescore", [0.0] * self.pruner.dims, {}, None, None, 0, None, 0,
-                                None, None, 0.0, True, None, 0.0))
-        rescored = self._population("rescore", [e.candidate for e in ranked], number, full=True,
+        # keeping everything is feasible on any split and closes the list
+        candidates.append([0.0] * self.pruner.dims)
+        rescored = self._population("rescore", candidates, number, full=True,
                                     trials_done=self.budget)
         best: Evaluated | None = None
         for e in rescored:
