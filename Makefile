@@ -24,6 +24,13 @@ test: $(STAMP)
 	$(BIN)/ruff check core store service workers cli migrations tests bench
 	$(BIN)/mypy core store service workers cli
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@# The same suite again on PostgreSQL where one is reachable (the slow SQLite walkthrough and
+	@# zoo training are not repeated).
+	@if $(BIN)/python -c "import sys; from tests.conftest import POSTGRES; sys.exit(not POSTGRES)"; then \
+		THRESHER_TEST_BACKEND=postgresql $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS); \
+	else \
+		echo "PostgreSQL is not reachable: the PostgreSQL pass was skipped"; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check core store service workers cli migrations tests bench

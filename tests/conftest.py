@@ -21,6 +21,8 @@ PG_ADMIN_URL = os.environ.get(
     "THRESHER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 ARTIFACTS = ROOT / "tests" / "artifacts"
+# `make test` runs the suite on SQLite, then again with THRESHER_TEST_BACKEND=postgresql.
+TEST_BACKEND = os.environ.get("THRESHER_TEST_BACKEND", "sqlite")
 
 
 def _postgres_available() -> bool:
@@ -84,6 +86,21 @@ def sqlite_url(tmp_path: Path) -> str:
     return url
 
 
+@pytest.fixture
+def app_db_url(tmp_path: Path) -> Iterator[str]:
+    """The database the service and workers run on in this pass of the suite (migrated)."""
+    if TEST_BACKEND == "postgresql":
+        if not POSTGRES:
+            pytest.fail(f"THRESHER_TEST_BACKEND=postgresql but no server at {PG_ADMIN_URL}")
+        for url in _fresh_postgres():
+            upgrade(url)
+            yield url
+        return
+    url = f"sqlite:///{tmp_path / 'thresher.db'}"
+    upgrade(url)
+    yield url
+
+
 def make_settings(url: str, tmp_path: Path, **overrides: object) -> Settings:
     values: dict[str, object] = dict(
         database_url=url, datasets_dir=DATASETS_DIR, cache_dir=tmp_path / "cache",
@@ -94,8 +111,8 @@ def make_settings(url: str, tmp_path: Path, **overrides: object) -> Settings:
 
 
 @pytest.fixture
-def settings(sqlite_url: str, tmp_path: Path) -> Settings:
-    return make_settings(sqlite_url, tmp_path)
+def settings(app_db_url: str, tmp_path: Path) -> Settings:
+    return make_settings(app_db_url, tmp_path)
 
 
 # -- small real data and a small real model -------------------------------------------------

@@ -136,17 +136,17 @@ BAD_DATASETS = [
 
 
 @pytest.mark.parametrize(("case", "payload", "message"), BAD_DATASETS, ids=[c[0] for c in BAD_DATASETS])
-def test_bad_datasets_are_refused_and_leave_nothing(tmp_path, sqlite_url: str, case: str,  # type: ignore[no-untyped-def]
+def test_bad_datasets_are_refused_and_leave_nothing(tmp_path, app_db_url: str, case: str,  # type: ignore[no-untyped-def]
                                                     payload: bytes, message: str) -> None:
     from tests.conftest import make_settings
 
-    cfg = make_settings(sqlite_url, tmp_path, max_classes=16, max_upload_bytes=8 * 1024 * 1024)
+    cfg = make_settings(app_db_url, tmp_path, max_classes=16, max_upload_bytes=8 * 1024 * 1024)
     with TestClient(create_app(cfg)) as client:
-        before = row_counts(sqlite_url)
+        before = row_counts(app_db_url)
         r = client.post("/v1/datasets", files={"file": ("d.npz", payload)})
         assert r.status_code == 422, r.text
         assert message in r.json()["detail"]
-        assert row_counts(sqlite_url) == before
+        assert row_counts(app_db_url) == before
 
 
 def test_unknown_builtin_and_wrong_media_type(client: TestClient) -> None:
@@ -199,6 +199,10 @@ def test_job_with_missing_or_incompatible_inputs(client: TestClient, ids: dict[s
     m5 = upload_model(client, lenet5, "lenet-5")
     r = client.post("/v1/jobs", json={**body, "model_id": m5["id"], "dataset_id": flat["id"]})
     assert r.status_code == 422 and "lenet-5 expects [1, 28, 28]" in r.json()["detail"]
+    # labels beyond what the model outputs
+    twelve = upload_dataset(client, npz_bytes(_arrays(y_test=np.full(20, 11))))
+    r = client.post("/v1/jobs", json={**body, "model_id": ids["model_id"], "dataset_id": twelve["id"]})
+    assert r.status_code == 422 and "dataset has 12 classes, lenet-300-100 outputs 10" in r.json()["detail"]
 
 
 def _weights_lenet5() -> bytes:
