@@ -1,4 +1,4 @@
-"""`thresher`: migrate, serve, worker, up, zoo train.
+"""`thresher`: migrate, serve, worker, up, token, zoo train.
 
 Heavy imports stay inside the subcommands: `serve` must never load torch, and `--help` is instant.
 """
@@ -51,11 +51,65 @@ def _worker(args: argparse.Namespace, cfg: Settings) -> int:
     return 0
 
 
+def _tokens(args: argparse.Namespace, cfg: Settings) -> int:
+    from store import tokens
+    from store.db import check_schema, make_engine, make_sessionmaker, transaction
+
+    engine = make_engine(cfg.database_url)
+    check_schema(engine)
+    sessions = make_sessionmaker(engine)
+    with transaction(sessions) as s:
+        if args.token_command == "create":
+            try:
+                row, plaintext = tokens.create(s, args.name, admin=args.admin)
+            except ValueError as exc:
+                print(f"thresher: {exc}", file=sys.stderr)
+                return 2
+            print(plaintext)
+            print(f"token {row.id} for {row.name}{' (admin)' if row.admin else ''}: shown once, "
+                  "only its hash is stored", file=sys.stderr)
+        elif args.token_command == "list":
+            print(f"{'id':<37}{'name':<24}{'admin':<7}{'created (UTC)':<21}revoked")
+            for t in tokens.all_tokens(s):
+                revoked = t.revoked_at.strftime("%Y-%m-%d %H:%M") if t.revoked_at else "-"
+                print(f"{t.id:<37}{t.name:<24}{'yes' if t.admin else 'no':<7}"
+                      f"{t.created_at.strftime('%Y-%m-%d %H:%M'):<21}{revoked}")
+        else:
+            row = tokens.revoke(s, args.id)
+            if row is None:
+                print(f"thresher: no token {args.id!r}", file=sys.stderr)
+                return 2
+            print(f"revoked token {row.id} ({row.name})")
+    return 0
+
+
+ADMIN_TOKEN_FILE = Path("var") / "admin-token"
+
+
+def _first_admin_token(cfg: Settings) -> None:
+    """On first start, create a local admin token, print it, and keep it in ./var/admin-token
+    (mode 0600) for the walkthrough; later starts reuse whatever tokens exist."""
+    from store import tokens
+    from store.db import make_engine, make_sessionmaker, transaction
+
+    with transaction(make_sessionmaker(make_engine(cfg.database_url))) as s:
+        if tokens.has_active_admin(s):
+            return
+        _, plaintext = tokens.create(s, "admin", admin=True)
+    ADMIN_TOKEN_FILE.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(ADMIN_TOKEN_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(plaintext + "\n")
+    print(f"created the admin token (also in {ADMIN_TOKEN_FILE}, readable only by you):\n"
+          f"  {plaintext}", flush=True)
+
+
 def _up(args: argparse.Namespace, cfg: Settings) -> int:
     """API + one worker process on the same database; migrates first (the zero-setup default)."""
     from store.db import upgrade
 
     upgrade(cfg.database_url)
+    _first_admin_token(cfg)
     env = dict(os.environ, THRESHER_DATABASE_URL=cfg.database_url)
     worker = subprocess.Popen([sys.executable, "-m", "cli.main", "worker"], env=env)
     try:
@@ -102,6 +156,15 @@ def parser() -> argparse.ArgumentParser:
     wp.add_argument("--exit-when-idle", action="store_true", help="exit once the queue is empty")
     wp.add_argument("--max-jobs", type=int, help="exit after this many jobs")
 
+    kp = sub.add_parser("token", help="API tokens")
+    ksub = kp.add_subparsers(dest="token_command", required=True)
+    kc = ksub.add_parser("create", help="create a token and print it (once)")
+    kc.add_argument("--name", required=True, help="the principal that owns what the token creates")
+    kc.add_argument("--admin", action="store_true", help="may see every principal's resources")
+    ksub.add_parser("list", help="list tokens (never their values)")
+    kr = ksub.add_parser("revoke", help="revoke a token by id")
+    kr.add_argument("id")
+
     zp = sub.add_parser("zoo", help="built-in architectures")
     zsub = zp.add_subparsers(dest="zoo_command", required=True)
     tp = zsub.add_parser("train", help="train a reference model on a built-in dataset")
@@ -120,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per plugin otherwise
     cfg = Settings()
-    handlers = {"migrate": _migrate, "serve": _serve, "worker": _worker, "up": _up}
+    handlers = {"migrate": _migrate, "serve": _serve, "worker": _worker, "up": _up, "token": _tokens}
     try:
         if args.command == "zoo":
             if args.epochs is None:

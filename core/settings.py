@@ -25,10 +25,18 @@ class Settings(BaseSettings):
     # Local cache of blobs by sha256, so a worker fetches a model or dataset once.
     cache_dir: Path = Path("./var/cache")
 
-    # API limits
-    max_upload_bytes: int = 512 * 1024 * 1024
+    # API limits; each refusal names the limit and how to change it.
+    max_upload_bytes: int = 512 * 1024 * 1024  # multipart uploads, enforced while streaming
+    max_json_bytes: int = 1024 * 1024  # any other request body
+    max_tensors: int = 1024  # tensors (arrays) in one uploaded file
+    max_tensor_rank: int = 8
+    max_tensor_elements: int = 1 << 31  # elements in one tensor
     max_classes: int = 10_000
-    max_trials: int = 100_000
+    max_trials: int = 100_000  # per job
+    max_active_jobs: int = 8  # queued or running, per principal
+    requests_per_minute: int = 600  # per principal (or per client address before authentication)
+    cors_origins: list[str] = []  # CORS stays off unless origins are listed
+    cookie_secure: bool = True  # browsers treat http://127.0.0.1 and localhost as secure contexts
 
     # Queue: a claim is a lease renewed by heartbeats; see DESIGN.md §4.
     lease_seconds: float = 60.0

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.responses import HTMLResponse
+from fastapi import Depends, FastAPI, Form, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from core.settings import Settings
 from service import errors, routes_datasets, routes_jobs, routes_models
+from service.auth import SESSION_COOKIE, resolve
 from service.deps import db
+from service.limits import BodyLimit, RateLimiter
 from service.views import job_doc
 from store import records
 from store.db import check_schema, make_engine, make_sessionmaker
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+SESSION_SECONDS = 7 * 24 * 3600
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -29,12 +33,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Thresher",
         version="0.1.0",
         description="Compression search for trained PyTorch models: upload a model and its data, "
-        "ask for the smallest model within an accuracy drop, download the pruned checkpoint.",
+        "ask for the smallest model within an accuracy drop, download the pruned checkpoint. "
+        "Every route but /healthz needs `Authorization: Bearer <token>`.",
     )
     app.state.settings = cfg
     app.state.engine = engine
     app.state.sessions = make_sessionmaker(engine)
+    app.state.rate_limiter = RateLimiter(cfg.requests_per_minute)
     errors.install(app)
+    app.add_middleware(BodyLimit, multipart_limit=cfg.max_upload_bytes, other_limit=cfg.max_json_bytes)
+    if cfg.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_credentials=False,
+                           allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
     app.include_router(routes_models.router)
     app.include_router(routes_datasets.router)
     app.include_router(routes_jobs.router)
@@ -44,10 +54,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def index(request: Request, session: Session = Depends(db)) -> HTMLResponse:
-        rows, total = records.list_jobs(session, offset=0, limit=200)
+    def index(request: Request, session: Session = Depends(db)) -> Response:
+        principal = resolve(request, request.cookies.get(SESSION_COOKIE))
+        if principal is None:
+            return RedirectResponse("/login", status_code=303)
+        rows, total = records.list_jobs(session, offset=0, limit=200, owner=principal.owner_filter())
         return TEMPLATES.TemplateResponse(
-            request, "jobs.html", {"jobs": [job_doc(j) for j in rows], "total": total}
+            request, "jobs.html",
+            {"jobs": [job_doc(j) for j in rows], "total": total, "principal": principal.name},
         )
+
+    @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
+    def login_form(request: Request) -> HTMLResponse:
+        return TEMPLATES.TemplateResponse(request, "login.html", {"error": None})
+
+    @app.post("/login", include_in_schema=False)
+    def login(request: Request, token: Annotated[str, Form(max_length=200)]) -> Response:
+        client = request.client.host if request.client else "unknown"
+        app.state.rate_limiter.check(f"addr:{client}")  # slows down token guessing
+        if resolve(request, token.strip()) is None:
+            return TEMPLATES.TemplateResponse(request, "login.html",
+                                              {"error": "That token is unknown or revoked."},
+                                              status_code=401)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(SESSION_COOKIE, token.strip(), max_age=SESSION_SECONDS, httponly=True,
+                            secure=cfg.cookie_secure, samesite="strict")
+        return response
+
+    @app.post("/logout", include_in_schema=False)
+    def logout() -> Response:
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, httponly=True, secure=cfg.cookie_secure, samesite="strict")
+        return response
 
     return app

@@ -11,9 +11,11 @@ from core.errors import DatasetUnavailable, InvalidInput
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, error: str, detail: str) -> None:
+    def __init__(self, status: int, error: str, detail: str,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status, self.error, self.detail = status, error, detail
+        self.headers = headers or {}
 
 
 def not_found(kind: str, ident: str) -> ApiError:
@@ -36,7 +38,10 @@ def _validation_detail(exc: RequestValidationError) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(_body(exc.error, exc.detail), status_code=exc.status)
+        headers = dict(exc.headers)
+        if exc.status == 401:
+            headers.setdefault("WWW-Authenticate", "Bearer")
+        return JSONResponse(_body(exc.error, exc.detail), status_code=exc.status, headers=headers)
 
     @app.exception_handler(InvalidInput)
     async def _invalid(_: Request, exc: InvalidInput) -> JSONResponse:
@@ -51,7 +56,12 @@ def install(app: FastAPI) -> None:
         return JSONResponse(_body("invalid_input", _validation_detail(exc)), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        error = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
-            exc.status_code, "http_error")
-        return JSONResponse(_body(error, str(exc.detail)), status_code=exc.status_code)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+                 413: "too_large"}.get(exc.status_code, "http_error")
+        detail = str(exc.detail)
+        if exc.status_code in (404, 405) and detail in ("Not Found", "Method Not Allowed"):
+            verb = "no such route" if exc.status_code == 404 else "method not allowed"
+            detail = f"{verb}: {request.method} {request.url.path}"
+        return JSONResponse(_body(error, detail), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))

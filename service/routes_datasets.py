@@ -12,8 +12,10 @@ from starlette.datastructures import UploadFile
 
 from core.settings import Settings
 from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION
+from service.auth import Principal, current_principal
 from service.deps import db, session_factory, settings
-from service.errors import ApiError, not_found
+from service.errors import ApiError
+from service.ownership import get_owned
 from service.routes_models import read_upload
 from service.uploads import builtin_summary, parse_dataset
 from service.views import dataset_doc
@@ -69,7 +71,8 @@ _OPENAPI = {
 
 @router.post("/datasets", status_code=201, openapi_extra=_OPENAPI)
 async def create_dataset(request: Request, cfg: Settings = Depends(settings),
-                         sessions: sessionmaker[Session] = Depends(session_factory)) -> dict[str, Any]:
+                         sessions: sessionmaker[Session] = Depends(session_factory),
+                         principal: Principal = Depends(current_principal)) -> dict[str, Any]:
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
         form = await request.form(max_files=1, max_fields=10)
@@ -78,19 +81,18 @@ async def create_dataset(request: Request, cfg: Settings = Depends(settings),
             raise ApiError(422, "invalid_input", "file: a multipart file field named 'file' is required")
         opts = _options({k: v for k, v in form.items() if k != "file"})
         data = await read_upload(upload, "file", cfg.max_upload_bytes)
-        parsed = parse_dataset(data, max_bytes=cfg.max_upload_bytes, max_classes=cfg.max_classes,
-                               validation_fraction=opts.validation_fraction,
+        parsed = parse_dataset(data, cfg, validation_fraction=opts.validation_fraction,
                                split_seed=opts.split_seed)
         with transaction(sessions) as session:  # the write lock only after validation
             sha = blobs.put(session, parsed.canonical)
             row = records.add_dataset(session, summary=parsed.summary, builtin=None,
-                                      blob_sha256=sha, name=opts.name)
+                                      blob_sha256=sha, name=opts.name, owner=principal.name)
             return dataset_doc(row)
     if ctype.startswith("application/json"):
         try:
             raw = json.loads(await request.body())
-        except json.JSONDecodeError as exc:
-            raise ApiError(422, "invalid_input", f"body is not valid JSON ({exc})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise ApiError(422, "invalid_input", f"body is not valid JSON ({type(exc).__name__})") from None
         if not isinstance(raw, dict):
             raise ApiError(422, "invalid_input", "body must be a JSON object")
         opts = _options(raw)
@@ -101,15 +103,14 @@ async def create_dataset(request: Request, cfg: Settings = Depends(settings),
                                   opts.split_seed)
         with transaction(sessions) as session:
             row = records.add_dataset(session, summary=summary, builtin=opts.builtin,
-                                      blob_sha256=None, name=opts.name or opts.builtin)
+                                      blob_sha256=None, name=opts.name or opts.builtin,
+                                      owner=principal.name)
             return dataset_doc(row)
     raise ApiError(415, "unsupported_media_type",
                    "send multipart/form-data with a 'file', or JSON {\"builtin\": \"mnist\"}")
 
 
 @router.get("/datasets/{dataset_id}")
-def get_dataset(dataset_id: str, session: Session = Depends(db)) -> dict[str, Any]:
-    row = session.get(Dataset, dataset_id)
-    if row is None:
-        raise not_found("dataset", dataset_id)
-    return dataset_doc(row)
+def get_dataset(dataset_id: str, session: Session = Depends(db),
+                principal: Principal = Depends(current_principal)) -> dict[str, Any]:
+    return dataset_doc(get_owned(session, Dataset, dataset_id, principal, "dataset"))

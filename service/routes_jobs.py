@@ -11,9 +11,12 @@ from sqlalchemy.orm import Session
 
 from core.architectures import get_architecture
 from core.errors import InvalidInput
+from core.settings import Settings
 from core.spec import JobSpec
-from service.deps import db, db_write
-from service.errors import ApiError, not_found
+from service.auth import Principal, current_principal, require_admin
+from service.deps import db, db_write, settings
+from service.errors import ApiError
+from service.ownership import get_owned
 from service.uploads import check_compatible
 from service.views import job_doc, trial_doc, worker_doc
 from store import blobs, records
@@ -24,66 +27,72 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
-def _job(session: Session, job_id: str) -> Job:
-    row = session.get(Job, job_id)
-    if row is None:
-        raise not_found("job", job_id)
-    return row
-
-
 @router.post("/jobs", status_code=201)
-def create_job(spec: JobSpec, session: Session = Depends(db_write)) -> dict[str, Any]:
-    model = session.get(Model, spec.model_id)
-    if model is None:
-        raise not_found("model", spec.model_id)
-    dataset = session.get(Dataset, spec.dataset_id)
-    if dataset is None:
-        raise not_found("dataset", spec.dataset_id)
+def create_job(spec: JobSpec, session: Session = Depends(db_write),
+               principal: Principal = Depends(current_principal),
+               cfg: Settings = Depends(settings)) -> dict[str, Any]:
+    model = get_owned(session, Model, spec.model_id, principal, "model")
+    dataset = get_owned(session, Dataset, spec.dataset_id, principal, "dataset")
+    if spec.budget.trials > cfg.max_trials:
+        raise InvalidInput(f"budget.trials {spec.budget.trials} exceeds this server's limit of "
+                           f"{cfg.max_trials} trials per job", field="budget.trials")
     check_compatible(get_architecture(model.architecture), dataset.summary)
     subset = spec.search.validation_subset
     n_val = dataset.summary["splits"]["validation"]
     if subset is not None and subset > n_val:
         raise InvalidInput(f"search.validation_subset {subset} exceeds the dataset's {n_val} "
                            "validation samples", field="search.validation_subset")
+    active = records.count_active_jobs(session, principal.name)
+    if active >= cfg.max_active_jobs:
+        raise ApiError(429, "too_many_jobs",
+                       f"{principal.name} already has {active} queued or running jobs (the limit is "
+                       f"{cfg.max_active_jobs}); wait for one to finish or cancel one",
+                       headers={"Retry-After": "30"})
     row = records.add_job(session, model_id=model.id, dataset_id=dataset.id,
-                          spec=spec.model_dump(mode="json"), trials_total=spec.budget.trials)
+                          spec=spec.model_dump(mode="json"), trials_total=spec.budget.trials,
+                          owner=principal.name)
     return job_doc(row)
 
 
 @router.get("/jobs")
 def list_jobs(
     session: Session = Depends(db),
-    offset: int = Query(0, ge=0),
+    principal: Principal = Depends(current_principal),
+    offset: int = Query(0, ge=0, le=10_000_000),
     limit: int = Query(50, ge=1, le=500),
     status: str | None = Query(None, description=f"one of {JOB_STATUSES}"),
 ) -> dict[str, Any]:
     if status is not None and status not in JOB_STATUSES:
         raise ApiError(422, "invalid_input", f"status: unknown status {status!r}; choose one of "
                                              f"{list(JOB_STATUSES)}")
-    rows, total = records.list_jobs(session, offset=offset, limit=limit, status=status)
+    rows, total = records.list_jobs(session, offset=offset, limit=limit, status=status,
+                                    owner=principal.owner_filter())
     return {"items": [job_doc(j) for j in rows], "total": total, "offset": offset, "limit": limit}
 
 
 @router.get("/jobs/{job_id}")
-def get_job(job_id: str, session: Session = Depends(db)) -> dict[str, Any]:
-    return job_doc(_job(session, job_id))
+def get_job(job_id: str, session: Session = Depends(db),
+            principal: Principal = Depends(current_principal)) -> dict[str, Any]:
+    return job_doc(get_owned(session, Job, job_id, principal, "job"))
 
 
 @router.get("/jobs/{job_id}/trials")
 def get_trials(
     job_id: str,
     session: Session = Depends(db),
-    offset: int = Query(0, ge=0),
+    principal: Principal = Depends(current_principal),
+    offset: int = Query(0, ge=0, le=10_000_000),
     limit: int = Query(100, ge=1, le=1000),
 ) -> dict[str, Any]:
-    _job(session, job_id)
+    get_owned(session, Job, job_id, principal, "job")
     rows, total = records.list_trials(session, job_id, offset=offset, limit=limit)
     return {"items": [trial_doc(t) for t in rows], "total": total, "offset": offset, "limit": limit}
 
 
 @router.post("/jobs/{job_id}/cancel")
-def cancel_job(job_id: str, session: Session = Depends(db_write)) -> dict[str, Any]:
-    job = _job(session, job_id)
+def cancel_job(job_id: str, session: Session = Depends(db_write),
+               principal: Principal = Depends(current_principal)) -> dict[str, Any]:
+    job = get_owned(session, Job, job_id, principal, "job")
     cancelled = records.cancel_job(session, job_id)
     if cancelled is None:
         raise ApiError(409, "conflict", f"job {job_id} is already {job.status}")
@@ -93,13 +102,15 @@ def cancel_job(job_id: str, session: Session = Depends(db_write)) -> dict[str, A
 @router.get("/jobs/{job_id}/checkpoint", response_class=StreamingResponse,
             responses={200: {"content": {"application/octet-stream": {}},
                              "description": "safetensors with a JSON manifest in its metadata"}})
-def download_checkpoint(job_id: str, request: Request, session: Session = Depends(db)) -> StreamingResponse:
-    job = _job(session, job_id)
+def download_checkpoint(job_id: str, request: Request, session: Session = Depends(db),
+                        principal: Principal = Depends(current_principal)) -> StreamingResponse:
+    job = get_owned(session, Job, job_id, principal, "job")
     if job.status != "succeeded" or job.checkpoint_sha256 is None:
         raise ApiError(409, "conflict", f"job {job_id} is {job.status}; the checkpoint is available "
                                         "once it has succeeded")
     sha = job.checkpoint_sha256
-    size = session.get(Blob, sha).size  # type: ignore[union-attr]
+    blob = session.get(Blob, sha)
+    assert blob is not None
     factory = request.app.state.sessions
 
     def stream() -> Iterator[bytes]:
@@ -110,10 +121,12 @@ def download_checkpoint(job_id: str, request: Request, session: Session = Depend
     return StreamingResponse(
         stream(), media_type="application/octet-stream",
         headers={"Content-Disposition": f'attachment; filename="thresher-{job_id}.safetensors"',
-                 "Content-Length": str(size), "X-Checkpoint-SHA256": sha},
+                 "Content-Length": str(blob.size), "X-Checkpoint-SHA256": sha},
     )
 
 
 @router.get("/workers", tags=["workers"])
-def list_workers(session: Session = Depends(db)) -> list[dict[str, Any]]:
+def list_workers(session: Session = Depends(db),
+                 principal: Principal = Depends(current_principal)) -> list[dict[str, Any]]:
+    require_admin(principal)  # worker rows name other principals' jobs
     return [worker_doc(w) for w in records.list_workers(session)]

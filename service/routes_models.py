@@ -10,8 +10,10 @@ from starlette.datastructures import UploadFile as StarletteUpload
 
 from core.architectures import get_architecture, registry
 from core.settings import Settings
+from service.auth import Principal, current_principal
 from service.deps import db, session_factory, settings
-from service.errors import ApiError, not_found
+from service.errors import ApiError
+from service.ownership import get_owned
 from service.uploads import validate_weights
 from service.views import model_doc
 from store import blobs, records
@@ -31,7 +33,7 @@ async def read_upload(upload: StarletteUpload, field: str, limit: int) -> bytes:
 
 
 @router.get("/architectures")
-def list_architectures() -> list[dict[str, Any]]:
+def list_architectures(_: Principal = Depends(current_principal)) -> list[dict[str, Any]]:
     return [{"name": a.name, "description": a.description, **a.summary()} for a in registry().values()]
 
 
@@ -40,23 +42,22 @@ async def create_model(
     weights: Annotated[UploadFile, File(description="safetensors file with float32 tensors")],
     architecture: Annotated[str, Form(description="a registered architecture name")],
     name: Annotated[str | None, Form(max_length=200)] = None,
+    principal: Principal = Depends(current_principal),
     cfg: Settings = Depends(settings),
     sessions: sessionmaker[Session] = Depends(session_factory),
 ) -> dict[str, Any]:
     arch = get_architecture(architecture)
     data = await read_upload(weights, "weights", cfg.max_upload_bytes)
-    validate_weights(data, arch)
+    validate_weights(data, arch, cfg)
     # The write lock is taken only now, after the (possibly slow) validation.
     with transaction(sessions) as session:
         sha = blobs.put(session, data)
         row = records.add_model(session, architecture=arch.name, weights_sha256=sha,
-                                summary=arch.summary(), name=name)
+                                summary=arch.summary(), name=name, owner=principal.name)
         return model_doc(row)
 
 
 @router.get("/models/{model_id}")
-def get_model(model_id: str, session: Session = Depends(db)) -> dict[str, Any]:
-    row = session.get(Model, model_id)
-    if row is None:
-        raise not_found("model", model_id)
-    return model_doc(row)
+def get_model(model_id: str, session: Session = Depends(db),
+              principal: Principal = Depends(current_principal)) -> dict[str, Any]:
+    return model_doc(get_owned(session, Model, model_id, principal, "model"))

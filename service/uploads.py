@@ -14,7 +14,8 @@ import safetensors.numpy
 from core import mnist
 from core.architectures import Architecture
 from core.errors import InvalidInput
-from core.safetensors_header import read_header
+from core.safetensors_header import HeaderLimits, read_header
+from core.settings import Settings
 from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION, validation_size
 
 REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -22,9 +23,14 @@ OPTIONAL_KEYS = ("x_val", "y_val")
 MAX_NPZ_EXPANSION = 4  # an npz may expand to this many times the upload limit, no more
 
 
-def validate_weights(data: bytes, arch: Architecture) -> None:
+def header_limits(cfg: Settings) -> HeaderLimits:
+    return HeaderLimits(max_tensors=cfg.max_tensors, max_rank=cfg.max_tensor_rank,
+                        max_elements=cfg.max_tensor_elements)
+
+
+def validate_weights(data: bytes, arch: Architecture, cfg: Settings) -> None:
     """Weights must hold exactly the architecture's tensors, float32, finite."""
-    header, _ = read_header(data, "weights")
+    header, _ = read_header(data, "weights", header_limits(cfg))
     expected = {t.name: t for t in arch.tensors}
     # in the architecture's own order, so the first named is the first a reader expects
     missing = [n for n in expected if n not in header]
@@ -58,13 +64,19 @@ class ParsedDataset:
     summary: dict[str, Any]
 
 
-def _load_arrays(data: bytes, max_bytes: int) -> dict[str, np.ndarray]:
+def _load_arrays(data: bytes, cfg: Settings) -> dict[str, np.ndarray]:
+    max_bytes = cfg.max_upload_bytes
     if data[:4] == b"PK\x03\x04":
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as zf:
-                expanded = sum(i.file_size for i in zf.infolist())
+                infos = zf.infolist()
         except zipfile.BadZipFile:
             raise InvalidInput("file is not a valid .npz archive", field="file") from None
+        if len(infos) > cfg.max_tensors:
+            raise InvalidInput(f"file holds {len(infos)} arrays, more than the limit of "
+                               f"{cfg.max_tensors}", field="file")
+        # Sizes from the archive's directory, before anything is decompressed (zip bombs).
+        expanded = sum(i.file_size for i in infos)
         if expanded > MAX_NPZ_EXPANSION * max_bytes:
             raise InvalidInput(f"file expands to {expanded} bytes, more than the limit "
                                f"{MAX_NPZ_EXPANSION * max_bytes}", field="file")
@@ -77,7 +89,7 @@ def _load_arrays(data: bytes, max_bytes: int) -> dict[str, np.ndarray]:
                                field="file") from None
         except Exception as exc:
             raise InvalidInput(f"file is not a readable .npz archive ({exc})", field="file") from None
-    header, _ = read_header(data, "file")
+    header, _ = read_header(data, "file", header_limits(cfg))
     for name, info in header.items():
         if info.dtype in ("BF16", "F8_E4M3", "F8_E5M2"):
             raise InvalidInput(f"file: array {name!r} has dtype {info.dtype}; use float32",
@@ -88,10 +100,11 @@ def _load_arrays(data: bytes, max_bytes: int) -> dict[str, np.ndarray]:
         raise InvalidInput(f"file: corrupt safetensors data ({exc})", field="file") from None
 
 
-def parse_dataset(data: bytes, *, max_bytes: int, max_classes: int,
+def parse_dataset(data: bytes, cfg: Settings, *,
                   validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
                   split_seed: int = DEFAULT_SPLIT_SEED) -> ParsedDataset:
-    arrays = _load_arrays(data, max_bytes)
+    max_classes = cfg.max_classes
+    arrays = _load_arrays(data, cfg)
     missing = [k for k in REQUIRED_KEYS if k not in arrays]
     if missing:
         raise InvalidInput(f"file lacks array {missing[0]!r} (needs {list(REQUIRED_KEYS)}, "
@@ -114,6 +127,9 @@ def parse_dataset(data: bytes, *, max_bytes: int, max_classes: int,
         if y.dtype.kind not in "iu":
             raise InvalidInput(f"y_{split} has dtype {y.dtype}; integer class labels are required",
                                field="file")
+        if x.ndim > cfg.max_tensor_rank:
+            raise InvalidInput(f"x_{split} has rank {x.ndim}, more than the limit of "
+                               f"{cfg.max_tensor_rank}", field="file")
         if x.ndim < 2:
             raise InvalidInput(f"x_{split} must be (N, ...) with one sample per row, got shape "
                                f"{list(x.shape)}", field="file")

@@ -49,14 +49,24 @@ def add_job(session: Session, *, model_id: str, dataset_id: str, spec: dict[str,
     return row
 
 
-def list_jobs(session: Session, *, offset: int, limit: int, status: str | None = None) -> tuple[list[Job], int]:
+def list_jobs(session: Session, *, offset: int, limit: int, status: str | None = None,
+              owner: str | None = None) -> tuple[list[Job], int]:
+    """Newest first; `owner=None` lists every principal's jobs."""
     query = select(Job)
     count = select(func.count()).select_from(Job)
+    if owner is not None:
+        query = query.where(Job.owner == owner)
+        count = count.where(Job.owner == owner)
     if status is not None:
         query = query.where(Job.status == status)
         count = count.where(Job.status == status)
     rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id).offset(offset).limit(limit))
     return list(rows), int(session.scalar(count) or 0)
+
+
+def count_active_jobs(session: Session, owner: str) -> int:
+    return int(session.scalar(select(func.count()).select_from(Job).where(
+        Job.owner == owner, Job.status.in_(("queued", "running")))) or 0)
 
 
 def cancel_job(session: Session, job_id: str) -> Job | None:

@@ -7,6 +7,8 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, select
 
+from store import tokens
+from store.db import make_engine, make_sessionmaker, transaction
 from store.models import Blob, BlobChunk, Dataset, Job, Model, Trial
 
 TABLES = (Blob, BlobChunk, Model, Dataset, Job, Trial)
@@ -19,6 +21,18 @@ def row_counts(url: str) -> dict[str, int]:
                   for t in TABLES}
     engine.dispose()
     return counts
+
+
+def make_token(url: str, name: str = "alice", *, admin: bool = False) -> str:
+    engine = make_engine(url)
+    with transaction(make_sessionmaker(engine)) as s:
+        _, plaintext = tokens.create(s, name, admin=admin)
+    engine.dispose()
+    return plaintext
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def upload_model(client: TestClient, weights: bytes, architecture: str = "lenet-300-100") -> dict[str, Any]:

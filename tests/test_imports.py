@@ -13,7 +13,8 @@ def test_api_app_loads_no_torch_nevergrad_or_optuna(sqlite_url: str) -> None:
         "from fastapi.testclient import TestClient\n"
         "c = TestClient(app)\n"
         "assert c.get('/healthz').status_code == 200\n"
-        "assert c.get('/').status_code == 200\n"
+        "assert c.get('/login').status_code == 200\n"
+        "assert c.get('/v1/jobs').status_code == 401\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'nevergrad', 'optuna'})\n"
         "print(heavy)\n"
     )

@@ -86,8 +86,12 @@ def service(tmp_path: Path, mnist_dir: Path) -> Iterator[str]:
             proc.kill()
 
 
-def test_readme_walkthrough_lenet_300_100(service: str, reference_300_100: Path, mnist_dir: Path) -> None:
-    http = httpx.Client(base_url=service, timeout=60)
+def test_readme_walkthrough_lenet_300_100(service: str, reference_300_100: Path, mnist_dir: Path,
+                                         tmp_path: Path) -> None:
+    # `thresher up` created the admin token on its first start and kept it in ./var/admin-token
+    token = (tmp_path / "var" / "admin-token").read_text().strip()
+    assert httpx.get(f"{service}/v1/jobs").status_code == 401
+    http = httpx.Client(base_url=service, timeout=60, headers={"Authorization": f"Bearer {token}"})
     with reference_300_100.open("rb") as f:
         model = http.post("/v1/models", data={"architecture": "lenet-300-100"},
                           files={"weights": ("ref.safetensors", f)}).json()
@@ -110,7 +114,7 @@ def test_readme_walkthrough_lenet_300_100(service: str, reference_300_100: Path,
         time.sleep(0.5)
     assert state["status"] == "succeeded", state["error"]
     assert seen_running and state["progress"]["trials_done"] == 300
-    assert "succeeded" in http.get("/").text
+    assert "succeeded" in http.get("/", cookies={"thresher_session": token}).text
 
     r = http.get(f"/v1/jobs/{job['id']}/checkpoint")
     assert r.status_code == 200

@@ -15,12 +15,12 @@ from fastapi.testclient import TestClient
 from core.settings import Settings
 from service.app import create_app
 from tests.conftest import npz_bytes
-from tests.helpers import row_counts, submit, upload_dataset, upload_model
+from tests.helpers import bearer, make_token, row_counts, submit, upload_dataset, upload_model
 
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings), headers=bearer(make_token(settings.database_url))) as c:
         yield c
 
 
@@ -46,8 +46,18 @@ def test_health_docs_and_index(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert "/v1/jobs" in client.get("/openapi.json").json()["paths"]
     assert client.get("/docs").status_code == 200
-    page = client.get("/")
-    assert page.status_code == 200 and "No jobs yet" in page.text
+    assert client.get("/", follow_redirects=False).headers["location"] == "/login"
+    token = client.headers["authorization"][7:]
+    login = client.post("/login", data={"token": token}, follow_redirects=False)
+    cookie = login.headers["set-cookie"].lower()
+    assert login.status_code == 303 and "httponly" in cookie and "secure" in cookie
+    assert "samesite=strict" in cookie
+    bad = client.post("/login", data={"token": "thr_wrong"}, follow_redirects=False)
+    assert bad.status_code == 401 and "unknown or revoked" in bad.text
+    # the cookie is Secure, which the test client (plain http://testserver) withholds; a browser
+    # on 127.0.0.1 or localhost sends it
+    page = client.get("/", headers={"cookie": f"thresher_session={token}"})
+    assert page.status_code == 200 and "No jobs yet" in page.text and "alice" in page.text
 
 
 def test_upload_model_reports_layers_and_parameters(client: TestClient) -> None:
@@ -141,7 +151,7 @@ def test_bad_datasets_are_refused_and_leave_nothing(tmp_path, app_db_url: str, c
     from tests.conftest import make_settings
 
     cfg = make_settings(app_db_url, tmp_path, max_classes=16, max_upload_bytes=8 * 1024 * 1024)
-    with TestClient(create_app(cfg)) as client:
+    with TestClient(create_app(cfg), headers=bearer(make_token(app_db_url))) as client:
         before = row_counts(app_db_url)
         r = client.post("/v1/datasets", files={"file": ("d.npz", payload)})
         assert r.status_code == 422, r.text

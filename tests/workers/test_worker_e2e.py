@@ -22,7 +22,7 @@ from safetensors import safe_open
 from core.optimizers import OPTIMIZERS
 from core.settings import Settings
 from service.app import create_app
-from tests.helpers import submit, upload_dataset, upload_model
+from tests.helpers import bearer, make_token, submit, upload_dataset, upload_model
 from workers.loop import Worker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def api(settings: Settings, small_model_weights: bytes, small_dataset_npz: bytes) -> Iterator[tuple[TestClient, dict[str, str]]]:
-    with TestClient(create_app(settings)) as client:
+    # an admin token: these tests also read /v1/workers
+    with TestClient(create_app(settings), headers=bearer(make_token(settings.database_url, admin=True))) as client:
         model = upload_model(client, small_model_weights)
         ds = upload_dataset(client, small_dataset_npz)
         yield client, {"model_id": model["id"], "dataset_id": ds["id"]}
@@ -236,7 +237,7 @@ def test_sigterm_hands_the_job_back_and_another_worker_finishes_it(api, settings
 
 def test_a_missing_builtin_dataset_fails_the_job_with_the_reason(settings: Settings, tmp_path: Path,
                                                                 small_model_weights: bytes) -> None:
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=bearer(make_token(settings.database_url))) as client:
         model = upload_model(client, small_model_weights)
         ds = client.post("/v1/datasets", json={"builtin": "mnist"}).json()
         job = submit(client, model["id"], ds["id"])
