@@ -71,15 +71,15 @@ def _tokens(args: argparse.Namespace, cfg: Settings) -> int:
         elif args.token_command == "list":
             print(f"{'id':<37}{'name':<24}{'admin':<7}{'created (UTC)':<21}revoked")
             for t in tokens.all_tokens(s):
-                revoked = t.revoked_at.strftime("%Y-%m-%d %H:%M") if t.revoked_at else "-"
+                when = t.revoked_at.strftime("%Y-%m-%d %H:%M") if t.revoked_at else "-"
                 print(f"{t.id:<37}{t.name:<24}{'yes' if t.admin else 'no':<7}"
-                      f"{t.created_at.strftime('%Y-%m-%d %H:%M'):<21}{revoked}")
+                      f"{t.created_at.strftime('%Y-%m-%d %H:%M'):<21}{when}")
         else:
-            row = tokens.revoke(s, args.id)
-            if row is None:
+            revoked = tokens.revoke(s, args.id)
+            if revoked is None:
                 print(f"thresher: no token {args.id!r}", file=sys.stderr)
                 return 2
-            print(f"revoked token {row.id} ({row.name})")
+            print(f"revoked token {revoked.id} ({revoked.name})")
     return 0
 
 
