@@ -7,13 +7,14 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Form, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from core.settings import Settings
 from service import errors, routes_datasets, routes_jobs, routes_models
-from service.auth import SESSION_COOKIE, resolve
+from service.auth import SESSION_COOKIE, Principal, current_principal, resolve
 from service.deps import db
 from service.limits import BodyLimit, RateLimiter
 from service.views import job_doc
@@ -30,6 +31,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     check_schema(engine)  # refuse to serve on a schema that is behind
 
     app = FastAPI(
+        # the schema and its docs need a token too (bearer, or the dashboard's cookie): see below
+        docs_url=None,
+        openapi_url=None,
         title="Thresher",
         version="0.1.0",
         description="Compression search for trained PyTorch models: upload a model and its data, "
@@ -48,6 +52,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_models.router)
     app.include_router(routes_datasets.router)
     app.include_router(routes_jobs.router)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi(_: Principal = Depends(current_principal)) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(request: Request) -> Response:
+        if resolve(request, request.cookies.get(SESSION_COOKIE)) is None:
+            return RedirectResponse("/login", status_code=303)
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Thresher API")
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:

@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import DatasetUnavailable, InvalidInput
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: str
+
+
+def _described(text: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": text}
+
+
+# Documented on every route so that clients (and schema-driven fuzzers) know every error's shape.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _described("the body could not be parsed"),
+    401: _described("missing, unknown or revoked token"),
+    403: _described("an admin token is needed"),
+    404: _described("no such resource for this principal"),
+    409: _described("the resource is not in a state that allows this"),
+    413: _described("the body is over the configured limit"),
+    415: _described("unsupported content type"),
+    422: _described("invalid input; the detail names the field, tensor or array"),
+    429: _described("rate or job limit reached; see Retry-After"),
+    503: _described("a built-in dataset is unavailable on this server"),
+}
 
 
 class ApiError(Exception):

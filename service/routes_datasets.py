@@ -14,7 +14,7 @@ from core.settings import Settings
 from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION
 from service.auth import Principal, current_principal
 from service.deps import db, session_factory, settings
-from service.errors import ApiError
+from service.errors import ERROR_RESPONSES, ApiError
 from service.ownership import get_owned
 from service.routes_models import read_upload
 from service.uploads import builtin_summary, parse_dataset
@@ -23,7 +23,7 @@ from store import blobs, records
 from store.db import transaction
 from store.models import Dataset
 
-router = APIRouter(prefix="/v1", tags=["datasets"])
+router = APIRouter(prefix="/v1", tags=["datasets"], responses=ERROR_RESPONSES)
 
 
 class DatasetOptions(BaseModel):

@@ -15,7 +15,7 @@ from core.settings import Settings
 from core.spec import JobSpec
 from service.auth import Principal, current_principal, require_admin
 from service.deps import db, db_write, settings
-from service.errors import ApiError
+from service.errors import ERROR_RESPONSES, ApiError
 from service.ownership import get_owned
 from service.uploads import check_compatible
 from service.views import job_doc, trial_doc, worker_doc
@@ -23,7 +23,7 @@ from store import blobs, records
 from store.db import transaction
 from store.models import Blob, Dataset, Job, Model
 
-router = APIRouter(prefix="/v1", tags=["jobs"])
+router = APIRouter(prefix="/v1", tags=["jobs"], responses=ERROR_RESPONSES)
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 

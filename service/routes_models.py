@@ -12,7 +12,7 @@ from core.architectures import get_architecture, registry
 from core.settings import Settings
 from service.auth import Principal, current_principal
 from service.deps import db, session_factory, settings
-from service.errors import ApiError
+from service.errors import ERROR_RESPONSES, ApiError
 from service.ownership import get_owned
 from service.uploads import validate_weights
 from service.views import model_doc
@@ -20,7 +20,7 @@ from store import blobs, records
 from store.db import transaction
 from store.models import Model
 
-router = APIRouter(prefix="/v1", tags=["models"])
+router = APIRouter(prefix="/v1", tags=["models"], responses=ERROR_RESPONSES)
 
 
 async def read_upload(upload: StarletteUpload, field: str, limit: int) -> bytes:

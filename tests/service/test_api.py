@@ -45,7 +45,8 @@ def _arrays(n: int = 50, **changes: np.ndarray | None) -> dict[str, np.ndarray]:
 def test_health_docs_and_index(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert "/v1/jobs" in client.get("/openapi.json").json()["paths"]
-    assert client.get("/docs").status_code == 200
+    assert client.get("/openapi.json", headers={"authorization": ""}).status_code == 401
+    assert client.get("/docs", follow_redirects=False).headers["location"] == "/login"
     assert client.get("/", follow_redirects=False).headers["location"] == "/login"
     token = client.headers["authorization"][7:]
     login = client.post("/login", data={"token": token}, follow_redirects=False)
@@ -57,6 +58,8 @@ def test_health_docs_and_index(client: TestClient) -> None:
     # the cookie is Secure, which the test client (plain http://testserver) withholds; a browser
     # on 127.0.0.1 or localhost sends it
     page = client.get("/", headers={"cookie": f"thresher_session={token}"})
+    docs = client.get("/docs", headers={"cookie": f"thresher_session={token}"})
+    assert docs.status_code == 200 and "/openapi.json" in docs.text
     assert page.status_code == 200 and "No jobs yet" in page.text and "alice" in page.text
 
 
