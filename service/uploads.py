@@ -75,6 +75,11 @@ def _load_arrays(data: bytes, cfg: Settings) -> dict[str, np.ndarray]:
         if len(infos) > cfg.max_tensors:
             raise InvalidInput(f"file holds {len(infos)} arrays, more than the limit of "
                                f"{cfg.max_tensors}", field="file")
+        strangers = [i.filename for i in infos if not i.filename.endswith(".npy")]
+        if strangers:
+            raise InvalidInput(f"file is a zip archive but not an .npz: member {strangers[0]!r} is "
+                               "not a .npy array (PyTorch archives hold pickles and are refused)",
+                               field="file")
         # Sizes from the archive's directory, before anything is decompressed (zip bombs).
         expanded = sum(i.file_size for i in infos)
         if expanded > MAX_NPZ_EXPANSION * max_bytes:
