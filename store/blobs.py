@@ -7,20 +7,28 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from store.models import Blob, BlobChunk
+from store.models import Blob, BlobChunk, utcnow
 
 CHUNK_SIZE = 1024 * 1024
 
 
 def put(session: Session, data: bytes) -> str:
-    """Store `data` (idempotent) and return its sha256."""
+    """Store `data` (idempotent, also between concurrent transactions) and return its sha256."""
     sha = hashlib.sha256(data).hexdigest()
     if session.get(Blob, sha) is not None:
         return sha
-    session.add(Blob(sha256=sha, size=len(data), chunk_size=CHUNK_SIZE))
-    session.flush()
+    # Two uploads of the same bytes at once: the second INSERT waits for the first transaction and
+    # then does nothing, instead of failing on the primary key.
+    insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    claimed = session.execute(
+        insert(Blob).values(sha256=sha, size=len(data), chunk_size=CHUNK_SIZE, created_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["sha256"]).returning(Blob.sha256)).first()
+    if claimed is None:  # another transaction stored these bytes meanwhile
+        return sha
     for idx, start in enumerate(range(0, max(len(data), 1), CHUNK_SIZE)):
         session.add(BlobChunk(sha256=sha, idx=idx, data=data[start : start + CHUNK_SIZE]))
         # Flush per chunk so the session never holds a large blob's chunks twice.

@@ -6,11 +6,11 @@ import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from store import blobs, queue, records
 from store.db import make_engine, make_sessionmaker, transaction
-from store.models import Job, utcnow
+from store.models import Blob, Job, utcnow
 
 
 def _seed_jobs(url: str, n: int) -> list[str]:
@@ -108,3 +108,34 @@ def test_blobs_round_trip_in_chunks(db_url: str) -> None:
     with transaction(sessions, write=False) as s:
         assert len(list(blobs.iter_chunks(s, sha))) == 3
         assert blobs.read(s, sha) == data
+
+
+def test_concurrent_puts_of_the_same_bytes_store_one_blob(db_url: str) -> None:
+    engine = make_engine(db_url)
+    sessions = make_sessionmaker(engine)
+    data = b"the same checkpoint" * 1000
+    first = sessions()
+    first.connection(execution_options={"thresher_immediate": True})
+    sha = blobs.put(first, data)  # not committed yet
+    result: list[str] = []
+    errors: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            with transaction(sessions) as s:  # waits for the first transaction
+                result.append(blobs.put(s, data))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    thread.join(timeout=1.0)
+    assert thread.is_alive()  # blocked behind the first writer, not failed
+    first.commit()
+    first.close()
+    thread.join(timeout=30)
+    assert not errors and result == [sha]
+    with transaction(sessions, write=False) as s:
+        assert blobs.read(s, sha) == data
+        assert s.scalar(select(func.count()).select_from(Blob)) == 1
+    engine.dispose()
