@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.optimizers import METHODS, OPTIMIZERS
@@ -47,6 +49,11 @@ class SearchOptions(BaseModel):
         "from the best uniform point",
     )
     prune_biases: bool = Field(False, description="also prune bias vectors")
+    evaluation: Literal["auto", "batched", "loop"] = Field(
+        "auto",
+        description="score a population in one batched forward pass (vmap), or one candidate at a "
+        "time; auto batches on CUDA only. Both give identical fp32 accuracies.",
+    )
 
 
 class JobSpec(BaseModel):

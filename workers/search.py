@@ -29,7 +29,7 @@ from core.metrics import compression_ratio, is_feasible, objective
 from core.spec import JobSpec
 from workers import optimizers
 from workers.data import Splits
-from workers.evaluation import accuracy
+from workers.evaluation import Evaluator, accuracy
 from workers.masking import MagnitudePruner, PrunedModel, log_ratios_to_keep
 
 FAILED_OBJECTIVE = 1e6
@@ -117,31 +117,45 @@ class MagnitudeSearch:
         else:
             self.x_score, self.y_score = splits.x_val, splits.y_val
         self.subset = self.y_score.shape[0] < n_val
+        mode = spec.search.evaluation
+        self.scorer = Evaluator(model, self.x_score, self.y_score, mode=mode)
+        self.full_scorer = (Evaluator(model, splits.x_val, splits.y_val, mode=mode) if self.subset
+                            else self.scorer)
 
     # -- scoring ---------------------------------------------------------------------------
-    def _score(self, number: int, stage: str, x: Sequence[float], ref: float,
-               xs: torch.Tensor, ys: torch.Tensor) -> Evaluated:
+    def _score_all(self, first: int, stage: str, xs: Sequence[Sequence[float]], ref: float,
+                   scorer: Evaluator) -> list[Evaluated]:
+        """Mask every candidate, then score the valid ones together (one batched pass)."""
         start = time.perf_counter()
-        cand = [float(v) for v in x]
-        try:
-            pruned = self.pruner.apply(log_ratios_to_keep(cand))
-            acc = accuracy(self.model, pruned.params, xs, ys)
-        except Exception as exc:  # a bad candidate is a failed trial, not a failed job
-            return Evaluated(number, stage, cand, {}, None, None, int(ys.shape[0]), None,
-                             self.pruner.total, None, None, FAILED_OBJECTIVE, False,
-                             f"{type(exc).__name__}: {exc}", (time.perf_counter() - start) * 1e3)
-        drop = ref - acc
-        weights_kept = sum(pruned.kept.values())
-        return Evaluated(
-            number=number, stage=stage, candidate=cand,
-            keep_ratios=pruned.keep_ratios(self.pruner.sizes), val_accuracy=acc, accuracy_drop=drop,
-            scored_on=int(ys.shape[0]), nonzero=pruned.nonzero, total=pruned.total,
-            compression_ratio=compression_ratio(pruned.total, pruned.nonzero),
-            weights_ratio=compression_ratio(self.weights_total, weights_kept),
-            objective=objective(pruned.nonzero, pruned.total, drop, self.delta),
-            feasible=is_feasible(drop, self.delta), error=None,
-            duration_ms=(time.perf_counter() - start) * 1e3,
-        )
+        prepared: list[tuple[list[float], PrunedModel | None, str | None]] = []
+        for x in xs:
+            cand = [float(v) for v in x]
+            try:
+                prepared.append((cand, self.pruner.apply(log_ratios_to_keep(cand)), None))
+            except Exception as exc:  # a bad candidate is a failed trial, not a failed job
+                prepared.append((cand, None, f"{type(exc).__name__}: {exc}"))
+        accuracies = iter(scorer.accuracies([p.params for _, p, _ in prepared if p is not None]))
+        per_trial_ms = (time.perf_counter() - start) * 1e3 / max(len(xs), 1)
+        scored_on = int(scorer.y.shape[0])
+        out: list[Evaluated] = []
+        for i, (cand, pruned, error) in enumerate(prepared):
+            if pruned is None:
+                out.append(Evaluated(first + i, stage, cand, {}, None, None, scored_on, None,
+                                     self.pruner.total, None, None, FAILED_OBJECTIVE, False, error,
+                                     per_trial_ms))
+                continue
+            acc = next(accuracies)
+            drop = ref - acc
+            out.append(Evaluated(
+                number=first + i, stage=stage, candidate=cand,
+                keep_ratios=pruned.keep_ratios(self.pruner.sizes), val_accuracy=acc,
+                accuracy_drop=drop, scored_on=scored_on, nonzero=pruned.nonzero, total=pruned.total,
+                compression_ratio=compression_ratio(pruned.total, pruned.nonzero),
+                weights_ratio=compression_ratio(self.weights_total, sum(pruned.kept.values())),
+                objective=objective(pruned.nonzero, pruned.total, drop, self.delta),
+                feasible=is_feasible(drop, self.delta), error=None, duration_ms=per_trial_ms,
+            ))
+        return out
 
     def _population(self, stage: str, xs: Sequence[Sequence[float]], first: int, *, full: bool = False,
                     trials_done: int | None = None) -> list[Evaluated]:
@@ -155,9 +169,9 @@ class MagnitudeSearch:
                     raise ReplayDiverged(f"trial {s.number}")
             self._remember(out)
             return out
-        ref, xv, yv = ((self.reference_full, self.splits.x_val, self.splits.y_val) if full
-                       else (self.reference_scored, self.x_score, self.y_score))
-        out = [self._score(first + i, stage, x, ref, xv, yv) for i, x in enumerate(xs)]
+        ref, scorer = ((self.reference_full, self.full_scorer) if full
+                       else (self.reference_scored, self.scorer))
+        out = self._score_all(first, stage, xs, ref, scorer)
         self._remember(out)
         done = trials_done if trials_done is not None else first + len(xs)
         self.recorder.write(out, trials_done=done, stage=stage, best=self.best)

@@ -34,10 +34,12 @@ class ListRecorder:
         pass
 
 
-def _search(weights: bytes, arrays: dict[str, np.ndarray], recorder: ListRecorder) -> MagnitudeSearch:
+def _search(weights: bytes, arrays: dict[str, np.ndarray], recorder: ListRecorder,
+            evaluation: str = "auto") -> MagnitudeSearch:
     arch = get_architecture("lenet-300-100")
     spec = JobSpec.model_validate({"model_id": "m", "dataset_id": "d", "max_accuracy_drop": 0.01,
-                                   "budget": {"trials": 48}, "optimizer": "nevergrad:CMA", "seed": 5})
+                                   "budget": {"trials": 48}, "optimizer": "nevergrad:CMA", "seed": 5,
+                                   "search": {"evaluation": evaluation}})
     return MagnitudeSearch(arch, zoo.build(arch).eval(), safetensors.torch.load(weights),
                            split_arrays(arrays, {}), spec, recorder)
 
@@ -69,3 +71,16 @@ def test_a_diverged_replay_rebuilds_the_optimizer_and_finishes(small_model_weigh
     result = _search(small_model_weights, small_arrays, resumed).run()
     assert [t.number for t in resumed.written] == list(range(32, 48))
     assert result.best.feasible and result.best.number < 48
+
+
+def untimed(trials: Sequence[Evaluated]) -> list[Evaluated]:
+    return [dataclasses.replace(t, duration_ms=0.0) for t in trials]
+
+
+def test_a_batched_search_makes_the_same_trials_as_a_looped_one(small_model_weights: bytes,
+                                                                small_arrays: dict[str, np.ndarray]) -> None:
+    looped, batched = ListRecorder(), ListRecorder()
+    a = _search(small_model_weights, small_arrays, looped, "loop").run()
+    b = _search(small_model_weights, small_arrays, batched, "batched").run()
+    assert untimed(looped.written) == untimed(batched.written)
+    assert untimed([a.best]) == untimed([b.best])

@@ -263,6 +263,8 @@ def test_a_bad_candidate_is_a_failed_trial_not_a_failed_job(small_model_weights:
     search = MagnitudeSearch(arch, zoo.build(arch).eval(), safetensors.torch.load(small_model_weights),
                              split_arrays(small_arrays, {}), spec, recorder=None)  # type: ignore[arg-type]
     search.reference_scored = 0.9
-    trial = search._score(5, "search", [float("nan"), -1.0, -1.0], 0.9, search.x_score, search.y_score)
-    assert not trial.feasible and trial.error is not None and "must be finite" in trial.error
-    assert trial.objective > 1e5
+    bad, good = search._score_all(5, "search", [[float("nan"), -1.0, -1.0], [-1.0, -1.0, -1.0]], 0.9,
+                                  search.scorer)
+    assert not bad.feasible and bad.error is not None and "must be finite" in bad.error
+    assert bad.objective > 1e5 and bad.number == 5
+    assert good.error is None and good.val_accuracy is not None and good.number == 6
