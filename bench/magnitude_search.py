@@ -54,6 +54,9 @@ class MemoryRecorder:
     def check(self) -> None:
         pass
 
+    def flush(self) -> None:
+        pass
+
 
 def uniform_scan(pruner: MagnitudePruner, model: torch.nn.Module, splits, ref: float, delta: float,  # type: ignore[no-untyped-def]
                  evaluations: int, lower: float) -> tuple[float, int, float]:

@@ -72,6 +72,7 @@ class Recorder(Protocol):
               best: Evaluated | None) -> None: ...
     def set_reference(self, reference: dict[str, Any]) -> None: ...
     def check(self) -> None: ...
+    def flush(self) -> None: ...
 
 
 class ReplayDiverged(Exception):
@@ -278,6 +279,7 @@ class MagnitudeSearch:
             start = np.zeros(self.pruner.dims)
         number = self._search(number, start)
         best = self._rescore(number)
+        self.recorder.flush()  # every trial is stored before the job reports its best
 
         pruned = self.pruner.apply(log_ratios_to_keep(best.candidate))
         test_accuracy = accuracy(self.model, pruned.params, self.splits.x_test, self.splits.y_test)

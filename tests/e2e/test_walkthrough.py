@@ -43,7 +43,7 @@ def _env(tmp: Path, datasets_dir: Path) -> dict[str, str]:
 
 def _thresher(*args: str, env: dict[str, str], cwd: Path) -> str:
     out = subprocess.run([sys.executable, "-m", "cli.main", *args], env={**env, "PYTHONPATH": str(ROOT)},
-                         cwd=cwd, capture_output=True, text=True, timeout=1200)
+                         cwd=cwd, capture_output=True, text=True, timeout=3000)
     assert out.returncode == 0, out.stderr
     return out.stdout
 

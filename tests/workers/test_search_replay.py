@@ -33,6 +33,9 @@ class ListRecorder:
     def check(self) -> None:
         pass
 
+    def flush(self) -> None:
+        pass
+
 
 def _search(weights: bytes, arrays: dict[str, np.ndarray], recorder: ListRecorder,
             evaluation: str = "auto") -> MagnitudeSearch:
