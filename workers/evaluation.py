@@ -10,7 +10,7 @@ on CUDA only; both paths are tested on CPU.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from math import prod
 
 import torch
@@ -32,14 +32,13 @@ def accuracy(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor,
     return correct / x.shape[0]
 
 
-def activation_elements(model: nn.Module, params: dict[str, torch.Tensor], sample: torch.Tensor) -> int:
-    """Elements of every module's output for one sample (measured once, with hooks)."""
-    total = 0
+def _trace(model: nn.Module, params: dict[str, torch.Tensor], sample: torch.Tensor,
+           visit: Callable[[nn.Module, torch.Tensor], None]) -> None:
+    """Run one sample forward and show `visit` every module's tensor output."""
 
-    def hook(_m: nn.Module, _i: object, out: object) -> None:
-        nonlocal total
+    def hook(module: nn.Module, _inputs: object, out: object) -> None:
         if isinstance(out, torch.Tensor):
-            total += out.numel()
+            visit(module, out)
 
     handles = [m.register_forward_hook(hook) for m in model.modules()]
     try:
@@ -48,7 +47,13 @@ def activation_elements(model: nn.Module, params: dict[str, torch.Tensor], sampl
     finally:
         for h in handles:
             h.remove()
-    return max(total, 1)
+
+
+def activation_elements(model: nn.Module, params: dict[str, torch.Tensor], sample: torch.Tensor) -> int:
+    """Elements of every module's output for one sample (measured once per model)."""
+    sizes: list[int] = []
+    _trace(model, params, sample, lambda _m, out: sizes.append(out.numel()))
+    return max(sum(sizes), 1)
 
 
 class Evaluator:
@@ -94,22 +99,13 @@ class Evaluator:
 
 def dense_flops(model: nn.Module, params: dict[str, torch.Tensor], sample: torch.Tensor) -> int:
     """Multiply-adds ×2 of one dense forward pass of one sample (Linear and Conv layers)."""
-    flops = 0
+    flops: list[int] = []
 
-    def hook(m: nn.Module, _i: object, out: object) -> None:
-        nonlocal flops
-        if isinstance(out, torch.Tensor):
-            if isinstance(m, nn.Linear):
-                flops += 2 * m.in_features * out.numel()
-            elif isinstance(m, nn.modules.conv._ConvNd):
-                per_output = m.in_channels // m.groups * prod(m.kernel_size)
-                flops += 2 * per_output * out.numel()
+    def visit(m: nn.Module, out: torch.Tensor) -> None:
+        if isinstance(m, nn.Linear):
+            flops.append(2 * m.in_features * out.numel())
+        elif isinstance(m, nn.modules.conv._ConvNd):
+            flops.append(2 * (m.in_channels // m.groups) * prod(m.kernel_size) * out.numel())
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()]
-    try:
-        with torch.inference_mode():
-            functional_call(model, params, (sample[:1],))
-    finally:
-        for h in handles:
-            h.remove()
-    return flops
+    _trace(model, params, sample, visit)
+    return sum(flops)
