@@ -268,3 +268,26 @@ def test_a_bad_candidate_is_a_failed_trial_not_a_failed_job(small_model_weights:
     assert not bad.feasible and bad.error is not None and "must be finite" in bad.error
     assert bad.objective > 1e5 and bad.number == 5
     assert good.error is None and good.val_accuracy is not None and good.number == 6
+
+
+def test_a_frozen_worker_that_wakes_up_late_changes_nothing(api, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    client, ids = api
+    job = submit(client, **ids, budget={"trials": 400})
+    proc = _worker_process(settings)
+    try:
+        _wait_for(lambda: client.get(f"/v1/jobs/{job['id']}").json()["progress"]["trials_done"] >= 16)
+        proc.send_signal(signal.SIGSTOP)  # frozen mid-job, holding scored trials in its buffer
+        time.sleep(2.5)  # past its 2 s lease
+        _run_worker(settings)  # another worker takes the job over and finishes it
+        done = client.get(f"/v1/jobs/{job['id']}").json()
+        assert done["status"] == "succeeded" and done["attempt"] == 2
+        trials = _trials(client, job["id"])
+        proc.send_signal(signal.SIGCONT)  # the frozen worker wakes up and tries to carry on
+        time.sleep(3.0)
+        assert _trials(client, job["id"]) == trials  # its late writes changed nothing
+        assert client.get(f"/v1/jobs/{job['id']}").json() == done
+        assert [t["number"] for t in trials] == list(range(400))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
