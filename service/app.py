@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from core.settings import Settings
 from service import errors, routes_datasets, routes_jobs, routes_models
-from service.auth import SESSION_COOKIE, Principal, current_principal, resolve
+from service.auth import SESSION_COOKIE, Principal, check_address, current_principal, resolve
 from service.deps import db
 from service.limits import BodyLimit, RateLimiter
 from service.views import job_doc
@@ -84,8 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post("/login", include_in_schema=False)
     def login(request: Request, token: Annotated[str, Form(max_length=200)]) -> Response:
-        client = request.client.host if request.client else "unknown"
-        app.state.rate_limiter.check(f"addr:{client}")  # slows down token guessing
+        check_address(request)
         if resolve(request, token.strip()) is None:
             return TEMPLATES.TemplateResponse(request, "login.html",
                                               {"error": "That token is unknown or revoked."},

@@ -41,6 +41,12 @@ def resolve(request: Request, token: str | None) -> Principal | None:
         return Principal(name=row.name, admin=row.admin) if row else None
 
 
+def check_address(request: Request) -> None:
+    """Unauthenticated calls share a request budget per client address: guessing tokens stays slow."""
+    client = request.client.host if request.client else "unknown"
+    request.app.state.rate_limiter.check(f"addr:{client}")
+
+
 def current_principal(request: Request) -> Principal:
     cached = getattr(request.state, "principal", None)
     if isinstance(cached, Principal):
@@ -48,9 +54,7 @@ def current_principal(request: Request) -> Principal:
     token = presented_token(request)
     principal = resolve(request, token)
     if principal is None:
-        # unauthenticated calls share a budget per client address: guessing tokens stays slow
-        client = request.client.host if request.client else "unknown"
-        request.app.state.rate_limiter.check(f"addr:{client}")
+        check_address(request)
         if token is None:
             raise ApiError(401, "unauthorized",
                            "missing token: send 'Authorization: Bearer <token>' (create one with "

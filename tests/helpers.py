@@ -7,7 +7,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, select
 
-from store import tokens
+from store import blobs, records, tokens
 from store.db import make_engine, make_sessionmaker, transaction
 from store.models import Blob, BlobChunk, Dataset, Job, Model, Trial
 
@@ -55,3 +55,17 @@ def submit(client: TestClient, model_id: str, dataset_id: str, **spec: Any) -> d
     r = client.post("/v1/jobs", json=body)
     assert r.status_code == 201, r.text
     return r.json()
+
+
+def seed_jobs(url: str, n: int) -> list[str]:
+    """`n` queued jobs on one model and dataset (the rows the queue tests claim); their ids."""
+    engine = make_engine(url)
+    with transaction(make_sessionmaker(engine)) as s:
+        sha = blobs.put(s, b"weights")
+        model = records.add_model(s, architecture="lenet-300-100", weights_sha256=sha, summary={},
+                                  name=None)
+        ds = records.add_dataset(s, summary={}, builtin="mnist", blob_sha256=None, name=None)
+        ids = [records.add_job(s, model_id=model.id, dataset_id=ds.id, spec={}, trials_total=1).id
+               for _ in range(n)]
+    engine.dispose()
+    return ids

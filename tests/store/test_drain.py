@@ -8,9 +8,9 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from store import blobs, records
 from store.db import make_engine, make_sessionmaker, transaction
 from store.models import Job
+from tests.helpers import seed_jobs
 
 ROOT = Path(__file__).resolve().parents[2]
 ITEMS = 2_000
@@ -18,14 +18,7 @@ ITEMS = 2_000
 
 def test_processes_drain_2000_items_each_exactly_once(db_url: str) -> None:
     processes = 16 if db_url.startswith("postgresql") else 8  # SQLite serializes its writers
-    sessions = make_sessionmaker(make_engine(db_url))
-    with transaction(sessions) as s:
-        sha = blobs.put(s, b"weights")
-        model = records.add_model(s, architecture="lenet-300-100", weights_sha256=sha, summary={},
-                                  name=None)
-        ds = records.add_dataset(s, summary={}, builtin="mnist", blob_sha256=None, name=None)
-        ids = [records.add_job(s, model_id=model.id, dataset_id=ds.id, spec={}, trials_total=1).id
-               for _ in range(ITEMS)]
+    ids = seed_jobs(db_url, ITEMS)
     drainers = [subprocess.Popen([sys.executable, "-m", "tests.store.drainer", db_url, f"d{i}"],
                                  cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 for i in range(processes)]
@@ -40,5 +33,5 @@ def test_processes_drain_2000_items_each_exactly_once(db_url: str) -> None:
     print(f"{processes} processes drained {ITEMS} items: {sorted(per_process)}")
     assert len(finished) == ITEMS and sorted(finished) == sorted(ids)  # none twice, none lost
     assert sum(1 for n in per_process if n > 0) >= processes // 2  # really shared out
-    with transaction(sessions, write=False) as s:
+    with transaction(make_sessionmaker(make_engine(db_url)), write=False) as s:
         assert s.scalar(select(func.count()).select_from(Job).where(Job.status == "succeeded")) == ITEMS

@@ -11,21 +11,11 @@ from sqlalchemy import func, select
 from store import blobs, queue, records
 from store.db import make_engine, make_sessionmaker, transaction
 from store.models import Blob, Job, utcnow
-
-
-def _seed_jobs(url: str, n: int) -> list[str]:
-    sessions = make_sessionmaker(make_engine(url))
-    with transaction(sessions) as s:
-        sha = blobs.put(s, b"weights")
-        model = records.add_model(s, architecture="lenet-300-100", weights_sha256=sha, summary={},
-                                  name=None)
-        ds = records.add_dataset(s, summary={}, builtin="mnist", blob_sha256=None, name=None)
-        return [records.add_job(s, model_id=model.id, dataset_id=ds.id, spec={}, trials_total=1).id
-                for _ in range(n)]
+from tests.helpers import seed_jobs
 
 
 def test_concurrent_claimers_take_each_job_exactly_once(db_url: str) -> None:
-    ids = _seed_jobs(db_url, 60)
+    ids = seed_jobs(db_url, 60)
     claimed: list[str] = []
     lock = threading.Lock()
 
@@ -48,7 +38,7 @@ def test_concurrent_claimers_take_each_job_exactly_once(db_url: str) -> None:
 
 
 def test_expired_lease_is_reclaimed_and_the_old_owner_is_fenced_out(db_url: str) -> None:
-    (job_id,) = _seed_jobs(db_url, 1)
+    (job_id,) = seed_jobs(db_url, 1)
     sessions = make_sessionmaker(make_engine(db_url))
     t0 = utcnow()
     with transaction(sessions) as s:
@@ -71,7 +61,7 @@ def test_expired_lease_is_reclaimed_and_the_old_owner_is_fenced_out(db_url: str)
 
 
 def test_cancel_fences_the_running_worker(db_url: str) -> None:
-    (job_id,) = _seed_jobs(db_url, 1)
+    (job_id,) = seed_jobs(db_url, 1)
     sessions = make_sessionmaker(make_engine(db_url))
     with transaction(sessions) as s:
         lease = queue.claim(s, "a", lease_seconds=60)
@@ -86,7 +76,7 @@ def test_cancel_fences_the_running_worker(db_url: str) -> None:
 
 
 def test_requeued_job_waits_for_its_backoff(db_url: str) -> None:
-    _seed_jobs(db_url, 1)
+    seed_jobs(db_url, 1)
     sessions = make_sessionmaker(make_engine(db_url))
     with transaction(sessions) as s:
         lease = queue.claim(s, "a", lease_seconds=60)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -147,14 +148,6 @@ def test_subset_scores_are_rescored_on_the_full_validation_split(api, settings: 
     assert done["progress"]["trials_done"] == 48
 
 
-def _worker_process(settings: Settings, *extra: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, THRESHER_DATABASE_URL=settings.database_url,
-               THRESHER_DATASETS_DIR=str(settings.datasets_dir), THRESHER_CACHE_DIR=str(settings.cache_dir),
-               THRESHER_LEASE_SECONDS="2", THRESHER_HEARTBEAT_SECONDS="0.5",
-               THRESHER_POLL_SECONDS="0.1")
-    return subprocess.Popen([sys.executable, "-m", "cli.main", "worker", *extra], cwd=ROOT, env=env)
-
-
 def _wait_for(predicate, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -163,17 +156,29 @@ def _wait_for(predicate, timeout: float = 120.0) -> None:  # type: ignore[no-unt
         time.sleep(0.02)
 
 
+@contextmanager
+def _worker_mid_job(settings: Settings, client: TestClient, job_id: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A `thresher worker` process (2 s lease), yielded once it has stored 16 trials of the job;
+    killed on the way out whatever the test did to it."""
+    env = dict(os.environ, THRESHER_DATABASE_URL=settings.database_url,
+               THRESHER_DATASETS_DIR=str(settings.datasets_dir), THRESHER_CACHE_DIR=str(settings.cache_dir),
+               THRESHER_LEASE_SECONDS="2", THRESHER_HEARTBEAT_SECONDS="0.5",
+               THRESHER_POLL_SECONDS="0.1")
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "worker"], cwd=ROOT, env=env)
+    try:
+        _wait_for(lambda: client.get(f"/v1/jobs/{job_id}").json()["progress"]["trials_done"] >= 16)
+        yield proc
+    finally:
+        proc.kill()
+
+
 def test_a_killed_worker_s_job_resumes_elsewhere_without_recomputing(api, settings: Settings) -> None:  # type: ignore[no-untyped-def]
     client, ids = api
     spec = {"budget": {"trials": 160}, "seed": 3, "search": {"population": 8}}
     job = submit(client, **ids, **spec)
-    proc = _worker_process(settings)
-    try:
-        _wait_for(lambda: client.get(f"/v1/jobs/{job['id']}").json()["progress"]["trials_done"] >= 16)
+    with _worker_mid_job(settings, client, job["id"]) as proc:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-    finally:
-        proc.kill()
     mid = client.get(f"/v1/jobs/{job['id']}").json()
     assert mid["status"] == "running" and mid["progress"]["trials_done"] < 160, "killed too late"
     before = {t["number"]: t for t in _trials(client, job["id"])}
@@ -197,9 +202,7 @@ def test_a_killed_worker_s_job_resumes_elsewhere_without_recomputing(api, settin
 def test_cancel_stops_a_running_job_within_seconds(api, settings: Settings) -> None:  # type: ignore[no-untyped-def]
     client, ids = api
     job = submit(client, **ids, budget={"trials": 50_000})
-    proc = _worker_process(settings)
-    try:
-        _wait_for(lambda: client.get(f"/v1/jobs/{job['id']}").json()["progress"]["trials_done"] >= 16)
+    with _worker_mid_job(settings, client, job["id"]) as proc:
         assert client.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
 
         def worker_let_go() -> bool:
@@ -213,20 +216,14 @@ def test_cancel_stops_a_running_job_within_seconds(api, settings: Settings) -> N
         assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "cancelled"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-    finally:
-        proc.kill()
 
 
 def test_sigterm_hands_the_job_back_and_another_worker_finishes_it(api, settings: Settings) -> None:  # type: ignore[no-untyped-def]
     client, ids = api
     job = submit(client, **ids, budget={"trials": 400})
-    proc = _worker_process(settings)
-    try:
-        _wait_for(lambda: client.get(f"/v1/jobs/{job['id']}").json()["progress"]["trials_done"] >= 16)
+    with _worker_mid_job(settings, client, job["id"]) as proc:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-    finally:
-        proc.kill()
     handed = client.get(f"/v1/jobs/{job['id']}").json()
     assert handed["status"] == "queued" and handed["progress"]["trials_done"] >= 16
     _run_worker(settings)
@@ -262,7 +259,6 @@ def test_a_bad_candidate_is_a_failed_trial_not_a_failed_job(small_model_weights:
                                    "budget": {"trials": 8}})
     search = MagnitudeSearch(arch, zoo.build(arch).eval(), safetensors.torch.load(small_model_weights),
                              split_arrays(small_arrays, {}), spec, recorder=None)  # type: ignore[arg-type]
-    search.reference_scored = 0.9
     bad, good = search._score_all(5, "search", [[float("nan"), -1.0, -1.0], [-1.0, -1.0, -1.0]], 0.9,
                                   search.scorer)
     assert not bad.feasible and bad.error is not None and "must be finite" in bad.error
@@ -273,9 +269,7 @@ def test_a_bad_candidate_is_a_failed_trial_not_a_failed_job(small_model_weights:
 def test_a_frozen_worker_that_wakes_up_late_changes_nothing(api, settings: Settings) -> None:  # type: ignore[no-untyped-def]
     client, ids = api
     job = submit(client, **ids, budget={"trials": 400})
-    proc = _worker_process(settings)
-    try:
-        _wait_for(lambda: client.get(f"/v1/jobs/{job['id']}").json()["progress"]["trials_done"] >= 16)
+    with _worker_mid_job(settings, client, job["id"]) as proc:
         proc.send_signal(signal.SIGSTOP)  # frozen mid-job, holding scored trials in its buffer
         time.sleep(2.5)  # past its 2 s lease
         _run_worker(settings)  # another worker takes the job over and finishes it
@@ -289,5 +283,3 @@ def test_a_frozen_worker_that_wakes_up_late_changes_nothing(api, settings: Setti
         assert [t["number"] for t in trials] == list(range(400))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-    finally:
-        proc.kill()
