@@ -112,6 +112,8 @@ class Job(Base):
     best: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     test_accuracy: Mapped[float | None] = mapped_column(Float)
     checkpoint_sha256: Mapped[str | None] = mapped_column(String(64), ForeignKey("blob.sha256"))
+    # Resumable training state of multi-round methods (weights, masks, optimizer state, RNG).
+    state_sha256: Mapped[str | None] = mapped_column(String(64), ForeignKey("blob.sha256"))
     error: Mapped[str | None] = mapped_column(Text)
     # lease and fencing (DESIGN §4)
     lease_owner: Mapped[str | None] = mapped_column(String(200))
