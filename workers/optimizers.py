@@ -1,4 +1,4 @@
-"""One ask/tell interface over nevergrad and optuna, seeded, over a box of log10 keep ratios."""
+"""One ask/tell interface over nevergrad, optuna and NCS, seeded, over a box of log10 keep ratios."""
 
 from __future__ import annotations
 
@@ -105,6 +105,11 @@ def make(name: str, *, start: np.ndarray, lower: float, upper: float, seed: int,
     """An optimizer over [lower, upper]^len(start) whose first candidate is `start`."""
     library, _, algo = name.partition(":")
     opt: AskTell
+    if name == "ncs":
+        from workers.ncs import NCSOptimizer
+
+        # NCS's first parent is the start point itself.
+        return NCSOptimizer(start, lower, upper, seed, budget, population)
     if library == "nevergrad":
         opt = NevergradOptimizer(algo, start, lower, upper, seed, budget, population)
     elif library == "optuna":

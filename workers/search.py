@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -88,7 +88,7 @@ class SearchResult:
     thresholds: dict[str, float]
 
 
-def _better(a: Evaluated, b: Evaluated | None) -> bool:
+def better(a: Evaluated, b: Evaluated | None) -> bool:
     """Fewer non-zeros wins; then higher accuracy; then the earlier trial."""
     if b is None:
         return True
@@ -96,36 +96,29 @@ def _better(a: Evaluated, b: Evaluated | None) -> bool:
     return (a.nonzero, -(a.val_accuracy or 0.0), a.number) < (b.nonzero, -(b.val_accuracy or 0.0), b.number)
 
 
-class MagnitudeSearch:
-    def __init__(self, arch: Architecture, model: nn.Module, params: dict[str, torch.Tensor],
-                 splits: Splits, spec: JobSpec, recorder: Recorder) -> None:
-        self.arch, self.model, self.spec, self.recorder = arch, model, spec, recorder
-        self.splits = splits
-        self.pruner = MagnitudePruner(arch, params, spec.search.prune_biases)
-        self.budget = spec.budget.trials
-        self.population = spec.search.population
-        self.lower = math.log10(spec.search.min_keep_ratio)
-        self.delta = spec.max_accuracy_drop
-        self.weights_total = sum(self.pruner.sizes.values())
-        self.results: list[Evaluated] = []
-        self.best: Evaluated | None = None
-        n_val = splits.y_val.shape[0]
-        subset = spec.search.validation_subset
-        if subset is not None and subset < n_val:
-            gen = torch.Generator().manual_seed(spec.seed)
-            idx = torch.randperm(n_val, generator=gen)[:subset].sort().values.to(splits.y_val.device)
-            self.x_score, self.y_score = splits.x_val[idx], splits.y_val[idx]
-        else:
-            self.x_score, self.y_score = splits.x_val, splits.y_val
-        self.subset = self.y_score.shape[0] < n_val
-        mode = spec.search.evaluation
-        self.scorer = Evaluator(model, self.x_score, self.y_score, mode=mode)
-        self.full_scorer = (Evaluator(model, splits.x_val, splits.y_val, mode=mode) if self.subset
-                            else self.scorer)
+class CandidateScorer:
+    """Turns candidates (log10 keep ratios per searched tensor) into scored trials."""
 
-    # -- scoring ---------------------------------------------------------------------------
-    def _score_all(self, first: int, stage: str, xs: Sequence[Sequence[float]], ref: float,
-                   scorer: Evaluator) -> list[Evaluated]:
+    def __init__(self, pruner: MagnitudePruner, delta: float) -> None:
+        self.pruner, self.delta = pruner, delta
+        self.weights_total = sum(pruner.sizes.values())
+
+    def evaluated(self, number: int, stage: str, candidate: list[float], pruned: PrunedModel,
+                  acc: float, ref: float, scored_on: int, duration_ms: float,
+                  round_: int = 0) -> Evaluated:
+        drop = ref - acc
+        return Evaluated(
+            number=number, stage=stage, candidate=candidate,
+            keep_ratios=pruned.keep_ratios(self.pruner.sizes), val_accuracy=acc,
+            accuracy_drop=drop, scored_on=scored_on, nonzero=pruned.nonzero, total=pruned.total,
+            compression_ratio=compression_ratio(pruned.total, pruned.nonzero),
+            weights_ratio=compression_ratio(self.weights_total, sum(pruned.kept.values())),
+            objective=objective(pruned.nonzero, pruned.total, drop, self.delta),
+            feasible=is_feasible(drop, self.delta), error=None, duration_ms=duration_ms,
+            round=round_)
+
+    def score(self, first: int, stage: str, xs: Sequence[Sequence[float]], ref: float,
+              scorer: Evaluator, round_: int = 0) -> list[Evaluated]:
         """Mask every candidate, then score the valid ones together (one batched pass)."""
         start = time.perf_counter()
         prepared: list[tuple[list[float], PrunedModel | None, str | None]] = []
@@ -143,23 +136,28 @@ class MagnitudeSearch:
             if pruned is None:
                 out.append(Evaluated(first + i, stage, cand, {}, None, None, scored_on, None,
                                      self.pruner.total, None, None, FAILED_OBJECTIVE, False, error,
-                                     per_trial_ms))
+                                     per_trial_ms, round_))
                 continue
-            acc = next(accuracies)
-            drop = ref - acc
-            out.append(Evaluated(
-                number=first + i, stage=stage, candidate=cand,
-                keep_ratios=pruned.keep_ratios(self.pruner.sizes), val_accuracy=acc,
-                accuracy_drop=drop, scored_on=scored_on, nonzero=pruned.nonzero, total=pruned.total,
-                compression_ratio=compression_ratio(pruned.total, pruned.nonzero),
-                weights_ratio=compression_ratio(self.weights_total, sum(pruned.kept.values())),
-                objective=objective(pruned.nonzero, pruned.total, drop, self.delta),
-                feasible=is_feasible(drop, self.delta), error=None, duration_ms=per_trial_ms,
-            ))
+            out.append(self.evaluated(first + i, stage, cand, pruned, next(accuracies), ref,
+                                      scored_on, per_trial_ms, round_))
         return out
 
-    def _population(self, stage: str, xs: Sequence[Sequence[float]], first: int, *, full: bool = False,
-                    trials_done: int | None = None) -> list[Evaluated]:
+
+Score = Callable[[int, Sequence[Sequence[float]]], list[Evaluated]]
+
+
+class TrialLoop:
+    """Numbered trials: scored, or replayed from the store on resume, and recorded in bulk.
+
+    `remember` sees every trial (scored or replayed) in order; `best` says what the job reports as
+    best so far with each write."""
+
+    def __init__(self, recorder: Recorder, remember: Callable[[list[Evaluated]], None],
+                 best: Callable[[], Evaluated | None]) -> None:
+        self.recorder, self.remember, self.best = recorder, remember, best
+
+    def population(self, stage: str, xs: Sequence[Sequence[float]], first: int, score: Score,
+                   trials_done: int | None = None) -> list[Evaluated]:
         """Score (or replay) trials first … first+len(xs)-1 and persist them in one write."""
         self.recorder.check()
         stored = [self.recorder.replay(first + i) for i in range(len(xs))]
@@ -168,20 +166,86 @@ class MagnitudeSearch:
             for s, x in zip(out, xs, strict=True):
                 if not np.allclose(s.candidate, x, rtol=0, atol=1e-9):
                     raise ReplayDiverged(f"trial {s.number}")
-            self._remember(out)
+            self.remember(out)
             return out
+        out = score(first, xs)
+        self.remember(out)
+        done = trials_done if trials_done is not None else first + len(xs)
+        self.recorder.write(out, trials_done=done, stage=stage, best=self.best())
+        return out
+
+    def optimize(self, build: Callable[[], optimizers.AskTell], first: int, end: int,
+                 population: int, stage: str, score: Score) -> int:
+        """Trials first … end-1 asked from one optimizer in populations; returns `end`."""
+        opt = build()
+        number = first
+        while number < end:
+            n = min(population, end - number)
+            xs = [opt.ask() for _ in range(n)]
+            try:
+                evaluated = self.population(stage, [x.tolist() for x in xs], number, score)
+            except ReplayDiverged:
+                # This run asks other candidates than the stored ones (another library version):
+                # rebuild the optimizer from every stored trial of this loop, go on after the last.
+                opt = build()
+                known = first
+                while known < end and (stored := self.recorder.replay(known)) is not None:
+                    if known >= number:
+                        self.remember([stored])
+                    opt.tell_foreign(np.asarray(stored.candidate), stored.objective)
+                    known += 1
+                number = known
+                continue
+            for x, e in zip(xs, evaluated, strict=True):
+                opt.tell(x, e.objective)
+            number += n
+        return number
+
+
+def validation_subset(splits: Splits, subset: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation samples candidates are scored on: a seeded subset, or the whole split."""
+    n_val = splits.y_val.shape[0]
+    if subset is None or subset >= n_val:
+        return splits.x_val, splits.y_val
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(n_val, generator=gen)[:subset].sort().values.to(splits.y_val.device)
+    return splits.x_val[idx], splits.y_val[idx]
+
+
+class MagnitudeSearch:
+    def __init__(self, arch: Architecture, model: nn.Module, params: dict[str, torch.Tensor],
+                 splits: Splits, spec: JobSpec, recorder: Recorder) -> None:
+        self.arch, self.model, self.spec, self.recorder = arch, model, spec, recorder
+        self.splits = splits
+        self.pruner = MagnitudePruner(arch, params, spec.search.prune_biases)
+        self.candidates = CandidateScorer(self.pruner, spec.max_accuracy_drop)
+        self.budget = spec.budget.trials
+        self.population = spec.search.population
+        self.lower = math.log10(spec.search.min_keep_ratio)
+        self.results: list[Evaluated] = []
+        self.best: Evaluated | None = None
+        self.trials = TrialLoop(recorder, self._remember, lambda: self.best)
+        self.x_score, self.y_score = validation_subset(splits, spec.search.validation_subset, spec.seed)
+        self.subset = self.y_score.shape[0] < splits.y_val.shape[0]
+        mode = spec.search.evaluation
+        self.scorer = Evaluator(model, self.x_score, self.y_score, mode=mode)
+        self.full_scorer = (Evaluator(model, splits.x_val, splits.y_val, mode=mode) if self.subset
+                            else self.scorer)
+
+    # -- scoring ---------------------------------------------------------------------------
+    def _score(self, stage: str, *, full: bool = False) -> Score:
         ref, scorer = ((self.reference_full, self.full_scorer) if full
                        else (self.reference_scored, self.scorer))
-        out = self._score_all(first, stage, xs, ref, scorer)
-        self._remember(out)
-        done = trials_done if trials_done is not None else first + len(xs)
-        self.recorder.write(out, trials_done=done, stage=stage, best=self.best)
-        return out
+        return lambda first, xs: self.candidates.score(first, stage, xs, ref, scorer)
+
+    def _population(self, stage: str, xs: Sequence[Sequence[float]], first: int, *, full: bool = False,
+                    trials_done: int | None = None) -> list[Evaluated]:
+        return self.trials.population(stage, xs, first, self._score(stage, full=full), trials_done)
 
     def _remember(self, evaluated: list[Evaluated]) -> None:
         self.results.extend(evaluated)
         for e in evaluated:
-            if e.feasible and e.stage != "rescore" and _better(e, self.best):
+            if e.feasible and e.stage != "rescore" and better(e, self.best):
                 self.best = e
 
     # -- stages ----------------------------------------------------------------------------
@@ -215,28 +279,8 @@ class MagnitudeSearch:
                                    seed=spec.seed, budget=self.budget - first_search,
                                    population=self.population)
 
-        opt = build()
-        while number < self.budget:
-            n = min(self.population, self.budget - number)
-            xs = [opt.ask() for _ in range(n)]
-            try:
-                evaluated = self._population("search", [x.tolist() for x in xs], number)
-            except ReplayDiverged:
-                # This run asks other candidates than the stored ones (another library version):
-                # rebuild the optimizer from every stored search trial, go on after the last one.
-                opt = build()
-                known = first_search
-                while (stored := self.recorder.replay(known)) is not None:
-                    if known >= number:
-                        self._remember([stored])
-                    opt.tell_foreign(np.asarray(stored.candidate), stored.objective)
-                    known += 1
-                number = known
-                continue
-            for x, e in zip(xs, evaluated, strict=True):
-                opt.tell(x, e.objective)
-            number += n
-        return number
+        return self.trials.optimize(build, number, self.budget, self.population, "search",
+                                    self._score("search"))
 
     def _rescore(self, number: int) -> Evaluated:
         """Re-score the best feasible candidates on the full validation split."""
@@ -256,7 +300,7 @@ class MagnitudeSearch:
                                     trials_done=self.budget)
         best: Evaluated | None = None
         for e in rescored:
-            if e.feasible and _better(e, best):
+            if e.feasible and better(e, best):
                 best = e
         assert best is not None, "keeping every weight cannot lose accuracy"
         return best

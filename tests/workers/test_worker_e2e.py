@@ -259,8 +259,8 @@ def test_a_bad_candidate_is_a_failed_trial_not_a_failed_job(small_model_weights:
                                    "budget": {"trials": 8}})
     search = MagnitudeSearch(arch, zoo.build(arch).eval(), safetensors.torch.load(small_model_weights),
                              split_arrays(small_arrays, {}), spec, recorder=None)  # type: ignore[arg-type]
-    bad, good = search._score_all(5, "search", [[float("nan"), -1.0, -1.0], [-1.0, -1.0, -1.0]], 0.9,
-                                  search.scorer)
+    bad, good = search.candidates.score(5, "search", [[float("nan"), -1.0, -1.0], [-1.0, -1.0, -1.0]],
+                                        0.9, search.scorer)
     assert not bad.feasible and bad.error is not None and "must be finite" in bad.error
     assert bad.objective > 1e5 and bad.number == 5
     assert good.error is None and good.val_accuracy is not None and good.number == 6
