@@ -1,0 +1,256 @@
+"""Masked training with Dynamic Network Surgery masks (Guo, Yao & Chen 2016), as OLMP adjusts.
+
+The forward pass uses W⊙M. While masks may still change ("splicing"), the gradient of the masked
+weight updates every weight, pruned ones included (a straight-through step), so a pruned weight
+that matters grows back. Masks follow a hysteresis around each layer's threshold T: a kept weight is
+pruned when |w| < 0.9·T, a pruned one is restored when |w| > 1.1·T; each layer's mask is refreshed
+with probability 1/(1 + γ·iteration), so masks settle as training goes on. Once masks are frozen,
+pruned weights are zero and stay zero.
+
+SGD follows Caffe's solver, which the LeNet references of DNS and OLMP used: v ← m·v + lr·(g + wd·w),
+w ← w − v, with the "inv" learning-rate policy lr = base·(1 + γ_lr·iteration)^(−power).
+
+Every random draw (batches, refresh coins) comes from generators whose state is part of
+`TrainerState`, so training resumed from a saved state continues the very same trajectory.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    batch_size: int = 64
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_gamma: float = 1e-4
+    lr_power: float = 0.75
+    prune_below: float = 0.9  # × T: a kept weight under this is pruned
+    restore_above: float = 1.1  # × T: a pruned weight over this comes back
+    refresh_gamma: float = 1e-4  # masks refreshed with probability 1 / (1 + γ·iteration)
+
+    def learning_rate(self, iteration: int) -> float:
+        return self.lr * (1.0 + self.lr_gamma * iteration) ** (-self.lr_power)
+
+    def refresh_probability(self, iteration: int) -> float:
+        return 1.0 / (1.0 + self.refresh_gamma * iteration)
+
+
+def hysteresis(mask: torch.Tensor, weight: torch.Tensor, threshold: float, low: float,
+               high: float) -> torch.Tensor:
+    """The next mask: kept stays kept unless |w| < low·T; pruned comes back when |w| > high·T."""
+    magnitude = weight.abs()
+    keep = torch.where(mask > 0, magnitude >= low * threshold, magnitude > high * threshold)
+    return keep.to(weight.dtype)
+
+
+@dataclass
+class TrainerState:
+    """Everything training needs to continue exactly where it stopped."""
+
+    weights: dict[str, torch.Tensor]  # dense W, pruned values included
+    masks: dict[str, torch.Tensor]  # 0/1, same dtype as the weight
+    velocity: dict[str, torch.Tensor]
+    thresholds: dict[str, float]
+    iteration: int
+    batch_rng: torch.Tensor  # torch generator state
+    coin_rng: dict[str, Any]  # numpy bit generator state
+
+
+class MaskedTrainer:
+    """Trains `weights` under masks on (x, y); `masked` names the tensors that carry masks.
+
+    One SGD step is one function over tensors that never move (weights, masks, velocity, the batch
+    indices, the learning rate as a device scalar). On CUDA that step is captured once as a CUDA
+    graph and replayed: a LeNet step is dozens of tiny kernels, and launching them one by one from
+    Python costs far more than running them. On CPU, or if capture fails, the same function runs
+    eagerly, with the same arithmetic."""
+
+    def __init__(self, model: nn.Module, weights: dict[str, torch.Tensor], masked: list[str],
+                 x: torch.Tensor, y: torch.Tensor, config: SolverConfig, seed: int,
+                 *, graphs: bool | None = None) -> None:
+        self.model, self.x, self.y, self.config = model, x, y, config
+        # Only parameters train; buffers (e.g. running statistics) pass through unchanged.
+        trainable = {n for n, _ in model.named_parameters()}
+        self.names = [n for n in weights if n in trainable]
+        self.buffers = {n: t for n, t in weights.items() if n not in trainable}
+        self.masked = list(masked)
+        device = x.device
+        self.w = {n: weights[n].detach().clone().float().requires_grad_(True) for n in self.names}
+        self.m = {n: torch.ones_like(self.w[n], requires_grad=False) for n in self.masked}
+        self.v = {n: torch.zeros_like(t, requires_grad=False) for n, t in self.w.items()}
+        self.thresholds: dict[str, float] = {n: 0.0 for n in self.masked}
+        self.iteration = 0
+        self.batches = torch.Generator(device=device).manual_seed(seed)
+        self.coins = np.random.default_rng(seed)
+        self.frozen = False
+        self._loss = nn.CrossEntropyLoss()
+        self._idx = torch.zeros(config.batch_size, dtype=torch.long, device=device)
+        self._lr = torch.zeros((), device=device)
+        self._anneal: tuple[int, int] | None = None
+        self.use_graphs = device.type == "cuda" if graphs is None else graphs
+        self._graphs: dict[bool, torch.cuda.CUDAGraph] = {}
+
+    # -- masks -----------------------------------------------------------------------------
+    def set_thresholds(self, thresholds: dict[str, float]) -> None:
+        """A new threshold per masked tensor; masks become |W| ≥ T at once."""
+        self.thresholds = {n: float(thresholds[n]) for n in self.masked}
+        with torch.no_grad():
+            for n in self.masked:
+                self.m[n].copy_(self.w[n].abs() >= self.thresholds[n])
+
+    def freeze(self) -> None:
+        """From here on masks are fixed and pruned weights are exactly zero."""
+        self.frozen = True
+        with torch.no_grad():
+            for n in self.masked:
+                self.w[n].mul_(self.m[n])
+                self.v[n].mul_(self.m[n])
+
+    def anneal(self, start: int, length: int) -> None:
+        """From iteration `start`, scale the learning rate by a half cosine reaching 0 after
+        `length` iterations (retraining ends on a settled model rather than a noisy step)."""
+        self._anneal = (start, max(1, length))
+
+    def learning_rate(self, iteration: int) -> float:
+        lr = self.config.learning_rate(iteration)
+        if self._anneal is not None and iteration >= self._anneal[0]:
+            t = min(1.0, (iteration - self._anneal[0]) / self._anneal[1])
+            lr *= 0.5 * (1.0 + math.cos(math.pi * t))
+        return lr
+
+    def masked_params(self) -> dict[str, torch.Tensor]:
+        """The model as it computes: W⊙M for masked tensors, W elsewhere (fresh tensors)."""
+        with torch.no_grad():
+            out = {n: (self.w[n] * self.m[n] if n in self.m else self.w[n].clone())
+                   for n in self.names}
+        return {**out, **self.buffers}
+
+    def kept(self) -> dict[str, int]:
+        with torch.no_grad():
+            return {n: int(torch.count_nonzero(self.w[n] * self.m[n])) for n in self.masked}
+
+    # -- training --------------------------------------------------------------------------
+    def _step(self) -> None:
+        """One SGD step on the batch `self._idx` at learning rate `self._lr` (graph-safe)."""
+        cfg = self.config
+        weights = [self.w[k] for k in self.names]
+        if self.frozen:
+            # gradients of pruned weights are zero: they stay at zero
+            eff = {k: (self.w[k] * self.m[k] if k in self.m else self.w[k]) for k in self.names}
+        else:
+            # value W⊙M, gradient straight through to every weight
+            eff = {k: (self.w[k] + (self.w[k] * self.m[k] - self.w[k]).detach()
+                       if k in self.m else self.w[k]) for k in self.names}
+        eff.update(self.buffers)
+        xb, yb = self.x.index_select(0, self._idx), self.y.index_select(0, self._idx)
+        loss = self._loss(functional_call(self.model, eff, (xb,)), yb)
+        grads = torch.autograd.grad(loss, weights)
+        with torch.no_grad():
+            # Caffe: v ← m·v + lr·(g + wd·w); w ← w − v
+            velocity = [self.v[k] for k in self.names]
+            step_dir = torch._foreach_add(list(grads), weights, alpha=cfg.weight_decay)
+            torch._foreach_mul_(step_dir, self._lr)
+            torch._foreach_mul_(velocity, cfg.momentum)
+            torch._foreach_add_(velocity, step_dir)
+            torch._foreach_sub_(weights, velocity)
+            if self.frozen:
+                torch._foreach_mul_([self.w[k] for k in self.masked],
+                                    [self.m[k] for k in self.masked])
+
+    def _capture(self) -> torch.cuda.CUDAGraph | None:
+        """Record `_step` as a CUDA graph; the warm-up steps it needs are undone."""
+        saved = [t.detach().clone() for t in (*self.w.values(), *self.v.values())]
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self._step()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._step()
+        except Exception:  # a model whose step cannot be captured still trains, eagerly
+            log.warning("CUDA graph capture failed; training eagerly", exc_info=True)
+            self.use_graphs, graph = False, None
+        with torch.no_grad():
+            for t, c in zip((*self.w.values(), *self.v.values()), saved, strict=True):
+                t.copy_(c)
+        return graph
+
+    def train(self, iterations: int) -> None:
+        """`iterations` SGD steps (callers check for cancel and save state between calls)."""
+        if iterations <= 0:
+            return
+        order = torch.randint(self.x.shape[0], (iterations, self.config.batch_size),
+                              generator=self.batches, device=self.x.device)
+        for step in range(iterations):
+            self._idx.copy_(order[step])
+            self._lr.fill_(self.learning_rate(self.iteration))
+            graph = None
+            if self.use_graphs:
+                graph = self._graphs.get(self.frozen)
+                if graph is None and (graph := self._capture()) is not None:
+                    self._graphs[self.frozen] = graph
+            if graph is not None:
+                graph.replay()
+            else:
+                self._step()
+            if not self.frozen:
+                self._refresh()
+            self.iteration += 1
+
+    def _refresh(self) -> None:
+        p = self.config.refresh_probability(self.iteration)
+        coins = self.coins.random(len(self.masked))
+        with torch.no_grad():
+            for k, coin in zip(self.masked, coins, strict=True):
+                if coin < p and self.thresholds[k] > 0:
+                    self.m[k].copy_(hysteresis(self.m[k], self.w[k], self.thresholds[k],
+                                               self.config.prune_below, self.config.restore_above))
+
+    # -- state -----------------------------------------------------------------------------
+    def state(self) -> TrainerState:
+        return TrainerState(
+            weights={k: t.detach().clone() for k, t in self.w.items()},
+            masks={k: t.clone() for k, t in self.m.items()},
+            velocity={k: t.clone() for k, t in self.v.items()},
+            thresholds=dict(self.thresholds), iteration=self.iteration,
+            batch_rng=self.batches.get_state(), coin_rng=dict(self.coins.bit_generator.state))
+
+    def load(self, state: TrainerState, *, frozen: bool) -> None:
+        # copied into the tensors in place: captured graphs keep reading the same memory
+        with torch.no_grad():
+            for k in self.names:
+                self.w[k].copy_(state.weights[k])
+                self.v[k].copy_(state.velocity[k])
+            for k in self.masked:
+                self.m[k].copy_(state.masks[k])
+        self.thresholds = {k: float(state.thresholds[k]) for k in self.masked}
+        self.iteration = state.iteration
+        self.batches.set_state(state.batch_rng)
+        self.coins.bit_generator.state = state.coin_rng
+        self.frozen = frozen
+
+
+def keep_fractions(trainer: MaskedTrainer) -> dict[str, float]:
+    kept = trainer.kept()
+    return {k: kept[k] / trainer.w[k].numel() for k in trainer.masked}
+
+
+def log_keep(fractions: dict[str, float], names: list[str], floor: float) -> list[float]:
+    """Keep fractions as the search's variables (log10), never below the search box."""
+    return [max(floor, math.log10(max(fractions[n], 1e-12))) for n in names]
