@@ -48,4 +48,7 @@ class Settings(BaseSettings):
 
     # Worker
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # Multi-round methods (olmp) save their training state at most this often (and when draining):
+    # a worker killed mid-job costs at most about this much training.
+    state_seconds: float = 60.0
     worker_name: str | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.optimizers import METHODS, OPTIMIZERS
 
@@ -56,6 +56,44 @@ class SearchOptions(BaseModel):
     )
 
 
+class OlmpOptions(BaseModel):
+    """OLMP's prune-and-adjust schedule (method `olmp`); SGD as Caffe's LeNet solver."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rounds: int = Field(20, ge=1, le=1000,
+                        description="pruning rounds: a per-layer threshold search, then adjusting")
+    adjust_iterations: int = Field(
+        1000, ge=0, le=1_000_000,
+        description="masked SGD iterations after each round's search; pruned weights may recover")
+    retrain_iterations: int = Field(
+        10_000, ge=0, le=10_000_000,
+        description="SGD iterations after the last round, with the masks frozen")
+    retrain_anneal: bool = Field(
+        True, description="anneal the retraining learning rate to 0 along a half cosine")
+    evaluate_every: int = Field(
+        1000, ge=1, le=1_000_000,
+        description="retraining iterations between scorings on the full validation split")
+    search_drop: float | None = Field(
+        None, ge=0, lt=1,
+        description="accuracy drop a round's one-shot search may accept (default: max_accuracy_drop); "
+        "adjusting wins it back, and only trained models within max_accuracy_drop are reported")
+    search_span: float = Field(
+        1.0, gt=0, le=8,
+        description="how far below each layer's current keep ratio (log10) a round may search")
+    batch_size: int = Field(64, ge=1, le=65_536)
+    lr: float = Field(0.01, gt=0, le=10, description="base learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0, le=1)
+    lr_gamma: float = Field(1e-4, ge=0, le=1, description="lr = lr·(1 + lr_gamma·iteration)^-lr_power")
+    lr_power: float = Field(0.75, ge=0, le=10)
+    prune_below: float = Field(0.9, gt=0, le=1, description="a kept weight under this × T is pruned")
+    restore_above: float = Field(1.1, ge=1, le=10,
+                                 description="a pruned weight over this × T comes back")
+    refresh_gamma: float = Field(
+        1e-4, ge=0, le=1, description="masks are refreshed with probability 1/(1 + γ·iteration)")
+
+
 class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -69,6 +107,8 @@ class JobSpec(BaseModel):
     budget: Budget
     seed: int = Field(0, ge=0, le=2**31 - 1)
     search: SearchOptions = Field(default_factory=SearchOptions)
+    olmp: OlmpOptions = Field(default_factory=OlmpOptions,
+                              description="the schedule of method `olmp` (ignored by other methods)")
 
     @field_validator("method")
     @classmethod
@@ -90,3 +130,27 @@ class JobSpec(BaseModel):
         if not (0.0 <= v < 1.0):
             raise ValueError(f"max_accuracy_drop must be in [0, 1), got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _olmp_budget(self) -> JobSpec:
+        if self.method == "olmp" and self.budget.trials < self.olmp.rounds:
+            raise ValueError(f"budget.trials ({self.budget.trials}) must be at least olmp.rounds "
+                             f"({self.olmp.rounds}): every round searches")
+        return self
+
+
+def round_trials(spec: JobSpec) -> list[int]:
+    """Search trials of each OLMP round: the budget shared out, earlier rounds taking the rest."""
+    rounds = spec.olmp.rounds
+    base, extra = divmod(spec.budget.trials, rounds)
+    return [base + (1 if r < extra else 0) for r in range(rounds)]
+
+
+def planned_trials(spec: JobSpec) -> int:
+    """Trials a job records in all: its search budget, plus OLMP's scorings of whole models (the
+    reference, one after each round's adjusting, one every `evaluate_every` retraining iterations
+    and one at the end of retraining)."""
+    if spec.method != "olmp":
+        return spec.budget.trials
+    o = spec.olmp
+    return spec.budget.trials + 1 + o.rounds + -(-o.retrain_iterations // o.evaluate_every)

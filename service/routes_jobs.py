@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from core.architectures import get_architecture
 from core.errors import InvalidInput
 from core.settings import Settings
-from core.spec import JobSpec
+from core.spec import JobSpec, planned_trials
 from service.auth import Principal, current_principal, require_admin
 from service.deps import db, db_write, settings
 from service.errors import ERROR_RESPONSES, ApiError
@@ -49,7 +49,7 @@ def create_job(spec: JobSpec, session: Session = Depends(db_write),
                        f"{cfg.max_active_jobs}); wait for one to finish or cancel one",
                        headers={"Retry-After": "30"})
     row = records.add_job(session, model_id=model.id, dataset_id=dataset.id,
-                          spec=spec.model_dump(mode="json"), trials_total=spec.budget.trials,
+                          spec=spec.model_dump(mode="json"), trials_total=planned_trials(spec),
                           owner=principal.name)
     return job_doc(row)
 

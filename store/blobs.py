@@ -6,12 +6,12 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import delete, exists, or_, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from store.models import Blob, BlobChunk, utcnow
+from store.models import Blob, BlobChunk, Dataset, Job, Model, utcnow
 
 CHUNK_SIZE = 1024 * 1024
 
@@ -71,3 +71,15 @@ def read_cached(session: Session, sha: str, cache_dir: Path) -> bytes:
     tmp.write_bytes(data)
     tmp.replace(path)
     return data
+
+
+def delete_if_unreferenced(session: Session, sha: str) -> bool:
+    """Drop a blob nothing points at any more (a replaced training state); True if it went."""
+    referenced = session.scalar(select(or_(
+        exists().where(Model.weights_sha256 == sha), exists().where(Dataset.blob_sha256 == sha),
+        exists().where(Job.checkpoint_sha256 == sha), exists().where(Job.state_sha256 == sha))))
+    if referenced:
+        return False
+    session.execute(delete(BlobChunk).where(BlobChunk.sha256 == sha))
+    session.execute(delete(Blob).where(Blob.sha256 == sha))
+    return True

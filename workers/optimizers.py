@@ -118,3 +118,28 @@ def make(name: str, *, start: np.ndarray, lower: float, upper: float, seed: int,
         raise ValueError(f"unknown optimizer {name!r}")
     opt.suggest(start)
     return opt
+
+
+class Shifted:
+    """An optimizer searching offsets z around `origin`: it asks origin + z, clipped to [lower, upper].
+
+    OLMP's rounds search near each layer's current keep ratio; the layers sit at different ratios,
+    so a box of offsets is well conditioned where one shared box of absolute ratios is not."""
+
+    def __init__(self, inner: AskTell, origin: np.ndarray, lower: float, upper: float) -> None:
+        self.inner, self.origin, self.lower, self.upper = inner, np.asarray(origin, float), lower, upper
+        self._pending: list[np.ndarray] = []
+
+    def ask(self) -> np.ndarray:
+        z = self.inner.ask()
+        self._pending.append(z)
+        return np.clip(self.origin + z, self.lower, self.upper)
+
+    def tell(self, x: np.ndarray, loss: float) -> None:
+        self.inner.tell(self._pending.pop(0), loss)
+
+    def suggest(self, x: np.ndarray) -> None:
+        self.inner.suggest(np.asarray(x, float) - self.origin)
+
+    def tell_foreign(self, x: np.ndarray, loss: float) -> None:
+        self.inner.tell_foreign(np.asarray(x, float) - self.origin, loss)

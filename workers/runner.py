@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load as load_safetensors  # parses tensors only, never pickle
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.architectures import get_architecture
@@ -20,6 +21,7 @@ from store.models import Dataset, Job, Model, utcnow
 from store.queue import Lease, update_job
 from workers import checkpoint, zoo
 from workers.data import load_splits
+from workers.olmp import OlmpSearch
 from workers.search import Evaluated, MagnitudeSearch, SearchResult
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,17 @@ class DbRecorder:
             self._buffer, self._progress = [], {}
         self._last_flush = time.monotonic()
 
+    def save_state(self, data: bytes) -> None:
+        """Replace the job's training state; trials scored so far are stored first."""
+        self.flush()
+        with transaction(self.sessions) as s:
+            update_job(s, self.lease)  # still ours? (before writing megabytes)
+            old = s.scalar(select(Job.state_sha256).where(Job.id == self.lease.job_id))
+            sha = blobs.put(s, data)
+            update_job(s, self.lease, state_sha256=sha)
+            if old is not None and old != sha:
+                blobs.delete_if_unreferenced(s, old)
+
     def set_reference(self, reference: dict[str, Any]) -> None:
         with transaction(self.sessions) as s:
             update_job(s, self.lease, reference=reference, stage="reference")
@@ -102,6 +115,7 @@ def run(sessions: sessionmaker[Session], lease: Lease, settings: Settings, devic
         data_blob = (blobs.read_cached(s, dataset_row.blob_sha256, settings.cache_dir)
                      if dataset_row.blob_sha256 else None)
         stored = _stored_trials(s, job.id)
+        state = blobs.read(s, job.state_sha256) if job.state_sha256 else None
         dataset_summary = dict(dataset_row.summary)
         model_id, dataset_id, weights_sha = model_row.id, dataset_row.id, model_row.weights_sha256
         update_job(s, lease, stage="loading")
@@ -116,7 +130,12 @@ def run(sessions: sessionmaker[Session], lease: Lease, settings: Settings, devic
 
     torch.manual_seed(spec.seed)
     recorder = DbRecorder(sessions, lease, stored, should_stop)
-    result = MagnitudeSearch(arch, model, params, splits, spec, recorder).run()
+    result: SearchResult
+    if spec.method == "olmp":
+        result = OlmpSearch(arch, model, params, splits, spec, recorder, state,
+                            state_seconds=settings.state_seconds).run()
+    else:
+        result = MagnitudeSearch(arch, model, params, splits, spec, recorder).run()
 
     manifest = manifest_for(result, arch_name=arch.name, arch_config=dict(arch.config),
                             dataset_summary=dataset_summary, spec=spec, job_id=lease.job_id,
@@ -126,9 +145,12 @@ def run(sessions: sessionmaker[Session], lease: Lease, settings: Settings, devic
     best = {**result.best.best_doc(), "test_accuracy": result.test_accuracy}
     with transaction(sessions) as s:
         sha = blobs.put(s, data)
+        old_state = s.scalar(select(Job.state_sha256).where(Job.id == lease.job_id))
         update_job(s, lease, status="succeeded", stage="done", best=best, reference=result.reference,
                    test_accuracy=result.test_accuracy, checkpoint_sha256=sha, finished_at=utcnow(),
-                   lease_expires_at=None, error=None)
+                   lease_expires_at=None, error=None, state_sha256=None)
+        if old_state is not None:
+            blobs.delete_if_unreferenced(s, old_state)  # a finished job needs no training state
     log.info("job %s succeeded: %.1fx at val drop %.4f, test accuracy %.4f", lease.job_id,
              result.best.compression_ratio or 0.0, result.best.accuracy_drop or 0.0, result.test_accuracy)
 

@@ -97,10 +97,14 @@ def better(a: Evaluated, b: Evaluated | None) -> bool:
 
 
 class CandidateScorer:
-    """Turns candidates (log10 keep ratios per searched tensor) into scored trials."""
+    """Turns candidates (log10 keep ratios per searched tensor) into scored trials.
 
-    def __init__(self, pruner: MagnitudePruner, delta: float) -> None:
+    `feasible` always means the job's δ; the objective may use another tolerance (`steer`), as
+    OLMP's rounds do: they prune past δ and let training win the accuracy back."""
+
+    def __init__(self, pruner: MagnitudePruner, delta: float, steer: float | None = None) -> None:
         self.pruner, self.delta = pruner, delta
+        self.steer = delta if steer is None else steer
         self.weights_total = sum(pruner.sizes.values())
 
     def evaluated(self, number: int, stage: str, candidate: list[float], pruned: PrunedModel,
@@ -113,7 +117,7 @@ class CandidateScorer:
             accuracy_drop=drop, scored_on=scored_on, nonzero=pruned.nonzero, total=pruned.total,
             compression_ratio=compression_ratio(pruned.total, pruned.nonzero),
             weights_ratio=compression_ratio(self.weights_total, sum(pruned.kept.values())),
-            objective=objective(pruned.nonzero, pruned.total, drop, self.delta),
+            objective=objective(pruned.nonzero, pruned.total, drop, self.steer),
             feasible=is_feasible(drop, self.delta), error=None, duration_ms=duration_ms,
             round=round_)
 

@@ -1,0 +1,158 @@
+"""The `olmp` pipeline in process on CPU: its trials, its result, and resuming from saved state."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+
+from core.architectures import get_architecture
+from core.spec import JobSpec, planned_trials
+from workers import olmp_state, zoo
+from workers.data import split_arrays
+from workers.evaluation import accuracy
+from workers.olmp import OlmpSearch
+from workers.search import Evaluated, SearchResult
+
+SCHEDULE = {"rounds": 3, "adjust_iterations": 60, "retrain_iterations": 120, "evaluate_every": 50,
+            "search_drop": 0.03}
+
+
+class StateRecorder:
+    """Keeps every trial and every saved state (with how many trials preceded it)."""
+
+    def __init__(self, stored: dict[int, Evaluated] | None = None) -> None:
+        self.stored = stored or {}
+        self.written: list[Evaluated] = []
+        self.states: list[tuple[int, bytes]] = []
+        self.boundaries: list[int] = []  # trials stored after each write (writes are atomic)
+
+    def replay(self, number: int) -> Evaluated | None:
+        return self.stored.get(number)
+
+    def write(self, trials: Sequence[Evaluated], **_: Any) -> None:
+        self.written.extend(trials)
+        self.boundaries.append(len(self.stored) + len(self.written))
+
+    def set_reference(self, reference: dict[str, Any]) -> None:
+        pass
+
+    def check(self) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def save_state(self, data: bytes) -> None:
+        self.states.append((len(self.stored) + len(self.written), data))
+
+
+def _spec(**extra: Any) -> JobSpec:
+    body: dict[str, Any] = {"model_id": "m", "dataset_id": "d", "method": "olmp",
+                            "optimizer": "ncs", "max_accuracy_drop": 0.02, "budget": {"trials": 24},
+                            "seed": 2, "olmp": SCHEDULE}
+    body.update(extra)
+    return JobSpec.model_validate(body)
+
+
+def _run(weights: bytes, arrays: dict[str, np.ndarray], recorder: StateRecorder, spec: JobSpec,
+         state: bytes | None = None) -> SearchResult:
+    arch = get_architecture("lenet-300-100")
+    return OlmpSearch(arch, zoo.build(arch).eval(), safetensors.torch.load(weights),
+                      split_arrays(arrays, {}), spec, recorder, state, state_seconds=0.0).run()
+
+
+def _untimed(trials: Sequence[Evaluated]) -> list[Evaluated]:
+    return [dataclasses.replace(t, duration_ms=0.0) for t in trials]
+
+
+@pytest.fixture(scope="module")
+def full_run(small_model_weights: bytes, small_arrays: dict[str, np.ndarray]
+             ) -> tuple[StateRecorder, SearchResult]:
+    recorder = StateRecorder()
+    return recorder, _run(small_model_weights, small_arrays, recorder, _spec())
+
+
+def test_trials_follow_the_schedule_round_by_round(full_run: tuple[StateRecorder, SearchResult]) -> None:
+    recorder, _ = full_run
+    trials = recorder.written
+    spec = _spec()
+    assert [t.number for t in trials] == list(range(planned_trials(spec)))
+    assert trials[0].stage == "reference" and trials[0].accuracy_drop == 0.0
+    # per round: its share of the search budget (8 each), then the adjusted model
+    for r in range(3):
+        in_round = [t for t in trials if t.round == r and t.stage in ("search", "adjust")]
+        assert [t.stage for t in in_round] == ["search"] * 8 + ["adjust"]
+    retrain = [t for t in trials if t.stage == "retrain"]
+    assert len(retrain) == 3 and all(t.round == 3 for t in retrain)  # at 50, 100 and 120
+    # masks are frozen while retraining: the size stays put
+    assert len({t.nonzero for t in retrain}) == 1
+    assert all(t.scored_on == 1000 for t in trials if t.stage != "search")
+
+
+def test_the_best_is_a_trained_model_within_delta_and_the_checkpoint_says_so(
+        full_run: tuple[StateRecorder, SearchResult], small_model_weights: bytes,
+        small_arrays: dict[str, np.ndarray]) -> None:
+    recorder, result = full_run
+    best = result.best
+    assert best.stage in ("adjust", "retrain") and best.feasible
+    assert best.accuracy_drop is not None and best.accuracy_drop <= 0.02
+    assert best.compression_ratio is not None and best.compression_ratio > 1.5
+    trained = [t for t in recorder.written if t.stage != "search" and t.feasible]
+    assert best.nonzero == min(t.nonzero for t in trained if t.nonzero is not None)
+    # the figures come from the checkpoint's own tensors
+    params = result.pruned.params
+    assert sum(int(torch.count_nonzero(t)) for t in params.values()) == best.nonzero
+    splits = split_arrays(small_arrays, {})
+    model = zoo.build(get_architecture("lenet-300-100")).eval()
+    assert accuracy(model, params, splits.x_val, splits.y_val) == best.val_accuracy
+    assert accuracy(model, params, splits.x_test, splits.y_test) == result.test_accuracy
+    # feasible means δ (2 %) everywhere; the searches steer by their own tolerance (3 %)
+    for t in recorder.written:
+        assert t.accuracy_drop is not None and t.feasible == (t.accuracy_drop <= 0.02)
+        if t.stage == "search":
+            assert (t.objective <= 0) == (t.accuracy_drop <= 0.03)
+
+
+def test_same_spec_and_seed_give_the_same_job(full_run: tuple[StateRecorder, SearchResult],
+                                              small_model_weights: bytes,
+                                              small_arrays: dict[str, np.ndarray]) -> None:
+    recorder, result = full_run
+    again = StateRecorder()
+    second = _run(small_model_weights, small_arrays, again, _spec())
+    assert _untimed(again.written) == _untimed(recorder.written)
+    for n, t in result.pruned.params.items():
+        assert torch.equal(t, second.pruned.params[n])
+    other = StateRecorder()
+    _run(small_model_weights, small_arrays, other, _spec(seed=3))
+    assert _untimed(other.written) != _untimed(recorder.written)
+
+
+@pytest.mark.parametrize("where", ["adjusting", "retraining"])
+def test_a_job_resumed_from_saved_state_ends_exactly_like_the_uninterrupted_one(
+        full_run: tuple[StateRecorder, SearchResult], small_model_weights: bytes,
+        small_arrays: dict[str, np.ndarray], where: str) -> None:
+    recorder, result = full_run
+    # a state saved in the middle of round 1's adjusting, or of the retraining
+    wanted = "adjust" if where == "adjusting" else "retrain"
+    picks = [(n, data) for n, data in recorder.states
+             if olmp_state.load(data)[1].phase == wanted and olmp_state.load(data)[1].phase_done > 0]
+    assert picks, "the run saved no state there"
+    n_before, data = picks[len(picks) // 2]
+    # the crashed attempt had written a couple more populations after that save
+    crash_at = [b for b in recorder.boundaries if b > n_before][:2][-1]
+    stored = {t.number: t for t in recorder.written[:crash_at]}
+    resumed = StateRecorder(stored)
+    second = _run(small_model_weights, small_arrays, resumed, _spec(), data)
+    # only what was not stored is scored, and it is what the uninterrupted run scored
+    assert [t.number for t in resumed.written] == list(range(crash_at, len(recorder.written)))
+    assert _untimed(resumed.written) == _untimed(recorder.written[crash_at:])
+    assert second.best.number == result.best.number
+    assert second.test_accuracy == result.test_accuracy
+    for n, t in result.pruned.params.items():
+        assert torch.equal(t, second.pruned.params[n])

@@ -1,0 +1,263 @@
+"""Method `olmp`: OLMP's prune-and-adjust pipeline (Li, Qian, Jiang, Lu & Tang, IJCAI 2018).
+
+Layer-wise magnitude pruning whose per-layer thresholds are set by a derivative-free search under
+the accuracy constraint, alternated with training that lets pruned weights recover (Dynamic
+Network Surgery masks, workers.surgery), then retraining with the masks frozen.
+
+Trials, numbered in the order they happen:
+  reference  the unpruned model on the full validation split (always feasible: the fallback best);
+  search     round r: the spec's optimizer over per-layer log10 keep ratios, near each layer's
+             current ratio; a candidate keeps |W| ≥ T_l of the current weights and is scored one-shot
+             on the validation split (or `search.validation_subset`);
+  adjust     round r: the best feasible search candidate's thresholds become the masks, then
+             `adjust_iterations` of masked training; the trained model is scored on the full split;
+  retrain    masks frozen; every `evaluate_every` iterations the model is scored on the full split.
+The job's best is the smallest feasible model among reference, adjust and retrain trials: models
+that exist after training, scored on the full validation split. One-shot search candidates steer
+the thresholds but are never reported as the result (their accuracy is what a search selected for).
+
+Training state (weights, masks, SGD velocity, iteration, random generators, the best checkpoint so
+far) is saved to the job at most every `state_seconds` and when the worker drains; a resumed job
+loads it and replays the trials stored since, so it continues the same trajectory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.architectures import Architecture
+from core.spec import JobSpec, round_trials
+from workers import olmp_state, optimizers
+from workers.data import Splits
+from workers.evaluation import Evaluator, accuracy
+from workers.masking import MagnitudePruner, PrunedModel, log_ratios_to_keep
+from workers.olmp_state import Progress
+from workers.search import (
+    CandidateScorer,
+    Evaluated,
+    Recorder,
+    SearchResult,
+    TrialLoop,
+    better,
+    validation_subset,
+)
+from workers.surgery import MaskedTrainer, SolverConfig, keep_fractions, log_keep
+
+CHUNK = 100  # iterations between checks for cancel / drain / lease loss
+LOG_FLOOR = -12.0  # log10 keep ratio reported for a layer pruned away entirely
+
+
+class StatefulRecorder(Recorder, Protocol):
+    def save_state(self, data: bytes) -> None: ...
+
+
+def solver_config(spec: JobSpec) -> SolverConfig:
+    o = spec.olmp
+    return SolverConfig(batch_size=o.batch_size, lr=o.lr, momentum=o.momentum,
+                        weight_decay=o.weight_decay, lr_gamma=o.lr_gamma, lr_power=o.lr_power,
+                        prune_below=o.prune_below, restore_above=o.restore_above,
+                        refresh_gamma=o.refresh_gamma)
+
+
+def round_seed(seed: int, round_: int) -> int:
+    return (seed * 1_000_003 + round_ * 7_919) % (2**31 - 1)
+
+
+class OlmpSearch:
+    def __init__(self, arch: Architecture, model: nn.Module, params: dict[str, torch.Tensor],
+                 splits: Splits, spec: JobSpec, recorder: StatefulRecorder,
+                 state: bytes | None = None, *, state_seconds: float = 60.0) -> None:
+        self.arch, self.model, self.spec, self.recorder = arch, model, spec, recorder
+        self.splits, self.initial = splits, params
+        self.state_seconds = state_seconds
+        self._resume = state
+        pruner = MagnitudePruner(arch, params, spec.search.prune_biases)
+        self.masked = list(pruner.names)
+        self.candidates = CandidateScorer(pruner, spec.max_accuracy_drop)
+        self.total = pruner.total
+        self.lower = math.log10(spec.search.min_keep_ratio)
+        self.trainer = MaskedTrainer(model, params, self.masked, splits.x_train, splits.y_train,
+                                     solver_config(spec), spec.seed)
+        self.x_score, self.y_score = validation_subset(splits, spec.search.validation_subset, spec.seed)
+        mode = spec.search.evaluation
+        self.subset = self.y_score.shape[0] < splits.y_val.shape[0]
+        self.full_scorer = Evaluator(model, splits.x_val, splits.y_val, mode=mode)
+        self.scorer = (Evaluator(model, self.x_score, self.y_score, mode=mode) if self.subset
+                       else self.full_scorer)
+        self.progress = Progress(round=0, phase="search", phase_done=0, number=0, best=None,
+                                 best_thresholds=None)
+        self.best: Evaluated | None = None
+        self.best_params: dict[str, torch.Tensor] | None = None
+        self._round: list[Evaluated] = []
+        self.trials = TrialLoop(recorder, self._round.extend, lambda: self.best)
+        self._last_save = time.monotonic()
+
+    # -- models scored on the full validation split ------------------------------------------
+    def _pruned_model(self) -> PrunedModel:
+        params = self.trainer.masked_params()
+        kept = {n: int(torch.count_nonzero(params[n])) for n in self.masked}
+        nonzero = sum(int(torch.count_nonzero(t)) for t in params.values())
+        return PrunedModel(params=params, kept=kept, nonzero=nonzero, total=self.total)
+
+    def _evaluate(self, stage: str) -> Evaluated:
+        """Score the model as it is now (or replay its stored trial) and keep it if it is best."""
+        self.recorder.check()
+        number, round_ = self.progress.number, min(self.progress.round, self.spec.olmp.rounds)
+        pruned = self._pruned_model()
+        stored = self.recorder.replay(number)
+        if stored is not None:
+            e = stored
+        else:
+            start = time.perf_counter()
+            acc = self.full_scorer.accuracies([pruned.params])[0]
+            candidate = log_keep(keep_fractions(self.trainer), self.masked, LOG_FLOOR)
+            e = self.candidates.evaluated(number, stage, candidate, pruned, acc, self.reference_full,
+                                          int(self.splits.y_val.shape[0]),
+                                          (time.perf_counter() - start) * 1e3, round_)
+        if e.feasible and better(e, self.best):
+            self.best = e
+            self.best_params = {k: v.detach().clone() for k, v in pruned.params.items()}
+            self.progress.best_thresholds = dict(self.trainer.thresholds)
+        if stored is None:
+            self.recorder.write([e], trials_done=number + 1, stage=stage, best=self.best)
+        self.progress.number = number + 1
+        return e
+
+    # -- one round's threshold search --------------------------------------------------------
+    def _search_round(self, round_: int) -> None:
+        spec = self.spec
+        n_trials = round_trials(spec)[round_]
+        first = self.progress.number
+        # magnitudes of the current weights, pruned values included: DNS lets those come back
+        pruner = MagnitudePruner(self.arch, {**self.trainer.w, **self.trainer.buffers},
+                                 spec.search.prune_biases)
+        steer = spec.olmp.search_drop
+        scorer = CandidateScorer(pruner, spec.max_accuracy_drop, steer)
+        origin = np.array(log_keep(keep_fractions(self.trainer), self.masked, self.lower))
+        span = spec.olmp.search_span
+
+        def build() -> optimizers.AskTell:
+            inner = optimizers.make(spec.optimizer, start=np.zeros(len(origin)), lower=-span,
+                                    upper=span / 4, seed=round_seed(spec.seed, round_),
+                                    budget=n_trials, population=spec.search.population)
+            return optimizers.Shifted(inner, origin, self.lower, 0.0)
+
+        def score(number: int, xs: Sequence[Sequence[float]]) -> list[Evaluated]:
+            return scorer.score(number, "search", xs, self.reference_scored, self.scorer, round_)
+
+        self._round.clear()
+        self.progress.number = self.trials.optimize(build, first, first + n_trials,
+                                                    spec.search.population, "search", score)
+        # within the round's tolerance (objective ≤ 0), the fewest non-zeros
+        chosen: Evaluated | None = None
+        for e in self._round:
+            if e.nonzero is not None and e.objective <= 0 and better(e, chosen):
+                chosen = e
+        if chosen is None:
+            return  # nothing feasible near the current masks: keep them for this round
+        ratios = log_ratios_to_keep(chosen.candidate)
+        self.trainer.set_thresholds({n: pruner.threshold(n, r)
+                                     for n, r in zip(pruner.names, ratios, strict=True)})
+
+    # -- training ----------------------------------------------------------------------------
+    def _train(self, iterations: int, *, evaluate_every: int | None = None) -> None:
+        p = self.progress
+        while p.phase_done < iterations:
+            n = min(CHUNK, iterations - p.phase_done)
+            if evaluate_every is not None:
+                n = min(n, evaluate_every - p.phase_done % evaluate_every)
+            self.trainer.train(n)
+            p.phase_done += n
+            if evaluate_every is not None and (p.phase_done % evaluate_every == 0
+                                               or p.phase_done == iterations):
+                self._evaluate("retrain")
+            self._checkpoint()
+
+    def _checkpoint(self, *, force: bool = False) -> None:
+        try:
+            self.recorder.check()
+        except Exception:
+            # draining: persist where training stands, then let the worker hand the job back
+            # (a lost lease makes this save fail too; that failure is not the news)
+            with contextlib.suppress(Exception):
+                self._save()
+            raise
+        if force or time.monotonic() - self._last_save >= self.state_seconds:
+            self._save()
+
+    def _save(self) -> None:
+        self.progress.best = self.best.row() if self.best is not None else None
+        self.recorder.save_state(olmp_state.dump(self.trainer.state(), self.progress, self.best_params))
+        self._last_save = time.monotonic()
+
+    def _restore(self, data: bytes) -> None:
+        state, progress, best_params = olmp_state.load(data)
+        self.trainer.load(state, frozen=False)
+        self.progress = progress
+        if progress.best is not None:
+            self.best = Evaluated(**progress.best)
+        device = self.splits.x_val.device
+        self.best_params = ({k: v.to(device) for k, v in best_params.items()}
+                            if best_params is not None else None)
+
+    # -- the whole job -----------------------------------------------------------------------
+    def run(self) -> SearchResult:
+        o = self.spec.olmp
+        self.reference_full = accuracy(self.model, self.initial, self.splits.x_val, self.splits.y_val)
+        self.reference_scored = (accuracy(self.model, self.initial, self.x_score, self.y_score)
+                                 if self.subset else self.reference_full)
+        reference = {"val_accuracy": self.reference_full, "total_parameters": self.total,
+                     "scored_val_accuracy": self.reference_scored,
+                     "scored_on": int(self.y_score.shape[0])}
+        self.recorder.set_reference(reference)
+        if self._resume is not None:
+            self._restore(self._resume)
+        p = self.progress
+        if p.number == 0:
+            self._evaluate("reference")
+
+        while p.round < o.rounds:
+            if p.phase == "search":
+                self._search_round(p.round)
+                p.phase, p.phase_done = "adjust", 0
+            self._train(o.adjust_iterations)
+            self._evaluate("adjust")
+            p.round += 1
+            p.phase, p.phase_done = ("search" if p.round < o.rounds else "retrain"), 0
+            self._checkpoint()
+
+        self.trainer.freeze()  # idempotent: a job resumed while retraining freezes again
+        if o.retrain_anneal:
+            self.trainer.anneal(o.rounds * o.adjust_iterations, o.retrain_iterations)
+        self._train(o.retrain_iterations, evaluate_every=o.evaluate_every)
+        self.recorder.flush()  # every trial is stored before the job reports its best
+        return self._result(reference)
+
+    def _result(self, reference: dict[str, Any]) -> SearchResult:
+        assert self.best is not None and self.best_params is not None, "the reference is feasible"
+        params = self.best_params
+        kept = {n: int(torch.count_nonzero(params[n])) for n in self.masked}
+        nonzero = sum(int(torch.count_nonzero(t)) for t in params.values())
+        pruned = PrunedModel(params=params, kept=kept, nonzero=nonzero, total=self.total)
+        # Every figure reported comes from the checkpoint itself (on CPU identical to the trial;
+        # after a resume on CUDA, whose kernels are not all deterministic, it may differ slightly).
+        val = accuracy(self.model, params, self.splits.x_val, self.splits.y_val)
+        best = self.candidates.evaluated(self.best.number, self.best.stage, self.best.candidate,
+                                         pruned, val, self.reference_full, self.best.scored_on,
+                                         self.best.duration_ms, self.best.round)
+        best = dataclasses.replace(best, feasible=self.best.feasible)
+        test_accuracy = accuracy(self.model, params, self.splits.x_test, self.splits.y_test)
+        reference["test_accuracy"] = accuracy(self.model, self.initial, self.splits.x_test,
+                                              self.splits.y_test)
+        thresholds = self.progress.best_thresholds or {n: 0.0 for n in self.masked}
+        return SearchResult(best=best, pruned=pruned, reference=reference,
+                            test_accuracy=test_accuracy, thresholds=thresholds)

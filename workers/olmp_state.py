@@ -1,0 +1,68 @@
+"""The resumable state of an OLMP job as bytes: safetensors tensors plus a JSON header.
+
+Only this process's own bytes are ever read back here (the job's state blob that a worker of this
+service wrote), and they are parsed as safetensors, never unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import safetensors.torch
+import torch
+
+from workers.surgery import TrainerState
+
+FORMAT = "thresher-olmp-state/1"
+_KEY = "olmp_state"
+
+
+@dataclass
+class Progress:
+    """Where the schedule stands; the trainer's own state says the rest."""
+
+    round: int  # the round in progress (== rounds once retraining)
+    phase: str  # "search" (the round's search is next) | "adjust" | "retrain"
+    phase_done: int  # iterations of the current adjust/retrain phase already trained
+    number: int  # next trial number
+    best: dict[str, Any] | None  # the best checkpoint's trial row
+    best_thresholds: dict[str, float] | None
+
+
+def dump(trainer: TrainerState, progress: Progress, best_params: dict[str, torch.Tensor] | None) -> bytes:
+    tensors: dict[str, torch.Tensor] = {}
+    for prefix, group in (("w", trainer.weights), ("v", trainer.velocity)):
+        for name, t in group.items():
+            tensors[f"{prefix}/{name}"] = t.detach().to("cpu", torch.float32).contiguous()
+    for name, t in trainer.masks.items():
+        tensors[f"m/{name}"] = t.detach().to("cpu").to(torch.uint8).contiguous()
+    for name, t in (best_params or {}).items():
+        tensors[f"best/{name}"] = t.detach().to("cpu").contiguous()
+    tensors["batch_rng"] = trainer.batch_rng.to("cpu").contiguous()
+    header = {"format": FORMAT, "thresholds": trainer.thresholds, "iteration": trainer.iteration,
+              "coin_rng": trainer.coin_rng, "progress": progress.__dict__}
+    return safetensors.torch.save(tensors, metadata={_KEY: json.dumps(header)})
+
+
+def load(data: bytes) -> tuple[TrainerState, Progress, dict[str, torch.Tensor] | None]:
+    from core.safetensors_header import HeaderLimits, read_header
+
+    # our own bytes: four tensors per model tensor, so the upload limits do not apply
+    _, metadata = read_header(data, "training state", HeaderLimits(max_tensors=1 << 20))
+    header = json.loads(metadata[_KEY])
+    if header.get("format") != FORMAT:
+        raise ValueError(f"unknown training state format {header.get('format')!r}")
+    tensors = safetensors.torch.load(data)
+
+    def group(prefix: str) -> dict[str, torch.Tensor]:
+        return {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(prefix + "/")}
+
+    state = TrainerState(
+        weights=group("w"), masks={k: v.float() for k, v in group("m").items()},
+        velocity=group("v"), thresholds={k: float(v) for k, v in header["thresholds"].items()},
+        iteration=int(header["iteration"]), batch_rng=tensors["batch_rng"],
+        coin_rng=header["coin_rng"])
+    best = group("best") or None
+    return state, Progress(**header["progress"]), best
