@@ -15,6 +15,7 @@ from pathlib import Path
 
 from core.errors import SchemaBehind
 from core.settings import Settings
+from core.zoo import CAFFE_ITERATIONS, TRAINING_RECIPES
 
 
 def _migrate(args: argparse.Namespace, cfg: Settings) -> int:
@@ -127,10 +128,12 @@ def _zoo_train(args: argparse.Namespace, cfg: Settings) -> int:
     from workers.training import train_builtin
 
     dev = devices.pick(args.device or cfg.device)
+    length = (f"{args.iterations} iterations" if args.recipe == "caffe" else f"{args.epochs} epochs")
     print(f"training {args.architecture} on {args.dataset} ({devices.describe(dev)}), "
-          f"{args.epochs} epochs …", flush=True)
-    result = train_builtin(args.architecture, args.dataset, cfg.datasets_dir, epochs=args.epochs,
-                           seed=args.seed, device=dev, out=Path(args.out))
+          f"{args.recipe} recipe, {length} …", flush=True)
+    result = train_builtin(args.architecture, args.dataset, cfg.datasets_dir, recipe=args.recipe,
+                           epochs=args.epochs, iterations=args.iterations, seed=args.seed,
+                           device=dev, out=Path(args.out))
     print(f"wrote {args.out}: validation accuracy {result.val_accuracy:.4f}, "
           f"test accuracy {result.test_accuracy:.4f}")
     return 0
@@ -171,7 +174,12 @@ def parser() -> argparse.ArgumentParser:
     tp.add_argument("architecture", help="lenet-300-100 or lenet-5")
     tp.add_argument("--dataset", default="mnist")
     tp.add_argument("--out", required=True, help="output .safetensors file")
-    tp.add_argument("--epochs", type=int)
+    tp.add_argument("--recipe", choices=TRAINING_RECIPES, default="onecycle",
+                    help="onecycle (ours, the strongest reference) or caffe (Caffe's LeNet solver, "
+                    "as the DNS and OLMP papers trained their references)")
+    tp.add_argument("--epochs", type=int, help="onecycle: epochs (default 12)")
+    tp.add_argument("--iterations", type=int, default=CAFFE_ITERATIONS,
+                    help=f"caffe: SGD iterations of 64 images (default {CAFFE_ITERATIONS})")
     tp.add_argument("--seed", type=int, default=0)
     tp.add_argument("--device", help="cpu, cuda, … (default: THRESHER_DEVICE or auto)")
     return p

@@ -41,3 +41,7 @@ LENET_5 = Architecture(
 )
 
 BUILTINS = (LENET_300_100, LENET_5)
+
+# Recipes of `thresher zoo train`: ours, and Caffe's LeNet solver as the DNS and OLMP papers used.
+TRAINING_RECIPES = ("onecycle", "caffe")
+CAFFE_ITERATIONS = 10_000  # lenet_solver.prototxt's max_iter

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from core.architectures import Architecture
-from core.spec import JobSpec, round_trials
+from core.spec import JobSpec, round_trials, search_drop
 from workers import olmp_state, optimizers
 from workers.data import Splits
 from workers.evaluation import Evaluator, accuracy
@@ -140,8 +140,7 @@ class OlmpSearch:
         # magnitudes of the current weights, pruned values included: DNS lets those come back
         pruner = MagnitudePruner(self.arch, {**self.trainer.w, **self.trainer.buffers},
                                  spec.search.prune_biases)
-        steer = spec.olmp.search_drop
-        scorer = CandidateScorer(pruner, spec.max_accuracy_drop, steer)
+        scorer = CandidateScorer(pruner, spec.max_accuracy_drop, search_drop(spec))
         origin = np.array(log_keep(keep_fractions(self.trainer), self.masked, self.lower))
         span = spec.olmp.search_span
 
@@ -236,8 +235,8 @@ class OlmpSearch:
             self._checkpoint()
 
         self.trainer.freeze()  # idempotent: a job resumed while retraining freezes again
-        if o.retrain_anneal:
-            self.trainer.anneal(o.rounds * o.adjust_iterations, o.retrain_iterations)
+        self.trainer.retrain_schedule(o.rounds * o.adjust_iterations, o.retrain_iterations,
+                                      o.retrain_lr, o.retrain_anneal)
         self._train(o.retrain_iterations, evaluate_every=o.evaluate_every)
         self.recorder.flush()  # every trial is stored before the job reports its best
         return self._result(reference)

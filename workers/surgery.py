@@ -99,7 +99,7 @@ class MaskedTrainer:
         self._loss = nn.CrossEntropyLoss()
         self._idx = torch.zeros(config.batch_size, dtype=torch.long, device=device)
         self._lr = torch.zeros((), device=device)
-        self._anneal: tuple[int, int] | None = None
+        self._retrain: tuple[int, int, float | None, bool] | None = None
         self.use_graphs = device.type == "cuda" if graphs is None else graphs
         self._graphs: dict[bool, torch.cuda.CUDAGraph] = {}
 
@@ -119,16 +119,19 @@ class MaskedTrainer:
                 self.w[n].mul_(self.m[n])
                 self.v[n].mul_(self.m[n])
 
-    def anneal(self, start: int, length: int) -> None:
-        """From iteration `start`, scale the learning rate by a half cosine reaching 0 after
-        `length` iterations (retraining ends on a settled model rather than a noisy step)."""
-        self._anneal = (start, max(1, length))
+    def retrain_schedule(self, start: int, length: int, lr: float | None, anneal: bool) -> None:
+        """From iteration `start` on: restart at `lr` (None: go on with the solver's schedule) and,
+        with `anneal`, scale by a half cosine that reaches 0 after `length` iterations (retraining
+        ends on a settled model rather than a noisy step)."""
+        self._retrain = (start, max(1, length), lr, anneal)
 
     def learning_rate(self, iteration: int) -> float:
-        lr = self.config.learning_rate(iteration)
-        if self._anneal is not None and iteration >= self._anneal[0]:
-            t = min(1.0, (iteration - self._anneal[0]) / self._anneal[1])
-            lr *= 0.5 * (1.0 + math.cos(math.pi * t))
+        if self._retrain is None or iteration < self._retrain[0]:
+            return self.config.learning_rate(iteration)
+        start, length, base, anneal = self._retrain
+        lr = self.config.learning_rate(iteration) if base is None else base
+        if anneal:
+            lr *= 0.5 * (1.0 + math.cos(math.pi * min(1.0, (iteration - start) / length)))
         return lr
 
     def masked_params(self) -> dict[str, torch.Tensor]:

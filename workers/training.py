@@ -1,4 +1,9 @@
-"""Training reference models for `thresher zoo train` (the user's own models arrive trained)."""
+"""Training reference models for `thresher zoo train` (the user's own models arrive trained).
+
+Two recipes: `onecycle` (ours: SGD + Nesterov under a one-cycle learning rate, a strong reference)
+and `caffe` (Caffe's LeNet solver, which DNS and OLMP trained their references with: compare a
+pruned error with the papers' on a reference trained the way theirs were).
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,11 @@ from torch import nn
 
 from core.architectures import get_architecture
 from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION
+from core.zoo import CAFFE_ITERATIONS, TRAINING_RECIPES
 from workers import zoo
 from workers.data import Splits, builtin_arrays, split_arrays
 from workers.evaluation import accuracy
+from workers.surgery import MaskedTrainer, SolverConfig
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +30,7 @@ log = logging.getLogger(__name__)
 class TrainResult:
     val_accuracy: float
     test_accuracy: float
-    epochs: int
+    schedule: str  # e.g. "onecycle, 12 epochs"
 
 
 def train(arch_name: str, splits: Splits, *, epochs: int, seed: int, device: torch.device,
@@ -56,23 +63,45 @@ def train(arch_name: str, splits: Splits, *, epochs: int, seed: int, device: tor
                  accuracy(model, params, data.x_val, data.y_val))
     model.eval()
     params = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    result = TrainResult(
-        val_accuracy=accuracy(model, params, data.x_val, data.y_val),
-        test_accuracy=accuracy(model, params, data.x_test, data.y_test),
-        epochs=epochs,
-    )
-    return params, result
+    return params, _scored(model, params, data, f"onecycle, {epochs} epochs")
 
 
-def train_builtin(arch_name: str, dataset: str, datasets_dir: Path, *, epochs: int, seed: int,
-                  device: torch.device, out: Path) -> TrainResult:
+def train_caffe(arch_name: str, splits: Splits, *, iterations: int, seed: int,
+                device: torch.device) -> tuple[dict[str, torch.Tensor], TrainResult]:
+    """Caffe's lenet_solver: SGD, lr 0.01 under the "inv" policy (γ 1e-4, power 0.75), momentum
+    0.9, weight decay 5e-4, batches of 64; the masked trainer with no masks is exactly that solver."""
+    torch.manual_seed(seed)
+    model = zoo.build(get_architecture(arch_name)).to(device).eval()
+    data = splits.to(device)
+    init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    trainer = MaskedTrainer(model, init, [], data.x_train, data.y_train, SolverConfig(), seed)
+    trainer.train(iterations)
+    params = {k: v.detach().clone() for k, v in trainer.masked_params().items()}
+    return params, _scored(model, params, data, f"caffe, {iterations} iterations")
+
+
+def _scored(model: nn.Module, params: dict[str, torch.Tensor], data: Splits, schedule: str) -> TrainResult:
+    return TrainResult(val_accuracy=accuracy(model, params, data.x_val, data.y_val),
+                       test_accuracy=accuracy(model, params, data.x_test, data.y_test),
+                       schedule=schedule)
+
+
+def train_builtin(arch_name: str, dataset: str, datasets_dir: Path, *, seed: int,
+                  device: torch.device, out: Path, recipe: str = "onecycle", epochs: int = 12,
+                  iterations: int = CAFFE_ITERATIONS) -> TrainResult:
     arrays = builtin_arrays(dataset, datasets_dir)
     summary = {"validation": {"fraction": DEFAULT_VALIDATION_FRACTION, "seed": DEFAULT_SPLIT_SEED}}
-    params, result = train(arch_name, split_arrays(arrays, summary), epochs=epochs, seed=seed, device=device)
+    splits = split_arrays(arrays, summary)
+    if recipe == "caffe":
+        params, result = train_caffe(arch_name, splits, iterations=iterations, seed=seed, device=device)
+    elif recipe == "onecycle":
+        params, result = train(arch_name, splits, epochs=epochs, seed=seed, device=device)
+    else:
+        raise ValueError(f"unknown recipe {recipe!r}; expected one of {', '.join(TRAINING_RECIPES)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     safetensors.torch.save_file(
         {k: v.cpu().contiguous() for k, v in params.items()}, str(out),
-        metadata={"architecture": arch_name, "dataset": dataset, "epochs": str(epochs),
+        metadata={"architecture": arch_name, "dataset": dataset, "schedule": result.schedule,
                   "seed": str(seed), "val_accuracy": f"{result.val_accuracy:.4f}",
                   "test_accuracy": f"{result.test_accuracy:.4f}"},
     )

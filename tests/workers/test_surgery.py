@@ -39,7 +39,7 @@ def _trainer(parts, config: SolverConfig | None = None, seed: int = 0) -> Masked
 def test_a_pruned_weight_that_grows_past_1_1_t_comes_back(trainer_parts) -> None:  # type: ignore[no-untyped-def]
     trainer = _trainer(trainer_parts, SolverConfig(refresh_gamma=0.0))  # refresh every iteration
     w = trainer.w["fc2.weight"]
-    t = float(w.abs().median())
+    t = float(w.detach().abs().median())
     trainer.set_thresholds({n: (t if n == "fc2.weight" else 0.0) for n in trainer.masked})
     pruned = (trainer.m["fc2.weight"] == 0).nonzero()[0].tolist()
     assert trainer.m["fc2.weight"][tuple(pruned)] == 0
