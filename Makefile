@@ -26,8 +26,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	@# The same suite again on PostgreSQL where one is reachable (the slow SQLite walkthrough and
 	@# zoo training are not repeated).
+	@# Tests that bring their own database (own_database) ran in the first pass already.
 	@if $(BIN)/python -c "import sys; from tests.conftest import POSTGRES; sys.exit(not POSTGRES)"; then \
-		THRESHER_TEST_BACKEND=postgresql $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS); \
+		THRESHER_TEST_BACKEND=postgresql $(BIN)/python -m pytest -m "not slow and not own_database" $(PYTEST_ARGS); \
 	else \
 		echo "PostgreSQL is not reachable: the PostgreSQL pass was skipped"; \
 	fi

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="THRESHER_", extra="ignore")
 
     database_url: str = "sqlite:///./var/thresher.db"
+    # How long a SQLite writer waits for another's lock; past it, workers retry with backoff and
+    # the API answers 503 (PostgreSQL has no such wait).
+    sqlite_busy_timeout_seconds: float = 30.0
     datasets_dir: Path = _default_datasets_dir()
     # Local cache of blobs by sha256, so a worker fetches a model or dataset once.
     cache_dir: Path = Path("./var/cache")
@@ -51,4 +54,8 @@ class Settings(BaseSettings):
     # Multi-round methods (olmp) save their training state at most this often (and when draining):
     # a worker killed mid-job costs at most about this much training.
     state_seconds: float = 60.0
+    # After SIGTERM a worker finishes its population, stores its trials and state, hands the job
+    # back and exits; past this bound (a database outage) it exits anyway. Deployments give
+    # workers a longer grace period than this before they kill them.
+    drain_seconds: float = 90.0
     worker_name: str | None = None

@@ -20,6 +20,7 @@ from service.limits import BodyLimit, RateLimiter
 from service.views import job_doc
 from store import records
 from store.db import check_schema, make_engine, make_sessionmaker
+from store.reconnect import wait_for_database
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 SESSION_SECONDS = 7 * 24 * 3600
@@ -27,7 +28,8 @@ SESSION_SECONDS = 7 * 24 * 3600
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     cfg = settings or Settings()
-    engine = make_engine(cfg.database_url)
+    engine = make_engine(cfg.database_url, sqlite_busy_timeout=cfg.sqlite_busy_timeout_seconds)
+    wait_for_database(engine, "API")
     check_schema(engine)  # refuse to serve on a schema that is behind
 
     app = FastAPI(

@@ -18,7 +18,11 @@ def db(request: Request) -> Iterator[Session]:
 
 
 def db_write(request: Request) -> Iterator[Session]:
-    """A writing transaction: on SQLite it holds the write lock from its first statement."""
+    """A writing transaction: on SQLite it holds the write lock from its first statement.
+
+    Use it as `Depends(db_write, scope="function")`: the commit must happen before the response
+    is sent, or a client could read a 201 for a row that is not committed yet (or never will be,
+    when the database goes away between the two)."""
     with transaction(request.app.state.sessions, write=True) as session:
         yield session
 

@@ -8,9 +8,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import DatasetUnavailable, InvalidInput
+from store.reconnect import describe, is_unavailable
+
+DATABASE_RETRY_AFTER_SECONDS = 5
 
 
 class ErrorBody(BaseModel):
@@ -33,7 +37,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     415: _described("unsupported content type"),
     422: _described("invalid input; the detail names the field, tensor or array"),
     429: _described("rate or job limit reached; see Retry-After"),
-    503: _described("a built-in dataset is unavailable on this server"),
+    503: _described("the database is unreachable for now (retry after Retry-After seconds), or a "
+                    "built-in dataset is unavailable on this server"),
 }
 
 
@@ -77,6 +82,15 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(DatasetUnavailable)
     async def _dataset(_: Request, exc: DatasetUnavailable) -> JSONResponse:
         return JSONResponse(_body("dataset_unavailable", str(exc)), status_code=503)
+
+    @app.exception_handler(DBAPIError)
+    async def _database(_: Request, exc: DBAPIError) -> JSONResponse:
+        # The pool reconnects by itself (pre-ping) once the database is back: no restart needed.
+        if not is_unavailable(exc):
+            raise exc
+        return JSONResponse(
+            _body("database_unavailable", f"the database is unreachable for now: {describe(exc)}"),
+            status_code=503, headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)})
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

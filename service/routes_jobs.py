@@ -28,7 +28,7 @@ JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
 @router.post("/jobs", status_code=201)
-def create_job(spec: JobSpec, session: Session = Depends(db_write),
+def create_job(spec: JobSpec, session: Session = Depends(db_write, scope="function"),
                principal: Principal = Depends(current_principal),
                cfg: Settings = Depends(settings)) -> dict[str, Any]:
     model = get_owned(session, Model, spec.model_id, principal, "model")
@@ -90,7 +90,7 @@ def get_trials(
 
 
 @router.post("/jobs/{job_id}/cancel")
-def cancel_job(job_id: str, session: Session = Depends(db_write),
+def cancel_job(job_id: str, session: Session = Depends(db_write, scope="function"),
                principal: Principal = Depends(current_principal)) -> dict[str, Any]:
     job = get_owned(session, Job, job_id, principal, "job")
     cancelled = records.cancel_job(session, job_id)

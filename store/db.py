@@ -18,14 +18,28 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 IMMEDIATE = "thresher_immediate"
 
 
-def make_engine(url: str) -> Engine:
+# A PostgreSQL connection that hangs (a host gone from the network) must fail within bounded
+# time so that the caller's retry (store.reconnect) or the API's 503 can take over; keepalives
+# notice a dead peer on an idle pooled connection. Parameters in the URL's query win.
+POSTGRES_CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+
+
+def make_engine(url: str, *, sqlite_busy_timeout: float = SQLITE_BUSY_TIMEOUT_MS / 1000) -> Engine:
+    """An engine for `url`; `sqlite_busy_timeout` is how long a SQLite writer waits for the lock
+    before "database is locked" (which workers retry and the API answers with 503)."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        connect_args = {k: v for k, v in POSTGRES_CONNECT_ARGS.items() if k not in parsed.query}
+        # pre-ping: a pooled connection that died with the server is replaced before it is used
+        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
+    busy_ms = int(sqlite_busy_timeout * 1000)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    engine = create_engine(url, connect_args={"timeout": sqlite_busy_timeout})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -33,7 +47,7 @@ def make_engine(url: str) -> Engine:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute(f"PRAGMA busy_timeout={busy_ms}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()

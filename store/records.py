@@ -6,7 +6,9 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from store.models import Dataset, Job, Model, Trial, Worker, utcnow
@@ -101,11 +103,15 @@ def write_trials(session: Session, lease: Lease, trials: Sequence[dict[str, Any]
     """Write a population's trials and the job's progress in one fenced transaction.
 
     The fenced job UPDATE comes first: it raises LeaseLost before any trial row is inserted when the
-    job is no longer ours, and it holds the job's row lock while the trials go in."""
+    job is no longer ours, and it holds the job's row lock while the trials go in. A number already
+    stored is skipped: that happens only when a COMMIT was cut off by an outage after the database
+    had applied it, and the worker wrote the same population again (store.reconnect)."""
     update_job(session, lease, **job_values)
     if trials:
         now = utcnow()
-        session.execute(insert(Trial), [{"job_id": lease.job_id, "created_at": now, **t} for t in trials])
+        insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        session.execute(insert(Trial).on_conflict_do_nothing(index_elements=["job_id", "number"]),
+                        [{"job_id": lease.job_id, "created_at": now, **t} for t in trials])
 
 
 def list_workers(session: Session) -> list[Worker]:

@@ -12,15 +12,18 @@ import signal
 import socket
 import threading
 import traceback
+from collections.abc import Callable
 from types import FrameType
 
 import torch
+from sqlalchemy.orm import Session
 
 from core.errors import DatasetUnavailable, InvalidInput
 from core.settings import Settings
 from store import queue
 from store.db import check_schema, make_engine, make_sessionmaker, transaction
 from store.queue import Lease, LeaseLost
+from store.reconnect import Backoff, describe, is_unavailable, retrying, wait_for_database
 from workers import device as devices
 from workers import runner
 
@@ -49,8 +52,12 @@ class Heartbeat(threading.Thread):
             except LeaseLost:
                 self.lost.set()
                 return
-            except Exception:  # a database hiccup: the lease has slack, try again next beat
-                log.warning("heartbeat for job %s failed", self.lease.job_id, exc_info=True)
+            except Exception as exc:  # a database hiccup: the lease has slack, try again next beat
+                if is_unavailable(exc):
+                    log.warning("heartbeat for job %s failed: database unavailable (%s)",
+                                self.lease.job_id, describe(exc))
+                else:
+                    log.warning("heartbeat for job %s failed", self.lease.job_id, exc_info=True)
 
     def stop(self) -> None:
         self._done.set()
@@ -60,7 +67,9 @@ class Worker:
     def __init__(self, settings: Settings, name: str | None = None) -> None:
         self.settings = settings
         self.name = name or settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
-        self.engine = make_engine(settings.database_url)
+        self.engine = make_engine(settings.database_url,
+                                  sqlite_busy_timeout=settings.sqlite_busy_timeout_seconds)
+        wait_for_database(self.engine, f"worker {self.name}")
         check_schema(self.engine)  # refuse to start on a schema that is behind
         self.sessions = make_sessionmaker(self.engine)
         self.device = devices.pick(settings.device)
@@ -74,21 +83,45 @@ class Worker:
                 os._exit(128 + signum)
             log.info("signal %d: finishing the current population, then exiting", signum)
             self.draining.set()
+            # A drain that cannot finish (the database is gone) must not outlive the deployment's
+            # grace period: exit, and the lease hands the job to another worker when it expires.
+            bound = threading.Timer(self.settings.drain_seconds, self._drain_overdue, args=(signum,))
+            bound.daemon = True
+            bound.start()
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
+    def _drain_overdue(self, signum: int) -> None:
+        log.warning("the drain took longer than %.0f s (THRESHER_DRAIN_SECONDS): exiting; the job "
+                    "is resumed elsewhere once its lease expires", self.settings.drain_seconds)
+        logging.shutdown()
+        os._exit(128 + signum)
+
     # -- the loop --------------------------------------------------------------------------
     def serve(self, *, exit_when_idle: bool = False, max_jobs: int | None = None) -> int:
-        with transaction(self.sessions) as s:
-            queue.register_worker(s, self.name, socket.gethostname(), os.getpid(),
-                                  devices.describe(self.device))
+        retrying(self.sessions, lambda s: queue.register_worker(
+            s, self.name, socket.gethostname(), os.getpid(), devices.describe(self.device)),
+            what=f"registering worker {self.name}")
         log.info("worker %s on %s", self.name, devices.describe(self.device))
         done = 0
+        outage = Backoff()
         while not self.draining.is_set() and (max_jobs is None or done < max_jobs):
-            with transaction(self.sessions) as s:
-                lease = queue.claim(s, self.name, self.settings.lease_seconds)
-                queue.touch_worker(s, self.name, lease.job_id if lease else None)
+            try:
+                with transaction(self.sessions) as s:
+                    lease = queue.claim(s, self.name, self.settings.lease_seconds)
+                    queue.touch_worker(s, self.name, lease.job_id if lease else None)
+            except Exception as exc:
+                # Not `retrying`: a draining worker stops waiting. A claim whose COMMIT was cut
+                # off may have taken a job we never heard of; its lease expires and it runs again.
+                if not is_unavailable(exc):
+                    raise
+                delay = outage.next_delay()
+                log.warning("database unavailable while claiming (%s); retrying in %.1f s",
+                            describe(exc), delay)
+                self.draining.wait(delay)
+                continue
+            outage.reset()
             if lease is None:
                 if exit_when_idle:
                     break
@@ -96,8 +129,12 @@ class Worker:
                 continue
             self.run_one(lease)
             done += 1
-        with transaction(self.sessions) as s:
-            queue.touch_worker(s, self.name, None)
+        try:
+            with transaction(self.sessions) as s:
+                queue.touch_worker(s, self.name, None)
+        except Exception as exc:  # only the dashboard's "current job": not worth waiting for
+            if not is_unavailable(exc):
+                raise
         return done
 
     def run_one(self, lease: Lease) -> None:
@@ -127,6 +164,10 @@ class Worker:
             detail = getattr(exc, "detail", None) or str(exc)
             self._finish(lambda s: queue.fail(s, lease, detail))
         except Exception as exc:
+            if is_unavailable(exc):  # not the job's fault: hand it back without counting a failure
+                log.warning("job %s: database unavailable (%s); handed back", lease.job_id, describe(exc))
+                self._finish(lambda s: queue.release(s, lease))
+                return
             text = f"{type(exc).__name__}: {exc}"
             log.error("job %s crashed: %s\n%s", lease.job_id, text, traceback.format_exc())
             if lease.failures + 1 >= cfg.max_attempts:
@@ -140,9 +181,8 @@ class Worker:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def _finish(self, write: object) -> None:
+    def _finish(self, write: Callable[[Session], None]) -> None:
         try:
-            with transaction(self.sessions) as s:
-                write(s)  # type: ignore[operator]
+            retrying(self.sessions, write, what="recording a job's outcome")
         except LeaseLost:
             log.info("job was taken from us before we could record its outcome")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,9 +17,9 @@ from core.architectures import get_architecture
 from core.settings import Settings
 from core.spec import JobSpec
 from store import blobs, records
-from store.db import transaction
 from store.models import Dataset, Job, Model, utcnow
 from store.queue import Lease, update_job
+from store.reconnect import retrying
 from workers import checkpoint, zoo
 from workers.data import load_splits
 from workers.olmp import OlmpSearch
@@ -60,16 +61,20 @@ class DbRecorder:
             self.flush()
 
     def flush(self) -> None:
+        """Write the buffered trials; while the database is unavailable the buffer is kept and the
+        write retried (store.reconnect), so an outage costs time, never a scored trial."""
         if self._buffer or self._progress:
-            with transaction(self.sessions) as s:
-                records.write_trials(s, self.lease, [t.row() for t in self._buffer], **self._progress)
+            rows, progress = [t.row() for t in self._buffer], self._progress
+            retrying(self.sessions, lambda s: records.write_trials(s, self.lease, rows, **progress),
+                     what=f"writing {len(rows)} trials of job {self.lease.job_id}")
             self._buffer, self._progress = [], {}
         self._last_flush = time.monotonic()
 
     def save_state(self, data: bytes) -> None:
         """Replace the job's training state; trials scored so far are stored first."""
         self.flush()
-        with transaction(self.sessions) as s:
+
+        def write(s: Session) -> None:
             update_job(s, self.lease)  # still ours? (before writing megabytes)
             old = s.scalar(select(Job.state_sha256).where(Job.id == self.lease.job_id))
             sha = blobs.put(s, data)
@@ -77,9 +82,12 @@ class DbRecorder:
             if old is not None and old != sha:
                 blobs.delete_if_unreferenced(s, old)
 
+        retrying(self.sessions, write, what=f"saving the training state of job {self.lease.job_id}")
+
     def set_reference(self, reference: dict[str, Any]) -> None:
-        with transaction(self.sessions) as s:
-            update_job(s, self.lease, reference=reference, stage="reference")
+        retrying(self.sessions,
+                 lambda s: update_job(s, self.lease, reference=reference, stage="reference"),
+                 what=f"recording the reference of job {self.lease.job_id}")
 
     def check(self) -> None:
         try:
@@ -102,28 +110,52 @@ def _stored_trials(session: Session, job_id: str) -> dict[int, Evaluated]:
     return out
 
 
+@dataclass
+class _Inputs:
+    """What a job needs from the database before its search starts."""
+
+    spec: JobSpec
+    architecture: str
+    model_id: str
+    weights_sha256: str
+    weights: bytes
+    dataset_id: str
+    builtin: str | None
+    data_blob: bytes | None
+    dataset_summary: dict[str, Any]
+    stored: dict[int, Evaluated]
+    state: bytes | None
+
+
+def _load(s: Session, lease: Lease, settings: Settings) -> _Inputs:
+    job = s.get(Job, lease.job_id)
+    assert job is not None
+    model_row = s.get(Model, job.model_id)
+    dataset_row = s.get(Dataset, job.dataset_id)
+    assert model_row is not None and dataset_row is not None
+    inputs = _Inputs(
+        spec=JobSpec.model_validate(job.spec), architecture=model_row.architecture,
+        model_id=model_row.id, weights_sha256=model_row.weights_sha256,
+        weights=blobs.read_cached(s, model_row.weights_sha256, settings.cache_dir),
+        dataset_id=dataset_row.id, builtin=dataset_row.builtin,
+        data_blob=(blobs.read_cached(s, dataset_row.blob_sha256, settings.cache_dir)
+                   if dataset_row.blob_sha256 else None),
+        dataset_summary=dict(dataset_row.summary), stored=_stored_trials(s, job.id),
+        state=blobs.read(s, job.state_sha256) if job.state_sha256 else None,
+    )
+    update_job(s, lease, stage="loading")
+    return inputs
+
+
 def run(sessions: sessionmaker[Session], lease: Lease, settings: Settings, device: torch.device,
         should_stop: Any) -> None:
-    with transaction(sessions) as s:
-        job = s.get(Job, lease.job_id)
-        assert job is not None
-        model_row = s.get(Model, job.model_id)
-        dataset_row = s.get(Dataset, job.dataset_id)
-        assert model_row is not None and dataset_row is not None
-        spec = JobSpec.model_validate(job.spec)
-        weights = blobs.read_cached(s, model_row.weights_sha256, settings.cache_dir)
-        data_blob = (blobs.read_cached(s, dataset_row.blob_sha256, settings.cache_dir)
-                     if dataset_row.blob_sha256 else None)
-        stored = _stored_trials(s, job.id)
-        state = blobs.read(s, job.state_sha256) if job.state_sha256 else None
-        dataset_summary = dict(dataset_row.summary)
-        model_id, dataset_id, weights_sha = model_row.id, dataset_row.id, model_row.weights_sha256
-        update_job(s, lease, stage="loading")
+    got = retrying(sessions, lambda s: _load(s, lease, settings), what=f"loading job {lease.job_id}")
+    spec, stored, state, dataset_summary = got.spec, got.stored, got.state, got.dataset_summary
 
-    arch = get_architecture(model_row.architecture)
+    arch = get_architecture(got.architecture)
     model = zoo.build(arch).to(device).eval()
-    params = {k: v.to(device) for k, v in load_safetensors(weights).items()}
-    splits = load_splits(builtin=dataset_row.builtin, blob=data_blob, summary=dataset_summary,
+    params = {k: v.to(device) for k, v in load_safetensors(got.weights).items()}
+    splits = load_splits(builtin=got.builtin, blob=got.data_blob, summary=dataset_summary,
                          datasets_dir=settings.datasets_dir).to(device)
     if stored:
         log.info("job %s: resuming with %d stored trials", lease.job_id, len(stored))
@@ -139,11 +171,12 @@ def run(sessions: sessionmaker[Session], lease: Lease, settings: Settings, devic
 
     manifest = manifest_for(result, arch_name=arch.name, arch_config=dict(arch.config),
                             dataset_summary=dataset_summary, spec=spec, job_id=lease.job_id,
-                            model_id=model_id, dataset_id=dataset_id, weights_sha256=weights_sha,
-                            device=str(device))
+                            model_id=got.model_id, dataset_id=got.dataset_id,
+                            weights_sha256=got.weights_sha256, device=str(device))
     data = checkpoint.build(result.pruned.params, manifest)
     best = {**result.best.best_doc(), "test_accuracy": result.test_accuracy}
-    with transaction(sessions) as s:
+
+    def finish(s: Session) -> None:
         sha = blobs.put(s, data)
         old_state = s.scalar(select(Job.state_sha256).where(Job.id == lease.job_id))
         update_job(s, lease, status="succeeded", stage="done", best=best, reference=result.reference,
@@ -151,6 +184,8 @@ def run(sessions: sessionmaker[Session], lease: Lease, settings: Settings, devic
                    lease_expires_at=None, error=None, state_sha256=None)
         if old_state is not None:
             blobs.delete_if_unreferenced(s, old_state)  # a finished job needs no training state
+
+    retrying(sessions, finish, what=f"storing the result of job {lease.job_id}")
     log.info("job %s succeeded: %.1fx at val drop %.4f, test accuracy %.4f", lease.job_id,
              result.best.compression_ratio or 0.0, result.best.accuracy_drop or 0.0, result.test_accuracy)
 
