@@ -11,7 +11,7 @@ PORT ?= 8000
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q --upgrade "pip>=23"
-	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev]"
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[worker,dev]"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -6,6 +6,7 @@ Heavy imports stay inside the subcommands: `serve` must never load torch, and `-
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import signal
@@ -43,10 +44,35 @@ def _serve(args: argparse.Namespace, cfg: Settings) -> int:
     return 0
 
 
+# A worker (and `up`, which starts one, and `zoo train`) needs the `worker` extra; the API image
+# is installed without it.
+WORKER_PACKAGES = ("torch", "nevergrad", "optuna")
+
+
+class MissingWorkerExtra(Exception):
+    pass
+
+
+def _require_worker_extra(command: str) -> None:
+    # find_spec does not import: checking costs nothing on a machine that has them.
+    missing = [name for name in WORKER_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingWorkerExtra(
+            f"`thresher {command}` needs {', '.join(missing)}, which this installation lacks (an API-only "
+            "install): install the worker extra, e.g. pip install 'thresher[worker]', or use the "
+            "Dockerfile's `worker` target")
+
+
 def _worker(args: argparse.Namespace, cfg: Settings) -> int:
+    _require_worker_extra("worker")
+    from workers.gpu_slots import NoFreeGpu
     from workers.loop import Worker
 
-    worker = Worker(cfg, name=args.name)
+    try:
+        worker = Worker(cfg, name=args.name)
+    except NoFreeGpu as exc:
+        print(f"thresher: {exc}", file=sys.stderr)
+        return 2
     worker.install_signal_handlers()
     worker.serve(exit_when_idle=args.exit_when_idle, max_jobs=args.max_jobs)
     return 0
@@ -109,6 +135,7 @@ def _up(args: argparse.Namespace, cfg: Settings) -> int:
     """API + one worker process on the same database; migrates first (the zero-setup default)."""
     from store.db import upgrade
 
+    _require_worker_extra("up")
     upgrade(cfg.database_url)
     _first_admin_token(cfg)
     env = dict(os.environ, THRESHER_DATABASE_URL=cfg.database_url)
@@ -124,6 +151,7 @@ def _up(args: argparse.Namespace, cfg: Settings) -> int:
 
 
 def _zoo_train(args: argparse.Namespace, cfg: Settings) -> int:
+    _require_worker_extra("zoo train")
     from workers import device as devices
     from workers.training import train_builtin
 
@@ -198,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.epochs = DEFAULT_EPOCHS.get(args.architecture, 10)
             return _zoo_train(args, cfg)
         return handlers[args.command](args, cfg)
-    except SchemaBehind as exc:
+    except (SchemaBehind, MissingWorkerExtra) as exc:
         print(f"thresher: {exc}", file=sys.stderr)
         return 2
 

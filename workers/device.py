@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
+from workers import gpu_slots
 
-def pick(setting: str = "auto") -> torch.device:
+
+def pick(setting: str = "auto", gpu_lock_dir: Path | None = None) -> torch.device:
+    """`gpu_lock_dir`: where workers sharing a machine's GPUs take one each (workers.gpu_slots);
+    it applies when the setting names no GPU index ("auto" or "cuda")."""
     if setting == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(setting)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"THRESHER_DEVICE={setting} but CUDA is not available")
+    if device.type == "cuda" and device.index is None and gpu_lock_dir is not None:
+        device = torch.device("cuda", gpu_slots.claim(gpu_lock_dir, torch.cuda.device_count()))
     if device.type == "cuda":
+        if device.index is not None:  # streams, graphs and caches follow the current device
+            torch.cuda.set_device(device.index)
         deterministic()
     return device
 

@@ -72,7 +72,7 @@ class Worker:
         wait_for_database(self.engine, f"worker {self.name}")
         check_schema(self.engine)  # refuse to start on a schema that is behind
         self.sessions = make_sessionmaker(self.engine)
-        self.device = devices.pick(settings.device)
+        self.device = devices.pick(settings.device, settings.gpu_lock_dir)
         self.draining = threading.Event()
 
     # -- signals ---------------------------------------------------------------------------
