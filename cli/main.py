@@ -140,12 +140,15 @@ def _up(args: argparse.Namespace, cfg: Settings) -> int:
     _first_admin_token(cfg)
     env = dict(os.environ, THRESHER_DATABASE_URL=cfg.database_url)
     worker = subprocess.Popen([sys.executable, "-m", "cli.main", "worker"], env=env)
+    # uvicorn re-raises the signal that stopped it once it has shut down: with the default SIGTERM
+    # action this process would end there, before it stops its worker (left polling for ever).
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     try:
         return _serve(args, cfg)
     finally:
-        worker.send_signal(signal.SIGTERM)
+        worker.send_signal(signal.SIGTERM)  # it drains: its job goes back to the queue
         try:
-            worker.wait(timeout=30)
+            worker.wait(timeout=cfg.drain_seconds + 10)
         except subprocess.TimeoutExpired:
             worker.kill()
 
