@@ -62,9 +62,11 @@ def reference_300_100(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path)
 @pytest.fixture
 def service(tmp_path: Path, mnist_dir: Path) -> Iterator[str]:
     port = _free_port()
+    # to a file, not a pipe: nobody reads a pipe while the test runs, and a full one blocks `up`
+    log = (tmp_path / "up.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "up", "--port", str(port)],
                             env={**_env(tmp_path, mnist_dir), "PYTHONPATH": str(ROOT)}, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -74,7 +76,7 @@ def service(tmp_path: Path, mnist_dir: Path) -> Iterator[str]:
                     break
             except httpx.TransportError:
                 pass
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            assert proc.poll() is None, (tmp_path / "up.log").read_text()
             assert time.monotonic() < deadline, "the service did not come up"
             time.sleep(0.3)
         yield url
@@ -84,6 +86,7 @@ def service(tmp_path: Path, mnist_dir: Path) -> Iterator[str]:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
 
 
 def test_readme_walkthrough_lenet_300_100(service: str, reference_300_100: Path, mnist_dir: Path,
