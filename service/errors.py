@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -58,13 +59,19 @@ def _body(error: str, detail: str) -> dict[str, str]:
     return {"error": error, "detail": detail}
 
 
-def _validation_detail(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors():
+def validation_messages(errors: Sequence[Any]) -> list[tuple[str, str]]:
+    """(field path, message) for each pydantic error, the message as the API reports it. The
+    dashboard's form shows the same messages next to its fields."""
+    out = []
+    for err in errors:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts) or "invalid request"
+        out.append((loc, f"{loc}: {msg}" if loc else msg))
+    return out
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    return "; ".join(text for _, text in validation_messages(exc.errors())) or "invalid request"
 
 
 def install(app: FastAPI) -> None:

@@ -10,14 +10,13 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from core.architectures import get_architecture
-from core.errors import InvalidInput
 from core.settings import Settings
-from core.spec import JobSpec, planned_trials
+from core.spec import JobSpec
+from service.admission import check_admission, queue_job
 from service.auth import Principal, current_principal, require_admin
 from service.deps import db, db_write, settings
 from service.errors import ERROR_RESPONSES, ApiError
 from service.ownership import get_owned
-from service.uploads import check_compatible
 from service.views import job_doc, trial_doc, worker_doc
 from store import blobs, records
 from store.db import transaction
@@ -33,25 +32,8 @@ def create_job(spec: JobSpec, session: Session = Depends(db_write, scope="functi
                cfg: Settings = Depends(settings)) -> dict[str, Any]:
     model = get_owned(session, Model, spec.model_id, principal, "model")
     dataset = get_owned(session, Dataset, spec.dataset_id, principal, "dataset")
-    if spec.budget.trials > cfg.max_trials:
-        raise InvalidInput(f"budget.trials {spec.budget.trials} exceeds this server's limit of "
-                           f"{cfg.max_trials} trials per job", field="budget.trials")
-    check_compatible(get_architecture(model.architecture), dataset.summary)
-    subset = spec.search.validation_subset
-    n_val = dataset.summary["splits"]["validation"]
-    if subset is not None and subset > n_val:
-        raise InvalidInput(f"search.validation_subset {subset} exceeds the dataset's {n_val} "
-                           "validation samples", field="search.validation_subset")
-    active = records.count_active_jobs(session, principal.name)
-    if active >= cfg.max_active_jobs:
-        raise ApiError(429, "too_many_jobs",
-                       f"{principal.name} already has {active} queued or running jobs (the limit is "
-                       f"{cfg.max_active_jobs}); wait for one to finish or cancel one",
-                       headers={"Retry-After": "30"})
-    row = records.add_job(session, model_id=model.id, dataset_id=dataset.id,
-                          spec=spec.model_dump(mode="json"), trials_total=planned_trials(spec),
-                          owner=principal.name)
-    return job_doc(row)
+    check_admission(session, spec, get_architecture(model.architecture), dataset.summary, principal, cfg)
+    return job_doc(queue_job(session, spec, model.id, dataset.id, principal))
 
 
 @router.get("/jobs")

@@ -21,6 +21,7 @@ from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION, validat
 REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
 OPTIONAL_KEYS = ("x_val", "y_val")
 MAX_NPZ_EXPANSION = 4  # an npz may expand to this many times the upload limit, no more
+BUILTIN_DATASETS = ("mnist",)
 
 
 def header_limits(cfg: Settings) -> HeaderLimits:
@@ -192,8 +193,8 @@ def parse_dataset(data: bytes, cfg: Settings, *,
 
 def builtin_summary(name: str, datasets_dir: Any, validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
                     split_seed: int = DEFAULT_SPLIT_SEED) -> dict[str, Any]:
-    if name != "mnist":
-        raise InvalidInput(f"unknown built-in dataset {name!r}; choose one of ['mnist']",
+    if name not in BUILTIN_DATASETS:
+        raise InvalidInput(f"unknown built-in dataset {name!r}; choose one of {list(BUILTIN_DATASETS)}",
                            field="builtin")
     mnist.verify(datasets_dir)  # raises DatasetUnavailable
     n_val = validation_size(mnist.TRAIN_SIZE, validation_fraction)

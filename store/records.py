@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -86,12 +87,64 @@ def cancel_job(session: Session, job_id: str) -> Job | None:
     return session.get(Job, job_id, populate_existing=True)
 
 
-def list_trials(session: Session, job_id: str, *, offset: int, limit: int) -> tuple[list[Trial], int]:
+# Sort keys a trial listing accepts: name → column. Unscored trials (no metrics) sort last either way.
+TRIAL_SORTS: dict[str, Any] = {
+    "number": Trial.number, "ratio": Trial.compression_ratio, "accuracy": Trial.val_accuracy,
+    "drop": Trial.accuracy_drop, "nonzero": Trial.nonzero, "duration": Trial.duration_ms,
+}
+
+
+def list_trials(session: Session, job_id: str, *, offset: int, limit: int, sort: str = "number",
+                descending: bool = False, stage: str | None = None) -> tuple[list[Trial], int]:
+    where = [Trial.job_id == job_id]
+    if stage is not None:
+        where.append(Trial.stage == stage)
+    column = TRIAL_SORTS[sort]
+    key = (column.desc() if descending else column.asc()).nulls_last()
     rows = session.scalars(
-        select(Trial).where(Trial.job_id == job_id).order_by(Trial.number).offset(offset).limit(limit)
+        select(Trial).where(*where).order_by(key, Trial.number).offset(offset).limit(limit)
     )
-    total = session.scalar(select(func.count()).select_from(Trial).where(Trial.job_id == job_id))
+    total = session.scalar(select(func.count()).select_from(Trial).where(*where))
     return list(rows), int(total or 0)
+
+
+@dataclass(frozen=True)
+class TrialPoint:
+    """What the dashboard's charts need of a trial, without its per-layer JSON."""
+
+    number: int
+    stage: str
+    round: int
+    val_accuracy: float | None
+    accuracy_drop: float | None
+    scored_on: int
+    nonzero: int | None
+    compression_ratio: float | None
+    feasible: bool
+
+
+def trial_points(session: Session, job_id: str) -> list[TrialPoint]:
+    rows = session.execute(
+        select(Trial.number, Trial.stage, Trial.round, Trial.val_accuracy, Trial.accuracy_drop,
+               Trial.scored_on, Trial.nonzero, Trial.compression_ratio, Trial.feasible)
+        .where(Trial.job_id == job_id).order_by(Trial.number)
+    )
+    return [TrialPoint(*row) for row in rows]
+
+
+def list_models(session: Session, owner: str | None, limit: int = 100) -> list[Model]:
+    """Newest first; `owner=None` lists every principal's."""
+    query = select(Model).order_by(Model.created_at.desc(), Model.id).limit(limit)
+    if owner is not None:
+        query = query.where(Model.owner == owner)
+    return list(session.scalars(query))
+
+
+def list_datasets(session: Session, owner: str | None, limit: int = 100) -> list[Dataset]:
+    query = select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id).limit(limit)
+    if owner is not None:
+        query = query.where(Dataset.owner == owner)
+    return list(session.scalars(query))
 
 
 def all_trials(session: Session, job_id: str) -> list[Trial]:
