@@ -2,28 +2,37 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Form, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
-from sqlalchemy.orm import Session
 
 from core.settings import Settings
-from service import errors, routes_datasets, routes_jobs, routes_models
-from service.auth import SESSION_COOKIE, Principal, check_address, current_principal, resolve
-from service.deps import db
+from service import dashboard, errors, job_form, routes_datasets, routes_jobs, routes_models
+from service.auth import (
+    SESSION_COOKIE,
+    Principal,
+    SignInRequired,
+    check_address,
+    current_principal,
+    resolve,
+)
 from service.limits import BodyLimit, RateLimiter
-from service.views import job_doc
-from store import records
+from service.templating import TEMPLATES
 from store.db import check_schema, make_engine, make_sessionmaker
 from store.reconnect import wait_for_database
 
-TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 SESSION_SECONDS = 7 * 24 * 3600
+
+
+def _local_path(target: str | None) -> str:
+    """Where to go after signing in: a path on this server only (never //host or a URL)."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -54,6 +63,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_models.router)
     app.include_router(routes_datasets.router)
     app.include_router(routes_jobs.router)
+    app.include_router(job_form.router)  # before the dashboard's /jobs/{job_id}
+    app.include_router(dashboard.router)
+
+    @app.exception_handler(SignInRequired)
+    async def _sign_in(request: Request, _: SignInRequired) -> Response:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if request.method != "GET" or target == "/":
+            return RedirectResponse("/login", status_code=303)
+        return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
 
     @app.get("/openapi.json", include_in_schema=False)
     def openapi(_: Principal = Depends(current_principal)) -> JSONResponse:
@@ -63,35 +81,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def docs(request: Request) -> Response:
         if resolve(request, request.cookies.get(SESSION_COOKIE)) is None:
             return RedirectResponse("/login", status_code=303)
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="Thresher API")
+        # Swagger UI's script and style are served here (service.dashboard), not from a CDN
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Thresher API",
+                                   swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs/assets/favicon.png",
+                                   swagger_ui_parameters={"validatorUrl": None})
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:
         return {"status": "ok"}
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def index(request: Request, session: Session = Depends(db)) -> Response:
-        principal = resolve(request, request.cookies.get(SESSION_COOKIE))
-        if principal is None:
-            return RedirectResponse("/login", status_code=303)
-        rows, total = records.list_jobs(session, offset=0, limit=200, owner=principal.owner_filter())
-        return TEMPLATES.TemplateResponse(
-            request, "jobs.html",
-            {"jobs": [job_doc(j) for j in rows], "total": total, "principal": principal.name},
-        )
-
     @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
     def login_form(request: Request) -> HTMLResponse:
-        return TEMPLATES.TemplateResponse(request, "login.html", {"error": None})
+        return TEMPLATES.TemplateResponse(
+            request, "login.html", {"error": None, "next": _local_path(request.query_params.get("next"))})
 
     @app.post("/login", include_in_schema=False)
-    def login(request: Request, token: Annotated[str, Form(max_length=200)]) -> Response:
+    def login(request: Request, token: Annotated[str, Form(max_length=200)],
+              next: Annotated[str, Form(max_length=2000)] = "/") -> Response:
         check_address(request)
+        target = _local_path(next)
         if resolve(request, token.strip()) is None:
             return TEMPLATES.TemplateResponse(request, "login.html",
-                                              {"error": "That token is unknown or revoked."},
+                                              {"error": "That token is unknown or revoked.",
+                                               "next": target},
                                               status_code=401)
-        response = RedirectResponse("/", status_code=303)
+        response = RedirectResponse(target, status_code=303)
         response.set_cookie(SESSION_COOKIE, token.strip(), max_age=SESSION_SECONDS, httponly=True,
                             secure=cfg.cookie_secure, samesite="strict")
         return response

@@ -68,3 +68,18 @@ def current_principal(request: Request) -> Principal:
 def require_admin(principal: Principal) -> None:
     if not principal.admin:
         raise ApiError(403, "forbidden", "this needs an admin token")
+
+
+class SignInRequired(Exception):
+    """A dashboard page was asked for without a valid session: the app redirects to /login."""
+
+
+def page_principal(request: Request) -> Principal:
+    """The principal of a dashboard page (cookie, or a bearer header): as current_principal, but a
+    missing or unknown token sends the browser to the sign-in page instead of a JSON 401."""
+    try:
+        return current_principal(request)
+    except ApiError as exc:
+        if exc.status == 401:
+            raise SignInRequired() from None
+        raise

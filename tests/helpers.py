@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from html.parser import HTMLParser
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -69,3 +70,37 @@ def seed_jobs(url: str, n: int) -> list[str]:
                for _ in range(n)]
     engine.dispose()
     return ids
+
+
+class _ById(HTMLParser):
+    """Collects the text inside the element with a given id (nested elements included)."""
+
+    VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
+                      "source", "track", "wbr"})
+
+    def __init__(self, ident: str) -> None:
+        super().__init__()
+        self.ident, self.depth, self.found, self.parts = ident, 0, False, []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.VOID:
+            return
+        if self.depth:
+            self.depth += 1
+        elif dict(attrs).get("id") == self.ident:
+            self.depth, self.found = 1, True
+
+    def handle_endtag(self, tag: str) -> None:
+        if self.depth and tag not in self.VOID:
+            self.depth -= 1
+
+    def handle_data(self, data: str) -> None:
+        if self.depth:
+            self.parts.append(data)
+
+
+def text_of(html: str, ident: str) -> str | None:
+    """The whitespace-normalized text of the element with id `ident`, or None without one."""
+    parser = _ById(ident)
+    parser.feed(html)
+    return " ".join("".join(parser.parts).split()) if parser.found else None
