@@ -82,12 +82,11 @@ class Round:
 def rounds(points: Sequence[TrialPoint]) -> list[Round]:
     """The job's rounds in trial order; a single-round job has one."""
     out: list[Round] = []
-    for p in points:
-        if out and out[-1].number == p.round:
-            r = out[-1]
-            out[-1] = Round(r.number, r.first, p.number, r.trials + 1)
-        else:
-            out.append(Round(p.round, p.number, p.number, 1))
+    start = 0
+    for i in range(1, len(points) + 1):
+        if i == len(points) or points[i].round != points[start].round:
+            out.append(Round(points[start].round, points[start].number, points[i - 1].number, i - start))
+            start = i
     return out
 
 

@@ -124,11 +124,12 @@ class TrialPoint:
 
 
 def trial_points(session: Session, job_id: str) -> list[TrialPoint]:
-    rows = session.execute(
-        select(Trial.number, Trial.stage, Trial.round, Trial.val_accuracy, Trial.accuracy_drop,
-               Trial.scored_on, Trial.nonzero, Trial.compression_ratio, Trial.feasible)
-        .where(Trial.job_id == job_id).order_by(Trial.number)
-    )
+    t = Trial.__table__.c
+    # a Core select on the session's connection: no ORM row processing (a third of the time)
+    rows = session.connection().execute(
+        select(t.number, t.stage, t.round, t.val_accuracy, t.accuracy_drop, t.scored_on, t.nonzero,
+               t.compression_ratio, t.feasible).where(t.job_id == job_id).order_by(t.number)
+    ).all()
     return [TrialPoint(*row) for row in rows]
 
 

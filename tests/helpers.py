@@ -87,12 +87,14 @@ class _ById(HTMLParser):
             return
         if self.depth:
             self.depth += 1
+            self.parts.append(" ")  # element boundaries separate words, as a reader sees them
         elif dict(attrs).get("id") == self.ident:
             self.depth, self.found = 1, True
 
     def handle_endtag(self, tag: str) -> None:
         if self.depth and tag not in self.VOID:
             self.depth -= 1
+            self.parts.append(" ")
 
     def handle_data(self, data: str) -> None:
         if self.depth:

@@ -334,3 +334,22 @@ def test_cancel_from_the_dashboard(world: World) -> None:
     final = browser.get(f"/ui/jobs/{job['id']}").json()
     assert final["final"] is True and 'id="cancel"' not in final["parts"]["job-summary"]
     assert text_of(final["parts"]["job-summary"], "job-status") == "cancelled"
+
+
+def test_a_failed_job_shows_its_error_and_the_list_filters_by_status(world: World) -> None:
+    failed, queued = _job(world, "alice"), _job(world, "alice")
+    sessions = make_sessionmaker(make_engine(world.url))
+    with transaction(sessions) as s:
+        lease = queue.claim(s, "test-worker", lease_seconds=600)  # the oldest: `failed`
+        assert lease is not None and lease.job_id == failed["id"]
+        queue.fail(s, lease, "DatasetUnavailable: the built-in mnist files are missing")
+    browser = world.browser("alice")
+    page = browser.get(f"/jobs/{failed['id']}").text
+    assert text_of(page, "job-status") == "failed"
+    assert text_of(page, "job-error") == ("The job failed DatasetUnavailable: the built-in mnist files "
+                                          "are missing")
+    listed = browser.get("/", params={"status": "failed"}).text
+    assert f'data-job="{failed["id"]}"' in listed and f'data-job="{queued["id"]}"' not in listed
+    everything = browser.get("/ui/jobs").json()["parts"]["jobs-table"]
+    # newest first
+    assert everything.index(queued["id"]) < everything.index(failed["id"])
