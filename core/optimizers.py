@@ -1,7 +1,10 @@
 """Optimizer names a job may ask for (the implementations live in workers.optimizers)."""
 
 NEVERGRAD = ("NGOpt", "CMA", "OnePlusOne", "TwoPointsDE", "PSO", "DE", "RandomSearch")
-OPTUNA = ("tpe", "cmaes", "random")
+OPTUNA = ("tpe", "cmaes", "random", "nsgaii")
+# Optimizers that return a Pareto front of compression against validation accuracy instead of one
+# scalar objective.
+MULTI_OBJECTIVE = ("optuna:nsgaii",)
 
 # `ncs`: Negatively Correlated Search (Tang, Yang & Yao 2016), the optimizer of OLMP; our own code.
 OPTIMIZERS: tuple[str, ...] = (
@@ -9,4 +12,8 @@ OPTIMIZERS: tuple[str, ...] = (
 )
 # magnitude: one-shot per-layer thresholds. olmp: OLMP's prune-and-adjust pipeline (thresholds
 # searched every few thousand iterations of masked training whose pruned weights may recover).
-METHODS: tuple[str, ...] = ("magnitude", "olmp")
+# l0, sgl: every trial is a training run with a regularizer whose per-layer strengths are searched
+# (hard-concrete L0 gates, Louizos et al. 2018; l0 sparse group lasso, MobilePrune 2022).
+METHODS: tuple[str, ...] = ("magnitude", "olmp", "l0", "sgl")
+TRAINING_METHODS = ("l0", "sgl")
+PRUNERS = ("none", "median", "hyperband")

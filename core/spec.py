@@ -6,9 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from core.optimizers import METHODS, OPTIMIZERS
+from core.optimizers import METHODS, MULTI_OBJECTIVE, OPTIMIZERS, TRAINING_METHODS
 
 MAX_TRIALS = 100_000
+MAX_PARALLEL = 64
 # One-shot accuracy drop an OLMP round may accept by default: measured on LeNet-300-100 (Caffe
 # reference, δ = 0.001), 0.02 stalled near 40×, 0.04 reached 54× with every round's adjusted model
 # back within δ; a round that only accepts δ itself barely prunes (2.5× after two rounds).
@@ -19,6 +20,10 @@ class Budget(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     trials: int = Field(description="number of candidates to score (≥ 1)")
+    parallel: int = Field(
+        1, ge=1, le=MAX_PARALLEL,
+        description="trials of methods l0 and sgl (each a training run) that may run at once, "
+        "on any workers; the optimizer asks this many, all are told before it asks again")
 
     @field_validator("trials")
     @classmethod
@@ -101,6 +106,46 @@ class OlmpOptions(BaseModel):
         1e-4, ge=0, le=1, description="masks are refreshed with probability 1/(1 + γ·iteration)")
 
 
+class RegularizationOptions(BaseModel):
+    """Methods `l0` and `sgl`: each trial trains the model with a sparsity regularizer whose
+    per-layer strengths (log10) the optimizer chooses, then prunes what the regularizer zeroed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    granularity: Literal["weight", "neuron"] = Field(
+        "weight",
+        description="l0: one gate per weight, or per input neuron (fully-connected) / output filter "
+        "(convolution); sgl always penalizes those groups and, through its l0 term, single weights")
+    epochs: int = Field(5, ge=1, le=1000,
+                        description="regularized training epochs of a trial (l0 gates, sgl prox)")
+    finetune_epochs: int = Field(
+        1, ge=0, le=1000,
+        description="epochs after pruning with the zeros frozen (l0: deterministic gates; sgl: "
+        "MobilePrune's masked retraining)")
+    batch_size: int = Field(100, ge=1, le=65_536)
+    lr: float = Field(1e-3, gt=0, le=10, description="Adam learning rate")
+    drop_rate_init: float = Field(0.3, gt=0, lt=1,
+                                  description="l0: initial gate drop rate (sets log α)")
+    log10_lambda: tuple[float, float] = Field(
+        (-7.0, -3.0), description="search box of each layer's log10 λ (l0: per expected "
+        "non-zero gate; sgl: group ℓ2 strength)")
+    log10_eta: tuple[float, float] = Field(
+        (-7.0, -3.0), description="sgl: search box of each layer's log10 η (ℓ0 strength)")
+    train_subset: int | None = Field(
+        None, ge=100, description="train each trial on this many training samples (seeded)")
+    pruner: Literal["none", "median", "hyperband"] = Field(
+        "median", description="stop hopeless trials on their per-epoch validation accuracy "
+        "(optuna's pruners); they are recorded as pruned")
+
+    @field_validator("log10_lambda", "log10_eta")
+    @classmethod
+    def _box(cls, v: tuple[float, float]) -> tuple[float, float]:
+        low, high = v
+        if not (-12.0 <= low < high <= 2.0):
+            raise ValueError(f"a log10 search box must satisfy -12 ≤ low < high ≤ 2, got {list(v)}")
+        return v
+
+
 class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -116,6 +161,9 @@ class JobSpec(BaseModel):
     search: SearchOptions = Field(default_factory=SearchOptions)
     olmp: OlmpOptions = Field(default_factory=OlmpOptions,
                               description="the schedule of method `olmp` (ignored by other methods)")
+    regularization: RegularizationOptions = Field(
+        default_factory=RegularizationOptions,
+        description="training trials of methods `l0` and `sgl` (ignored by other methods)")
 
     @field_validator("method")
     @classmethod
@@ -137,6 +185,16 @@ class JobSpec(BaseModel):
         if not (0.0 <= v < 1.0):
             raise ValueError(f"max_accuracy_drop must be in [0, 1), got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _method_fits(self) -> JobSpec:
+        if self.optimizer in MULTI_OBJECTIVE and self.method not in TRAINING_METHODS:
+            raise ValueError(f"optimizer {self.optimizer} returns a Pareto front and serves only "
+                             f"methods {list(TRAINING_METHODS)}")
+        if self.budget.parallel > 1 and self.method not in TRAINING_METHODS:
+            raise ValueError(f"budget.parallel applies to methods {list(TRAINING_METHODS)} (each "
+                             f"trial a training run); method {self.method} scores in populations")
+        return self
 
     @model_validator(mode="after")
     def _olmp_budget(self) -> JobSpec:
