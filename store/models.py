@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -114,6 +115,8 @@ class Job(Base):
     checkpoint_sha256: Mapped[str | None] = mapped_column(String(64), ForeignKey("blob.sha256"))
     # Resumable training state of multi-round methods (weights, masks, optimizer state, RNG).
     state_sha256: Mapped[str | None] = mapped_column(String(64), ForeignKey("blob.sha256"))
+    # Methods l0/sgl with whole neurons or filters pruned: the checkpoint with smaller dense shapes.
+    compact_sha256: Mapped[str | None] = mapped_column(String(64), ForeignKey("blob.sha256"))
     error: Mapped[str | None] = mapped_column(Text)
     # lease and fencing (DESIGN §4)
     lease_owner: Mapped[str | None] = mapped_column(String(200))
@@ -152,7 +155,44 @@ class Trial(Base):
     feasible: Mapped[bool] = mapped_column(Boolean)
     error: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[float] = mapped_column(Float)
+    # Training trials (methods l0, sgl): who ran it, whether a pruner stopped it, its validation
+    # accuracy after each epoch, and its pruned weights (kept: any trial's model may be the best).
+    worker: Mapped[str | None] = mapped_column(String(200))
+    pruned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    intermediate: Mapped[list[Any] | None] = mapped_column(JSON)
+    params_sha256: Mapped[str | None] = mapped_column(String(64), ForeignKey("blob.sha256"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TrialItem(Base):
+    """A training trial queued for any worker (DESIGN §4's queue rules, one level down): claimed in
+    one statement, leased with heartbeats, `attempt` fencing every write. The job's coordinator
+    turns finished items into trials."""
+
+    __tablename__ = "trial_item"
+    __table_args__ = (UniqueConstraint("job_id", "number", name="uq_trial_item_job_number"),
+                      Index("ix_trial_item_status", "status", "created_at"))
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("job.id", ondelete="CASCADE"), index=True
+    )
+    number: Mapped[int] = mapped_column(Integer)
+    batch: Mapped[int] = mapped_column(Integer)
+    candidate: Mapped[list[Any]]
+    # queued → running → done (result holds the outcome, or the error after the last attempt)
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None]
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    not_before: Mapped[datetime | None]
+    worker: Mapped[str | None] = mapped_column(String(200))
+    intermediate: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    params_sha256: Mapped[str | None] = mapped_column(String(64), ForeignKey("blob.sha256"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Worker(Base):
