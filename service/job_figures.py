@@ -44,8 +44,9 @@ def convergence(points: Sequence[TrialPoint], method: str) -> list[Step]:
 
 def pareto_front(points: Sequence[TrialPoint]) -> list[TrialPoint]:
     """Scored trials that no other trial beats on both compression ratio and validation accuracy
-    (at least as good on both, better on one), by ascending ratio. Equal points all stay."""
-    ordered = sorted(scored(points),
+    (at least as good on both, better on one), by ascending ratio. Equal points all stay. Trials a
+    pruner stopped are no finished model and never on the front."""
+    ordered = sorted((p for p in scored(points) if not p.pruned),
                      key=lambda p: (-(p.compression_ratio or 0.0), -(p.val_accuracy or 0.0), p.number))
     front: list[TrialPoint] = []
     best_acc = float("-inf")

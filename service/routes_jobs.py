@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
@@ -16,6 +16,7 @@ from service.admission import check_admission, queue_job
 from service.auth import Principal, current_principal, require_admin
 from service.deps import db, db_write, settings
 from service.errors import ERROR_RESPONSES, ApiError
+from service.job_figures import pareto_front
 from service.ownership import get_owned
 from service.views import job_doc, trial_doc, worker_doc
 from store import blobs, records
@@ -71,6 +72,18 @@ def get_trials(
     return {"items": [trial_doc(t) for t in rows], "total": total, "offset": offset, "limit": limit}
 
 
+@router.get("/jobs/{job_id}/pareto")
+def get_pareto(job_id: str, session: Session = Depends(db),
+               principal: Principal = Depends(current_principal)) -> dict[str, Any]:
+    """The non-dominated trials: none other has both a higher compression ratio and a higher
+    validation accuracy. Failed trials and trials a pruner stopped are left out."""
+    get_owned(session, Job, job_id, principal, "job")
+    numbers = [p.number for p in pareto_front(records.trial_points(session, job_id))]
+    rows = records.trials_numbered(session, job_id, numbers)
+    return {"objectives": {"compression_ratio": "maximize", "val_accuracy": "maximize"},
+            "items": [trial_doc(t) for t in rows], "total": len(rows)}
+
+
 @router.post("/jobs/{job_id}/cancel")
 def cancel_job(job_id: str, session: Session = Depends(db_write, scope="function"),
                principal: Principal = Depends(current_principal)) -> dict[str, Any]:
@@ -84,13 +97,25 @@ def cancel_job(job_id: str, session: Session = Depends(db_write, scope="function
 @router.get("/jobs/{job_id}/checkpoint", response_class=StreamingResponse,
             responses={200: {"content": {"application/octet-stream": {}},
                              "description": "safetensors with a JSON manifest in its metadata"}})
-def download_checkpoint(job_id: str, request: Request, session: Session = Depends(db),
-                        principal: Principal = Depends(current_principal)) -> StreamingResponse:
+def download_checkpoint(
+    job_id: str, request: Request, session: Session = Depends(db),
+    principal: Principal = Depends(current_principal),
+    format: Literal["pruned", "compact"] = Query(
+        "pruned", description="pruned: the model's own shapes with zeros; compact: where whole "
+        "neurons or filters were pruned (methods l0, sgl), smaller dense shapes and their "
+        "architecture config in the manifest"),
+) -> StreamingResponse:
     job = get_owned(session, Job, job_id, principal, "job")
     if job.status != "succeeded" or job.checkpoint_sha256 is None:
         raise ApiError(409, "conflict", f"job {job_id} is {job.status}; the checkpoint is available "
                                         "once it has succeeded")
     sha = job.checkpoint_sha256
+    if format == "compact":
+        if job.compact_sha256 is None:
+            raise ApiError(409, "conflict", f"job {job_id} has no compact checkpoint: no whole "
+                                            "neuron or filter was pruned (methods l0 and sgl prune "
+                                            "them; l0 with regularization.granularity 'neuron')")
+        sha = job.compact_sha256
     blob = session.get(Blob, sha)
     assert blob is not None
     factory = request.app.state.sessions
@@ -102,7 +127,8 @@ def download_checkpoint(job_id: str, request: Request, session: Session = Depend
 
     return StreamingResponse(
         stream(), media_type="application/octet-stream",
-        headers={"Content-Disposition": f'attachment; filename="thresher-{job_id}.safetensors"',
+        headers={"Content-Disposition": f'attachment; filename="thresher-{job_id}'
+                                        f'{"-compact" if format == "compact" else ""}.safetensors"',
                  "Content-Length": str(blob.size), "X-Checkpoint-SHA256": sha},
     )
 

@@ -73,6 +73,11 @@ def trial_doc(t: Trial) -> dict[str, Any]:
         "feasible": t.feasible,
         "error": t.error,
         "duration_ms": t.duration_ms,
+        # training trials (methods l0, sgl): the worker that ran it, whether a pruner stopped it,
+        # and its validation accuracy after each epoch
+        "worker": t.worker,
+        "pruned": t.pruned,
+        "intermediate": t.intermediate,
     }
 
 

@@ -121,6 +121,7 @@ class TrialPoint:
     nonzero: int | None
     compression_ratio: float | None
     feasible: bool
+    pruned: bool = False  # stopped early by a pruner (methods l0, sgl): not a finished model
 
 
 def trial_points(session: Session, job_id: str) -> list[TrialPoint]:
@@ -128,9 +129,9 @@ def trial_points(session: Session, job_id: str) -> list[TrialPoint]:
     # a Core select on the session's connection: no ORM row processing (a third of the time)
     rows = session.connection().execute(
         select(t.number, t.stage, t.round, t.val_accuracy, t.accuracy_drop, t.scored_on, t.nonzero,
-               t.compression_ratio, t.feasible).where(t.job_id == job_id).order_by(t.number)
+               t.compression_ratio, t.feasible, t.pruned).where(t.job_id == job_id).order_by(t.number)
     ).all()
-    return [TrialPoint(*row) for row in rows]
+    return [TrialPoint(*row[:9], pruned=bool(row[9])) for row in rows]
 
 
 def list_models(session: Session, owner: str | None, limit: int = 100) -> list[Model]:
@@ -146,6 +147,12 @@ def list_datasets(session: Session, owner: str | None, limit: int = 100) -> list
     if owner is not None:
         query = query.where(Dataset.owner == owner)
     return list(session.scalars(query))
+
+
+def trials_numbered(session: Session, job_id: str, numbers: Sequence[int]) -> list[Trial]:
+    return list(session.scalars(select(Trial).where(Trial.job_id == job_id,
+                                                    Trial.number.in_(list(numbers)))
+                                .order_by(Trial.number)))
 
 
 def all_trials(session: Session, job_id: str) -> list[Trial]:

@@ -20,12 +20,12 @@ from sqlalchemy.orm import Session
 
 from core.errors import DatasetUnavailable, InvalidInput
 from core.settings import Settings
-from store import queue
+from store import queue, trial_queue
 from store.db import check_schema, make_engine, make_sessionmaker, transaction
 from store.queue import Lease, LeaseLost
 from store.reconnect import Backoff, describe, is_unavailable, retrying, wait_for_database
 from workers import device as devices
-from workers import runner
+from workers import runner, trial_items
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,15 @@ class Worker:
         outage = Backoff()
         while not self.draining.is_set() and (max_jobs is None or done < max_jobs):
             try:
+                # Trials of running jobs first: they are what a job's coordinator waits for.
                 with transaction(self.sessions) as s:
-                    lease = queue.claim(s, self.name, self.settings.lease_seconds)
-                    queue.touch_worker(s, self.name, lease.job_id if lease else None)
+                    item = trial_queue.claim(s, self.name, self.settings.lease_seconds)
+                    if item is not None:
+                        queue.touch_worker(s, self.name, item.job_id)
+                if item is None:
+                    with transaction(self.sessions) as s:
+                        lease = queue.claim(s, self.name, self.settings.lease_seconds)
+                        queue.touch_worker(s, self.name, lease.job_id if lease else None)
             except Exception as exc:
                 # Not `retrying`: a draining worker stops waiting. A claim whose COMMIT was cut
                 # off may have taken a job we never heard of; its lease expires and it runs again.
@@ -122,6 +128,9 @@ class Worker:
                 self.draining.wait(delay)
                 continue
             outage.reset()
+            if item is not None:
+                self.run_item(item)
+                continue
             if lease is None:
                 if exit_when_idle:
                     break
@@ -136,6 +145,21 @@ class Worker:
             if not is_unavailable(exc):
                 raise
         return done
+
+    def run_item(self, item: trial_queue.ItemLease) -> None:
+        log.info("job %s: trial %d, attempt %d", item.job_id, item.number, item.attempt)
+
+        def should_stop() -> None:
+            if self.draining.is_set():
+                raise runner.Stop()
+
+        try:
+            trial_items.work_on(self.sessions, item, self.settings, self.device, should_stop)
+        except runner.Stop:
+            log.info("trial %d of job %s handed back to the queue", item.number, item.job_id)
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
 
     def run_one(self, lease: Lease) -> None:
         cfg = self.settings

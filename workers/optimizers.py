@@ -143,3 +143,40 @@ class Shifted:
 
     def tell_foreign(self, x: np.ndarray, loss: float) -> None:
         self.inner.tell_foreign(np.asarray(x, float) - self.origin, loss)
+
+
+class ParetoOptimizer:
+    """Optuna's NSGA-II over the same box, told two objectives to minimize: log10 of the kept
+    fraction and the accuracy drop. Its population is a third of the budget (at least 4, at most
+    optuna's default 50), so a small budget still sees a few generations."""
+
+    def __init__(self, start: np.ndarray, lower: float, upper: float, seed: int, budget: int) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        population = max(4, min(50, budget // 3))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
+            self._study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+        self._dist: dict[str, Any] = {
+            f"x{i:03d}": optuna.distributions.FloatDistribution(lower, upper)
+            for i in range(len(start))}
+        self._study.enqueue_trial(dict(zip(self._dist, map(float, start), strict=True)))
+        self._pending: list[Any] = []
+        self._optuna = optuna
+
+    def ask(self) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trial = self._study.ask(self._dist)
+        self._pending.append(trial)
+        return np.array([trial.params[k] for k in self._dist], dtype=float)
+
+    def tell_values(self, x: np.ndarray, values: tuple[float, float]) -> None:
+        self._study.tell(self._pending.pop(0), list(values))
+
+    def tell_foreign_values(self, x: np.ndarray, values: tuple[float, float]) -> None:
+        params = dict(zip(self._dist, map(float, x), strict=True))
+        self._study.add_trial(self._optuna.trial.create_trial(
+            params=params, distributions=self._dist, values=list(values)))

@@ -13,23 +13,23 @@ from safetensors.torch import load as load_safetensors  # parses tensors only, n
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.architectures import get_architecture
+from core.architectures import Architecture, get_architecture
+from core.optimizers import TRAINING_METHODS
 from core.settings import Settings
 from core.spec import JobSpec
-from store import blobs, records
+from store import blobs, records, trial_queue
 from store.models import Dataset, Job, Model, utcnow
 from store.queue import Lease, update_job
 from store.reconnect import retrying
-from workers import checkpoint, zoo
-from workers.data import load_splits
+from workers import checkpoint, compaction, zoo
+from workers.data import Splits, load_splits
+from workers.evaluation import accuracy
 from workers.olmp import OlmpSearch
 from workers.search import Evaluated, MagnitudeSearch, SearchResult
+from workers.stopping import Stop
+from workers.training_search import TrainingSearch
 
 log = logging.getLogger(__name__)
-
-
-class Stop(Exception):
-    """The worker was asked to drain (SIGTERM); the job goes back to the queue."""
 
 
 class DbRecorder:
@@ -106,6 +106,9 @@ def _stored_trials(session: Session, job_id: str) -> dict[int, Evaluated]:
             nonzero=t.nonzero, total=t.total, compression_ratio=t.compression_ratio,
             weights_ratio=t.weights_ratio, objective=t.objective if t.objective is not None else 0.0,
             feasible=t.feasible, error=t.error, duration_ms=t.duration_ms, round=t.round,
+            worker=t.worker, pruned=t.pruned,
+            intermediate=list(t.intermediate) if t.intermediate is not None else None,
+            params_sha256=t.params_sha256,
         )
     return out
 
@@ -166,6 +169,10 @@ def run(sessions: sessionmaker[Session], lease: Lease, settings: Settings, devic
     if spec.method == "olmp":
         result = OlmpSearch(arch, model, params, splits, spec, recorder, state,
                             state_seconds=settings.state_seconds).run()
+    elif spec.method in TRAINING_METHODS:
+        result = TrainingSearch(arch, model, params, splits, spec, recorder, sessions=sessions,
+                                lease=lease, settings=settings, device=device,
+                                should_stop=should_stop).run()
     else:
         result = MagnitudeSearch(arch, model, params, splits, spec, recorder).run()
 
@@ -175,13 +182,21 @@ def run(sessions: sessionmaker[Session], lease: Lease, settings: Settings, devic
                             weights_sha256=got.weights_sha256, device=str(device))
     data = checkpoint.build(result.pruned.params, manifest)
     best = {**result.best.best_doc(), "test_accuracy": result.test_accuracy}
+    compact = None
+    if spec.method in TRAINING_METHODS:
+        compact = compact_checkpoint(arch, model, result, manifest, splits)
+        if compact is not None:
+            best["compact"] = compact[1]
 
     def finish(s: Session) -> None:
         sha = blobs.put(s, data)
+        compact_sha = blobs.put(s, compact[0]) if compact is not None else None
         old_state = s.scalar(select(Job.state_sha256).where(Job.id == lease.job_id))
         update_job(s, lease, status="succeeded", stage="done", best=best, reference=result.reference,
                    test_accuracy=result.test_accuracy, checkpoint_sha256=sha, finished_at=utcnow(),
-                   lease_expires_at=None, error=None, state_sha256=None)
+                   lease_expires_at=None, error=None, state_sha256=None,
+                   compact_sha256=compact_sha)
+        trial_queue.delete_items(s, lease)  # their outcomes are trials now
         if old_state is not None:
             blobs.delete_if_unreferenced(s, old_state)  # a finished job needs no training state
 
@@ -204,7 +219,7 @@ def manifest_for(result: SearchResult, *, arch_name: str, arch_config: dict[str,
         "classes": dataset_summary.get("classes"),
         "validation": dataset_summary.get("validation"),
         "layers": {n: {"kept": pruned.kept[n], "total": sizes[n], "keep_ratio": pruned.kept[n] / sizes[n],
-                       "threshold": result.thresholds[n]} for n in pruned.kept},
+                       "threshold": result.thresholds.get(n)} for n in pruned.kept},
         "nonzero": pruned.nonzero,
         "total": pruned.total,
         "compression_ratio": best.compression_ratio,
@@ -222,3 +237,27 @@ def manifest_for(result: SearchResult, *, arch_name: str, arch_config: dict[str,
         "reference_weights_sha256": weights_sha256,
         "device": device,
     }
+
+
+def compact_checkpoint(arch: Architecture, model: torch.nn.Module, result: SearchResult,
+                       manifest: dict[str, Any], splits: Splits) -> tuple[bytes, dict[str, Any]] | None:
+    """Where whole neurons or filters are zero: the same model with smaller dense shapes, its
+    architecture config, its accuracy recomputed on it, and its measured CPU speed-up."""
+    try:
+        small_arch, small = compaction.compact(arch, result.pruned.params)
+    except compaction.NotCompactable as exc:
+        log.info("no compact checkpoint: %s", exc)
+        return None
+    if small_arch.total_parameters >= arch.total_parameters:
+        return None  # nothing whole was pruned: the compact model would be the same size
+    cpu = {k: v.detach().to("cpu") for k, v in small.items()}
+    small_model = zoo.build(small_arch).eval()
+    test_accuracy = accuracy(small_model, cpu, splits.x_test.cpu(), splits.y_test.cpu())
+    speed = compaction.cpu_speedup(arch, {k: v.detach().to("cpu") for k, v in result.pruned.params.items()},
+                                   small_arch, cpu)
+    doc = {"architecture_config": dict(small_arch.config), "parameters": small_arch.total_parameters,
+           "shapes": {t.name: list(t.shape) for t in small_arch.tensors},
+           "test_accuracy": test_accuracy, "cpu_speedup": speed}
+    small_manifest = {**manifest, "format": "compact", "architecture": small_arch.name,
+                      "architecture_config": dict(small_arch.config), "compact": doc}
+    return checkpoint.build(cpu, small_manifest), doc

@@ -54,6 +54,11 @@ class Evaluated:
     error: str | None
     duration_ms: float
     round: int = 0
+    # training trials (methods l0, sgl)
+    worker: str | None = None
+    pruned: bool = False
+    intermediate: list[float] | None = None
+    params_sha256: str | None = None
 
     def row(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,78 @@
+"""Stopping hopeless training trials with optuna's pruners (median, hyperband).
+
+Trials run on many workers, so no worker holds a live optuna study. A worker deciding whether to
+stop its trial rebuilds one in memory from the job's finished trials, replaying each through
+optuna's own API (ask, report every epoch, should_prune, tell) so that the pruners' bookkeeping
+(hyperband's rungs and brackets) is exactly what a sequential study would have; then it reports
+its own trial's epochs so far and asks. Only trials of earlier batches are replayed: they are all
+finished before a batch is queued, so the decision is the same whichever workers run the batch
+and in whatever order (same spec and seed, same pruned trials).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import optuna
+
+# Median pruner: compare against at least this many finished trials, and never on the first epoch
+# (one epoch of regularized training says little about where a trial ends).
+MEDIAN_STARTUP_TRIALS = 2
+MEDIAN_WARMUP_EPOCHS = 1
+HYPERBAND_REDUCTION = 3
+_X: dict[str, optuna.distributions.BaseDistribution] = {
+    "x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A finished trial as the pruners see it: its accuracy after each epoch and how it ended."""
+
+    number: int
+    intermediate: Sequence[float]
+    value: float | None  # final validation accuracy; None when pruned or failed
+    pruned: bool
+
+
+def make_pruner(kind: str, epochs: int) -> optuna.pruners.BasePruner:
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS,
+                                           n_warmup_steps=MEDIAN_WARMUP_EPOCHS)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1),
+                                              reduction_factor=HYPERBAND_REDUCTION)
+    raise ValueError(f"unknown pruner {kind!r}")
+
+
+def should_prune(kind: str, *, study_name: str, epochs: int, finished: Sequence[Finished],
+                 number: int, intermediate: Sequence[float]) -> bool:
+    """Whether trial `number`, with validation accuracies `intermediate` after its epochs so far,
+    should stop, given the job's `finished` trials of earlier batches."""
+    if kind == "none" or not intermediate:
+        return False
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # hyperband's experimental warnings
+        study = optuna.create_study(study_name=study_name, direction="maximize",
+                                    pruner=make_pruner(kind, epochs),
+                                    sampler=optuna.samplers.RandomSampler(seed=0))
+        by_number = {f.number: f for f in finished if f.number < number}
+        for n in range(number):
+            trial = study.ask(_X)
+            past = by_number.get(n)
+            if past is None:  # a trial of this batch, or one that failed: invisible to pruners
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                continue
+            for step, value in enumerate(past.intermediate):
+                trial.report(float(value), step)
+                trial.should_prune()  # lets the pruner record its rungs, as it would have live
+            if past.pruned or past.value is None:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                study.tell(trial, float(past.value))
+        trial = study.ask(_X)
+        for step, value in enumerate(intermediate):
+            trial.report(float(value), step)
+        return bool(trial.should_prune())

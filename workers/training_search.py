@@ -1,0 +1,236 @@
+"""Methods l0 and sgl: the job's coordinator, searching per-layer regularization strengths.
+
+Every trial is a training run (workers.regularized), queued as a work item that any worker may
+claim (store.trial_queue). The coordinator is the worker holding the job's lease; the optimizer
+lives only here and is rebuilt from the database after a crash. It works in batches of
+`budget.parallel`: it asks that many candidates, queues them, works on them itself alongside the
+other workers, and tells the optimizer all of them, in trial order, once the last has finished.
+Batches make the search independent of how many workers run it and in what order they finish:
+same spec and seed, same trials (and pruners only compare with earlier batches, see
+workers.pruning).
+
+Resuming: finished batches are stored trials. A new coordinator asks the same candidates again,
+tells the stored outcomes back and finds the current batch's items where the last one left them.
+If the candidates differ (another library version), it rebuilds the optimizer from the stored
+trials instead and adopts the queued items as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+from sqlalchemy.orm import Session, sessionmaker
+from torch import nn
+
+from core.architectures import Architecture
+from core.errors import InvalidInput
+from core.metrics import compression_ratio, is_feasible, objective
+from core.optimizers import MULTI_OBJECTIVE
+from core.settings import Settings
+from core.spec import JobSpec
+from store import blobs, trial_queue
+from store.models import TrialItem
+from store.queue import Lease
+from store.reconnect import retrying
+from workers import optimizers
+from workers.data import Splits
+from workers.evaluation import accuracy
+from workers.masking import PrunedModel
+from workers.search import FAILED_OBJECTIVE, Evaluated, Recorder, SearchResult
+from workers.trial_items import work_on
+
+log = logging.getLogger(__name__)
+
+STAGE = "train"
+
+
+class NoFeasibleTrial(InvalidInput):
+    """Every trial lost more than δ: the job fails with its trials kept for inspection."""
+
+
+def strength_boxes(spec: JobSpec, arch: Architecture) -> list[tuple[float, float]]:
+    """The log10 box of each searched strength: λ per prunable tensor, then (sgl) η per tensor."""
+    o = spec.regularization
+    boxes = [o.log10_lambda for _ in arch.prunable]
+    if spec.method == "sgl":
+        boxes += [o.log10_eta for _ in arch.prunable]
+    return boxes
+
+
+def pareto_front(trials: Sequence[Evaluated]) -> list[Evaluated]:
+    """Finished trials that no other beats on both compression and validation accuracy."""
+    done = [t for t in trials if t.compression_ratio is not None and t.val_accuracy is not None
+            and not t.pruned and t.error is None]
+    front = []
+    for t in done:
+        assert t.compression_ratio is not None and t.val_accuracy is not None
+        dominated = any(
+            (o.compression_ratio or 0) >= t.compression_ratio and (o.val_accuracy or 0) >= t.val_accuracy
+            and ((o.compression_ratio or 0) > t.compression_ratio or (o.val_accuracy or 0) > t.val_accuracy)
+            for o in done)
+        if not dominated:
+            front.append(t)
+    return sorted(front, key=lambda t: t.compression_ratio or 0.0)
+
+
+class TrainingSearch:
+    def __init__(self, arch: Architecture, model: nn.Module, params: dict[str, torch.Tensor],
+                 splits: Splits, spec: JobSpec, recorder: Recorder, *,
+                 sessions: sessionmaker[Session], lease: Lease, settings: Settings,
+                 device: torch.device, should_stop: Callable[[], None]) -> None:
+        self.arch, self.model, self.params, self.splits, self.spec = arch, model, params, splits, spec
+        self.recorder, self.sessions, self.lease, self.settings = recorder, sessions, lease, settings
+        self.device, self.should_stop = device, should_stop
+        self.boxes = strength_boxes(spec, arch)
+        self.sizes = {t.name: t.numel for t in arch.prunable}
+        self.results: list[Evaluated] = []
+
+    # -- the optimizer works in [0, 1]^d; trials carry log10 strengths ----------------------
+    def _to_strengths(self, u: np.ndarray) -> list[float]:
+        return [lo + float(np.clip(v, 0.0, 1.0)) * (hi - lo) for v, (lo, hi) in zip(u, self.boxes, strict=True)]
+
+    def _to_unit(self, x: Sequence[float]) -> np.ndarray:
+        return np.array([(v - lo) / (hi - lo) for v, (lo, hi) in zip(x, self.boxes, strict=True)])
+
+    def _build(self) -> Any:
+        start = np.full(len(self.boxes), 0.5)  # the middle of every box
+        if self.spec.optimizer in MULTI_OBJECTIVE:
+            return optimizers.ParetoOptimizer(start, 0.0, 1.0, self.spec.seed, self.spec.budget.trials)
+        return optimizers.make(self.spec.optimizer, start=start, lower=0.0, upper=1.0,
+                               seed=self.spec.seed, budget=self.spec.budget.trials,
+                               population=self.spec.budget.parallel)
+
+    def _tell(self, opt: Any, x: np.ndarray, e: Evaluated, *, foreign: bool = False) -> None:
+        if isinstance(opt, optimizers.ParetoOptimizer):
+            kept = math.log10(max(e.nonzero or e.total, 1) / e.total) if e.error is None else 0.0
+            values = (kept, e.accuracy_drop if e.accuracy_drop is not None else 1.0)
+            (opt.tell_foreign_values if foreign else opt.tell_values)(x, values)
+        elif foreign:
+            opt.tell_foreign(x, e.objective)
+        else:
+            opt.tell(x, e.objective)
+
+    # -- one finished item → one trial -------------------------------------------------------
+    def _evaluated(self, item: TrialItem, reference: float) -> Evaluated:
+        res = item.result or {}
+        total = int(res.get("total") or sum(p.numel() for p in self.params.values()))
+        if "error" in res:
+            return Evaluated(number=item.number, stage=STAGE, candidate=list(item.candidate),
+                             keep_ratios={}, val_accuracy=None, accuracy_drop=None,
+                             scored_on=int(self.splits.y_val.shape[0]), nonzero=None, total=total,
+                             compression_ratio=None, weights_ratio=None, objective=FAILED_OBJECTIVE,
+                             feasible=False, error=str(res["error"]), duration_ms=0.0,
+                             worker=item.worker, intermediate=list(item.intermediate or []))
+        pruned = res.get("pruned_at") is not None
+        intermediate = [float(v) for v in res.get("intermediate", [])]
+        # a pruned trial stopped before fine-tuning: its last epoch is what it showed
+        acc = intermediate[-1] if pruned and intermediate else float(res["val_accuracy"])
+        drop, nonzero, kept = reference - acc, int(res["nonzero"]), dict(res["kept"])
+        return Evaluated(
+            number=item.number, stage=STAGE, candidate=list(item.candidate),
+            keep_ratios={n: kept[n] / self.sizes[n] for n in kept}, val_accuracy=acc,
+            accuracy_drop=drop, scored_on=int(self.splits.y_val.shape[0]), nonzero=nonzero,
+            total=total, compression_ratio=compression_ratio(total, nonzero),
+            weights_ratio=compression_ratio(sum(self.sizes.values()), sum(kept.values())),
+            objective=objective(nonzero, total, drop, self.spec.max_accuracy_drop),
+            feasible=not pruned and is_feasible(drop, self.spec.max_accuracy_drop), error=None,
+            duration_ms=float(res.get("duration_ms", 0.0)), worker=item.worker, pruned=pruned,
+            intermediate=intermediate, params_sha256=item.params_sha256)
+
+    # -- a batch: queued, worked on, waited for ----------------------------------------------
+    def _run_batch(self, batch: int, numbers: list[int], xs: list[list[float]],
+                   reference: float) -> list[Evaluated]:
+        job = self.lease.job_id
+        retrying(self.sessions, lambda s: trial_queue.enqueue(
+            s, self.lease, [(n, batch, x) for n, x in zip(numbers, xs, strict=True)]),
+            what=f"queueing trials {numbers[0]}…{numbers[-1]} of job {job}")
+        poll = min(self.settings.poll_seconds, 0.5)
+        while True:
+            self.recorder.check()
+            items = retrying(self.sessions, lambda s: trial_queue.items_of(s, job, numbers),
+                             what=f"reading the trials of job {job}")
+            if all(i.status == "done" for i in items):
+                return [self._evaluated(i, reference) for i in items]
+            # work on our own job's items while they wait; other workers claim them too
+            claimed = retrying(self.sessions, lambda s: trial_queue.claim(
+                s, self.lease.worker, self.settings.lease_seconds, job_id=job),
+                what=f"claiming a trial of job {job}")
+            if claimed is not None:
+                work_on(self.sessions, claimed, self.settings, self.device, self.should_stop)
+            else:
+                time.sleep(poll)
+
+    def _stored_items(self, numbers: list[int]) -> list[TrialItem]:
+        # sessions do not expire on commit: rows read here stay usable after it closed
+        return retrying(self.sessions, lambda s: trial_queue.items_of(s, self.lease.job_id, numbers),
+                        what="reading queued trials")
+
+    # -- the whole job ---------------------------------------------------------------------
+    def run(self) -> SearchResult:
+        spec = self.spec
+        ref_val = accuracy(self.model, self.params, self.splits.x_val, self.splits.y_val)
+        total = sum(p.numel() for p in self.params.values())
+        reference: dict[str, Any] = {"val_accuracy": ref_val, "total_parameters": total,
+                                     "scored_val_accuracy": ref_val,
+                                     "scored_on": int(self.splits.y_val.shape[0])}
+        self.recorder.set_reference(reference)
+
+        opt = self._build()
+        budget, parallel = spec.budget.trials, spec.budget.parallel
+        best: Evaluated | None = None
+        foreign = False  # once replay diverged, every stored outcome is told as a foreign point
+        for batch in range(-(-budget // parallel)):
+            numbers = list(range(batch * parallel, min(budget, (batch + 1) * parallel)))
+            asked = [opt.ask() for _ in numbers]
+            xs = [self._to_strengths(u) for u in asked]
+            stored = [self.recorder.replay(n) for n in numbers]
+            if not foreign and any(s is not None and not np.allclose(s.candidate, x, atol=1e-9)
+                                   for s, x in zip(stored, xs, strict=True)):
+                foreign = True
+                opt = self._build()
+                for e in self.results:
+                    self._tell(opt, self._to_unit(e.candidate), e, foreign=True)
+            if all(s is not None for s in stored):
+                evaluated = [s for s in stored if s is not None]
+            else:
+                queued = self._stored_items(numbers)
+                if foreign or any(not np.allclose(i.candidate, xs[numbers.index(i.number)], atol=1e-9)
+                                  for i in queued):
+                    foreign = True  # adopt what an earlier coordinator queued
+                    by_number = {i.number: list(i.candidate) for i in queued}
+                    xs = [by_number.get(n, x) for n, x in zip(numbers, xs, strict=True)]
+                evaluated = self._run_batch(batch, numbers, xs, ref_val)
+            for u, e in zip(asked, evaluated, strict=True):
+                self._tell(opt, self._to_unit(e.candidate) if foreign else u, e, foreign=foreign)
+            self.results.extend(evaluated)
+            for e in evaluated:
+                if e.feasible and (best is None or (e.nonzero or 0, -(e.val_accuracy or 0), e.number)
+                                   < (best.nonzero or 0, -(best.val_accuracy or 0), best.number)):
+                    best = e
+            if any(s is None for s in stored):
+                self.recorder.write(evaluated, trials_done=numbers[-1] + 1, stage=STAGE, best=best)
+                self.recorder.flush()  # a batch's trials are stored before the next is queued
+        if best is None:
+            raise NoFeasibleTrial(
+                f"none of the {budget} trials kept validation accuracy within max_accuracy_drop "
+                f"({spec.max_accuracy_drop}); their results are kept: lower the log10 strength box, "
+                "or allow a larger drop")
+        assert best.params_sha256 is not None
+        sha = best.params_sha256
+        data = retrying(self.sessions, lambda s: blobs.read(s, sha), what="reading the best trial")
+        params = {k: v.to(self.device) for k, v in safetensors.torch.load(data).items()}
+        kept = {n: int(torch.count_nonzero(params[n])) for n in self.sizes}
+        nonzero = sum(int(torch.count_nonzero(p)) for p in params.values())
+        test_accuracy = accuracy(self.model, params, self.splits.x_test, self.splits.y_test)
+        reference["test_accuracy"] = accuracy(self.model, self.params, self.splits.x_test,
+                                              self.splits.y_test)
+        return SearchResult(best=best, pruned=PrunedModel(params=params, kept=kept, nonzero=nonzero,
+                                                          total=total),
+                            reference=reference, test_accuracy=test_accuracy, thresholds={})

@@ -1,0 +1,210 @@
+"""Running one claimed trial work item (methods l0, sgl): a training run that any worker may do.
+
+The worker keeps the item's lease alive from a heartbeat thread, writes the trial's validation
+accuracy after every epoch (what the dashboard shows and what pruners of later trials compare
+against), asks the job's pruner whether to stop, and finishes the item with its outcome and its
+pruned weights in one fenced write. A worker killed mid-trial loses only that trial's progress:
+the lease expires and another worker runs the trial again from the start.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import safetensors.torch
+import torch
+from safetensors.torch import load as load_safetensors  # tensors only, never pickle
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.architectures import Architecture, get_architecture
+from core.settings import Settings
+from core.spec import JobSpec
+from store import blobs, trial_queue
+from store.db import transaction
+from store.models import Dataset, Job, Model, Trial
+from store.queue import LeaseLost
+from store.reconnect import describe, is_unavailable, retrying
+from workers import pruning
+from workers.data import Splits, load_splits
+from workers.regularized import TrialOutcome, run_trial
+from workers.stopping import ItemLost, Stop
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobContext:
+    """What every trial of a job starts from; loaded once per worker process and job."""
+
+    job_id: str
+    spec: JobSpec
+    arch: Architecture
+    reference: dict[str, torch.Tensor]
+    splits: Splits
+
+
+_cache: dict[str, JobContext] = {}
+
+
+def job_context(sessions: sessionmaker[Session], job_id: str, settings: Settings,
+                device: torch.device) -> JobContext:
+    key = f"{job_id}@{device}"
+    if key in _cache:
+        return _cache[key]
+
+    def load(s: Session) -> tuple[dict[str, Any], str, bytes, str | None, bytes | None, dict[str, Any]]:
+        job = s.get(Job, job_id)
+        assert job is not None
+        model_row, dataset_row = s.get(Model, job.model_id), s.get(Dataset, job.dataset_id)
+        assert model_row is not None and dataset_row is not None
+        weights = blobs.read_cached(s, model_row.weights_sha256, settings.cache_dir)
+        data = (blobs.read_cached(s, dataset_row.blob_sha256, settings.cache_dir)
+                if dataset_row.blob_sha256 else None)
+        return dict(job.spec), model_row.architecture, weights, dataset_row.builtin, data, \
+            dict(dataset_row.summary)
+
+    spec, arch_name, weights, builtin, data, summary = retrying(
+        sessions, load, what=f"loading the inputs of job {job_id}")
+    ctx = JobContext(
+        job_id=job_id, spec=JobSpec.model_validate(spec), arch=get_architecture(arch_name),
+        reference={k: v.to(device) for k, v in load_safetensors(weights).items()},
+        splits=load_splits(builtin=builtin, blob=data, summary=summary,
+                           datasets_dir=settings.datasets_dir).to(device),
+    )
+    _cache.clear()  # one job's data at a time: MNIST-sized splits are cheap to reload
+    _cache[key] = ctx
+    return ctx
+
+
+def finished_trials(s: Session, job_id: str, before: int) -> list[pruning.Finished]:
+    rows = s.execute(select(Trial.number, Trial.intermediate, Trial.val_accuracy, Trial.pruned,
+                            Trial.error)
+                     .where(Trial.job_id == job_id, Trial.number < before)
+                     .order_by(Trial.number)).all()
+    return [pruning.Finished(number=n, intermediate=list(inter or []),
+                             value=None if (pruned or err) else acc, pruned=bool(pruned))
+            for n, inter, acc, pruned, err in rows]
+
+
+class ItemHeartbeat(threading.Thread):
+    def __init__(self, sessions: sessionmaker[Session], lease: trial_queue.ItemLease,
+                 settings: Settings) -> None:
+        super().__init__(name=f"item-heartbeat-{lease.job_id[:8]}-{lease.number}", daemon=True)
+        self.sessions, self.lease, self.settings = sessions, lease, settings
+        self.lost = threading.Event()
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(self.settings.heartbeat_seconds):
+            try:
+                with transaction(self.sessions) as s:
+                    trial_queue.heartbeat(s, self.lease, self.settings.lease_seconds)
+            except LeaseLost:
+                self.lost.set()
+                return
+            except Exception as exc:  # the lease has slack: try again next beat
+                log.warning("heartbeat of trial %d of job %s failed: %s", self.lease.number,
+                            self.lease.job_id, describe(exc) if is_unavailable(exc) else exc)
+
+    def stop(self) -> None:
+        self._done.set()
+
+
+def outcome_document(outcome: TrialOutcome, duration_ms: float) -> dict[str, Any]:
+    return {"val_accuracy": outcome.val_accuracy, "nonzero": outcome.nonzero,
+            "total": outcome.total, "kept": outcome.kept, "groups_kept": outcome.groups_kept,
+            "pruned_at": outcome.pruned_at, "intermediate": list(outcome.intermediate),
+            "duration_ms": duration_ms}
+
+
+def run_item(sessions: sessionmaker[Session], lease: trial_queue.ItemLease, settings: Settings,
+             device: torch.device, should_stop: Callable[[], None]) -> None:
+    """Train the item's trial and store its outcome. Raises LeaseLost when the item or its job is
+    no longer ours, and whatever `should_stop` raises (a draining worker)."""
+    ctx = job_context(sessions, lease.job_id, settings, device)
+    spec, options = ctx.spec, ctx.spec.regularization
+    batch_start = lease.batch * spec.budget.parallel
+    finished = retrying(sessions, lambda s: finished_trials(s, lease.job_id, batch_start),
+                        what=f"reading the finished trials of job {lease.job_id}")
+    beat = ItemHeartbeat(sessions, lease, settings)
+    beat.start()
+    seen: list[float] = []
+
+    def check() -> None:
+        if beat.lost.is_set():
+            raise ItemLost(f"trial {lease.number} of job {lease.job_id}")
+        should_stop()
+
+    def report(epoch: int, acc: float) -> bool:
+        seen.append(acc)
+        retrying(sessions, lambda s: trial_queue.update_item(s, lease, intermediate=list(seen)),
+                 what=f"reporting epoch {epoch} of trial {lease.number}")
+        check()
+        return pruning.should_prune(options.pruner, study_name=lease.job_id, epochs=options.epochs,
+                                    finished=finished, number=lease.number, intermediate=seen)
+
+    try:
+        start = time.perf_counter()
+        # Each trial's own seed: the job's seed and its number (same spec, same trials, on any worker)
+        outcome = run_trial(spec.method, ctx.arch, ctx.reference, ctx.splits, options,
+                            lease.candidate, seed=spec.seed * 100_003 + lease.number,
+                            device=device, report=report, check=check)
+        duration_ms = (time.perf_counter() - start) * 1e3
+        data = safetensors.torch.save({k: v.detach().to("cpu").contiguous()
+                                       for k, v in outcome.params.items()})
+        doc = outcome_document(outcome, duration_ms)
+
+        def finish(s: Session) -> None:
+            trial_queue.update_item(s, lease)  # still ours? (before writing a megabyte)
+            trial_queue.finish(s, lease, doc, blobs.put(s, data))
+
+        retrying(sessions, finish, what=f"storing trial {lease.number} of job {lease.job_id}")
+        log.info("job %s trial %d: val %.4f, %d/%d non-zero%s", lease.job_id, lease.number,
+                 outcome.val_accuracy, outcome.nonzero, outcome.total,
+                 f", pruned after epoch {outcome.pruned_at}" if outcome.pruned_at is not None else "")
+    finally:
+        beat.stop()
+
+
+def work_on(sessions: sessionmaker[Session], lease: trial_queue.ItemLease, settings: Settings,
+            device: torch.device, should_stop: Callable[[], None]) -> None:
+    """Run a claimed item and record how it ended: done, retried later with backoff, or given up
+    after `max_attempts`. What `should_stop` raises (draining, the coordinator's job lost) hands the
+    item back uncounted and propagates."""
+    what = f"trial {lease.number} of job {lease.job_id}"
+    if lease.failures >= settings.max_attempts:
+        _record(sessions, lambda s: trial_queue.give_up_or_retry(
+            s, lease, "its workers were lost", max_attempts=settings.max_attempts, delay_seconds=0))
+        return
+    try:
+        run_item(sessions, lease, settings, device, should_stop)
+    except ItemLost:
+        log.info("%s is no longer ours (re-leased, or its job stopped); dropped", what)
+    except (LeaseLost, Stop):
+        # draining, or the job this worker coordinates was lost: the item goes back, uncounted
+        _record(sessions, lambda s: trial_queue.release(s, lease))
+        raise
+    except Exception as exc:
+        if is_unavailable(exc):  # not the trial's fault: back to the queue, uncounted
+            log.warning("%s: database unavailable (%s); handed back", what, describe(exc))
+            _record(sessions, lambda s: trial_queue.release(s, lease))
+            return
+        text = f"{type(exc).__name__}: {exc}"
+        log.error("%s crashed: %s", what, text, exc_info=True)
+        delay = min(settings.retry_backoff_max_seconds,
+                    settings.retry_backoff_seconds * 2 ** lease.failures)
+        _record(sessions, lambda s: trial_queue.give_up_or_retry(
+            s, lease, text, max_attempts=settings.max_attempts, delay_seconds=delay))
+
+
+def _record(sessions: sessionmaker[Session], write: Callable[[Session], object]) -> None:
+    try:
+        retrying(sessions, write, what="recording how a trial ended")
+    except LeaseLost:
+        log.info("the trial was taken from us before we could record how it ended")
