@@ -3,8 +3,9 @@
 The same rules as the job queue (store.queue), one level down: a claim is one UPDATE (FOR UPDATE
 SKIP LOCKED on PostgreSQL, BEGIN IMMEDIATE on SQLite); a lease renewed by heartbeats; the item's
 `attempt` fences every write, so a worker that lost its item (killed, frozen past its lease) changes
-nothing when it wakes. Only items of running jobs are claimed: a cancelled job's items stay put and
-go with the job. The job's coordinator (the worker holding the job's lease) enqueues items under its
+nothing when it wakes. Only items of live jobs (queued or running) are claimed: a cancelled or
+failed job's items stay put and go with the job. A job handed back by a draining coordinator is
+queued again, and its trials under way carry on: the next coordinator collects them. The job's coordinator (the worker holding the job's lease) enqueues items under its
 own fence and turns finished ones into trials; a trial is counted once because its number is unique
 per job in both tables.
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, delete, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, case, delete, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -62,14 +63,14 @@ def items_of(session: Session, job_id: str, numbers: Sequence[int] | None = None
 
 def claim(session: Session, worker: str, lease_seconds: float, *, job_id: str | None = None,
           now: datetime | None = None) -> ItemLease | None:
-    """Claim the oldest runnable item of a running job (of `job_id` only, when given)."""
+    """Claim the oldest runnable item of a live job (of `job_id` only, when given)."""
     now = now or utcnow()
     runnable = or_(
         and_(TrialItem.status == "queued",
              or_(TrialItem.not_before.is_(None), TrialItem.not_before <= now)),
         and_(TrialItem.status == "running", TrialItem.lease_expires_at < now),
     )
-    where = [runnable, TrialItem.job_id.in_(select(Job.id).where(Job.status == "running"))]
+    where = [runnable, TrialItem.job_id.in_(_live_jobs())]
     if job_id is not None:
         where.append(TrialItem.job_id == job_id)
     pick = (
@@ -98,10 +99,14 @@ def claim(session: Session, worker: str, lease_seconds: float, *, job_id: str | 
                      worker=worker)
 
 
+def _live_jobs() -> Select[str]:
+    return select(Job.id).where(Job.status.in_(("queued", "running")))
+
+
 def fenced(lease: ItemLease) -> ColumnElement[bool]:
     return and_(TrialItem.id == lease.item_id, TrialItem.attempt == lease.attempt,
                 TrialItem.status == "running",
-                TrialItem.job_id.in_(select(Job.id).where(Job.status == "running")))
+                TrialItem.job_id.in_(_live_jobs()))
 
 
 def update_item(session: Session, lease: ItemLease, **values: Any) -> None:
