@@ -64,9 +64,9 @@ FULL = {"lenet-300-100": {"iterations": 10_000, "budget": 300, "olmp": {}},
 QUICK = {"lenet-300-100": {"iterations": 5000, "budget": 80,
                            "olmp": {"rounds": 10, "adjust_iterations": 500, "retrain_iterations": 2000,
                                     "evaluate_every": 500}},
-         "lenet-5": {"iterations": 1500, "budget": 24, "search": {"validation_subset": 1000},
-                     "olmp": {"rounds": 3, "adjust_iterations": 300, "retrain_iterations": 600,
-                              "evaluate_every": 300}}}
+         "lenet-5": {"iterations": 1500, "budget": 60, "search": {"validation_subset": 1000},
+                     "olmp": {"rounds": 6, "adjust_iterations": 150, "retrain_iterations": 450,
+                              "evaluate_every": 150}}}
 
 
 def plain_model(arch: str, state: dict[str, torch.Tensor]) -> nn.Module:
@@ -164,7 +164,7 @@ def main() -> None:
                 error = test_error(plain_model(arch, state), splits.x_test, splits.y_test)
                 nonzero = sum(int(torch.count_nonzero(t)) for t in state.values())
                 total = sum(t.numel() for t in state.values())
-                kept = {n: int(torch.count_nonzero(t)) for n, t in state.items() if n.endswith("weight")}
+                kept = {n: int(torch.count_nonzero(state[n])) for n in sorted(state) if n.endswith("weight")}
                 reproduced = (nonzero == best["nonzero"]
                               and abs(error - 100.0 * (1.0 - done["test_accuracy"])) < 1e-6)
                 rows.append({
@@ -191,7 +191,7 @@ def main() -> None:
             ref_s = f"{ref:.2f}" if ref is not None else "—"
             print(f"{name:<26}{ref_s:>10}{err:>8.2f}{ratio:>8.1f}×{'':>9}{'':>9}{'':>8}  {'':<14}(published)")
         for r in res["rows"]:
-            kept = " / ".join(str(v) for v in r["kept"].values())
+            kept = " ".join(f"{n.removesuffix('.weight')} {v}" for n, v in r["kept"].items())
             print(f"{'thresher ' + r['optimizer']:<26}{r['reference_test_error']:>10.2f}{r['test_error']:>8.2f}"
                   f"{r['compression_ratio']:>8.1f}×{r['weights_ratio']:>8.1f}×{r['seconds']:>9.0f}"
                   f"{r['trials']:>8}  {'yes' if r['target_met'] else 'no':<14}"
