@@ -15,6 +15,8 @@ of a convolution, the same structure `workers.hard_concrete` gates per neuron.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -25,6 +27,15 @@ def as_groups(weight: torch.Tensor, kind: str) -> torch.Tensor:
         return weight.t()
     if kind.startswith("conv"):
         return weight.reshape(weight.shape[0], -1)
+    raise ValueError(f"no groups for tensors of kind {kind!r}")
+
+
+def group_size(kind: str, shape: tuple[int, ...]) -> int:
+    """Entries of one group of a weight of this shape (a linear column, a conv filter)."""
+    if kind == "linear":
+        return shape[0]
+    if kind.startswith("conv"):
+        return math.prod(shape[1:])
     raise ValueError(f"no groups for tensors of kind {kind!r}")
 
 
