@@ -34,7 +34,7 @@ so on CPU the same inputs and seed give a bit-identical outcome.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -59,7 +59,7 @@ _ADAM_EPS = 1e-8
 @dataclass
 class TrialOutcome:
     params: dict[str, torch.Tensor]  # full-shape state dict, pruned entries exactly 0 (on CPU)
-    val_accuracy: float  # on the FULL validation split, after fine-tuning
+    val_accuracy: float  # on the FULL validation split, after fine-tuning (stopped: last epoch's)
     nonzero: int  # over ALL tensors of the model (biases included), like core.metrics
     total: int
     kept: dict[str, int]  # non-zeros per prunable tensor
@@ -90,14 +90,12 @@ class _Batches:
         self.x, self.y, self.batch_size, self.gen, self.check = x, y, batch_size, gen, check
         self.count = 0
 
-    def epoch(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = self.x.shape[0]
         perm = torch.randperm(n, generator=self.gen).to(self.x.device)
-        out = []
         for start in range(0, n, self.batch_size):
             idx = perm[start : start + self.batch_size]
-            out.append((self.x[idx], self.y[idx]))
-        return out
+            yield self.x[idx], self.y[idx]
 
     def tick(self) -> None:
         if self.count % CHECK_EVERY == 0:
