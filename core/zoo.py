@@ -1,44 +1,128 @@
-"""The built-in architectures, as tensor tables (the torch modules live in workers.zoo)."""
+"""The built-in architectures, as tensor tables (the torch modules live in workers.zoo).
+
+Both built-in families can be described at other widths: `lenet_300_100` and `lenet_5` make the
+table of a narrower model, such as `workers.compaction` produces from a structurally pruned one.
+A resized architecture keeps the family's builder; its config carries what the builder needs:
+
+* ``"widths"``: the builder's keyword arguments (layer name → output units / filters), present only
+  when a width differs from the family's default, so the built-ins' configs are unchanged;
+* ``"input_indices"`` (LeNet-300-100 only): the flattened pixels fc1 still reads, when some input
+  pixels were pruned away; the model still takes whole 28×28 images;
+* ``"base"``: the family's built-in name, so `from_config` can rebuild the table from a manifest.
+
+A resized model's name is the family's name followed by its widths, e.g. ``lenet-300-100-412-120-45``
+(inputs, fc1, fc2) or ``lenet-5-12-31-140`` (conv1, conv2, fc1): distinct shapes never share a
+name, and such names are not in the registry (the service only accepts the built-in shapes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 from core.architectures import Architecture, Tensor
 
-LENET_300_100 = Architecture(
-    name="lenet-300-100",
-    description="LeNet-300-100: fc 300 → ReLU → fc 100 → ReLU → fc 10 on flattened 28×28 input",
-    input_shape=(1, 28, 28),
-    num_classes=10,
-    tensors=(
-        Tensor("fc1.weight", (300, 784), "linear"),
-        Tensor("fc1.bias", (300,), "bias"),
-        Tensor("fc2.weight", (100, 300), "linear"),
-        Tensor("fc2.bias", (100,), "bias"),
-        Tensor("fc3.weight", (10, 100), "linear"),
-        Tensor("fc3.bias", (10,), "bias"),
-    ),
-    builder="workers.zoo:LeNet300100",
-    config={"flatten_input": True},
-)
+MNIST_PIXELS = 28 * 28
+LENET_300_100_WIDTHS = {"fc1": 300, "fc2": 100}
+LENET_5_WIDTHS = {"conv1": 20, "conv2": 50, "fc1": 500}
+# conv 5×5 → pool 2 → conv 5×5 → pool 2 leaves 4×4 of each conv2 filter for fc1
+LENET_5_POOLED = 4 * 4
 
-# Caffe's LeNet as OLMP used it: no ReLU after the convolutions.
-LENET_5 = Architecture(
-    name="lenet-5",
-    description=(
-        "LeNet-5 (Caffe): conv 5×5 20 → maxpool 2 → conv 5×5 50 → maxpool 2 → fc 500 → ReLU → fc 10"
-    ),
-    input_shape=(1, 28, 28),
-    num_classes=10,
-    tensors=(
-        Tensor("conv1.weight", (20, 1, 5, 5), "conv2d"),
-        Tensor("conv1.bias", (20,), "bias"),
-        Tensor("conv2.weight", (50, 20, 5, 5), "conv2d"),
-        Tensor("conv2.bias", (50,), "bias"),
-        Tensor("fc1.weight", (500, 800), "linear"),
-        Tensor("fc1.bias", (500,), "bias"),
-        Tensor("fc2.weight", (10, 500), "linear"),
-        Tensor("fc2.bias", (10,), "bias"),
-    ),
-    builder="workers.zoo:LeNet5",
-)
+
+def _check_widths(family: str, widths: Mapping[str, int]) -> None:
+    for layer, w in widths.items():
+        if not isinstance(w, int) or isinstance(w, bool) or w < 1:
+            raise ValueError(f"{family}: width of {layer} must be a positive integer, got {w!r}")
+
+
+def lenet_300_100(fc1: int = 300, fc2: int = 100,
+                  input_indices: Sequence[int] | None = None) -> Architecture:
+    """LeNet-300-100 with `fc1` / `fc2` hidden units, reading only `input_indices` (sorted, distinct
+    flattened pixel positions) when given."""
+    widths = {"fc1": fc1, "fc2": fc2}
+    _check_widths("lenet-300-100", widths)
+    inputs = MNIST_PIXELS
+    config: dict[str, object] = {"flatten_input": True}
+    if input_indices is not None:
+        idx = [int(i) for i in input_indices]
+        if not idx or idx != sorted(set(idx)) or idx[0] < 0 or idx[-1] >= MNIST_PIXELS:
+            raise ValueError("lenet-300-100: input_indices must be distinct sorted pixel positions "
+                             f"in [0, {MNIST_PIXELS})")
+        inputs = len(idx)
+        config["input_indices"] = idx
+    resized = widths != LENET_300_100_WIDTHS or input_indices is not None
+    if resized:
+        config["widths"] = widths
+        config["base"] = "lenet-300-100"
+    return Architecture(
+        name=f"lenet-300-100-{inputs}-{fc1}-{fc2}" if resized else "lenet-300-100",
+        description=(f"LeNet-300-100: fc {fc1} → ReLU → fc {fc2} → ReLU → fc 10 on flattened 28×28 "
+                     "input" + (f" ({inputs} of its pixels)" if input_indices is not None else "")),
+        input_shape=(1, 28, 28),
+        num_classes=10,
+        tensors=(
+            Tensor("fc1.weight", (fc1, inputs), "linear"),
+            Tensor("fc1.bias", (fc1,), "bias"),
+            Tensor("fc2.weight", (fc2, fc1), "linear"),
+            Tensor("fc2.bias", (fc2,), "bias"),
+            Tensor("fc3.weight", (10, fc2), "linear"),
+            Tensor("fc3.bias", (10,), "bias"),
+        ),
+        builder="workers.zoo:LeNet300100",
+        config=config,
+    )
+
+
+def lenet_5(conv1: int = 20, conv2: int = 50, fc1: int = 500) -> Architecture:
+    """Caffe's LeNet (as OLMP used it: no ReLU after the convolutions) with the given widths."""
+    widths = {"conv1": conv1, "conv2": conv2, "fc1": fc1}
+    _check_widths("lenet-5", widths)
+    resized = widths != LENET_5_WIDTHS
+    config: dict[str, object] = {"widths": widths, "base": "lenet-5"} if resized else {}
+    return Architecture(
+        name=f"lenet-5-{conv1}-{conv2}-{fc1}" if resized else "lenet-5",
+        description=(f"LeNet-5 (Caffe): conv 5×5 {conv1} → maxpool 2 → conv 5×5 {conv2} → maxpool 2 "
+                     f"→ fc {fc1} → ReLU → fc 10"),
+        input_shape=(1, 28, 28),
+        num_classes=10,
+        tensors=(
+            Tensor("conv1.weight", (conv1, 1, 5, 5), "conv2d"),
+            Tensor("conv1.bias", (conv1,), "bias"),
+            Tensor("conv2.weight", (conv2, conv1, 5, 5), "conv2d"),
+            Tensor("conv2.bias", (conv2,), "bias"),
+            Tensor("fc1.weight", (fc1, conv2 * LENET_5_POOLED), "linear"),
+            Tensor("fc1.bias", (fc1,), "bias"),
+            Tensor("fc2.weight", (10, fc1), "linear"),
+            Tensor("fc2.bias", (10,), "bias"),
+        ),
+        builder="workers.zoo:LeNet5",
+        config=config,
+    )
+
+
+def from_config(name: str, config: Mapping[str, object]) -> Architecture:
+    """Rebuild a built-in or resized built-in from its name and config (as a manifest records
+    them); raises ValueError for anything else."""
+    base = config.get("base", name)
+    widths = config.get("widths", {})
+    if not isinstance(widths, Mapping):
+        raise ValueError(f"architecture {name}: config 'widths' must be an object")
+    kwargs = {str(k): v for k, v in widths.items()}
+    if base == "lenet-300-100":
+        indices = config.get("input_indices")
+        if indices is not None and not isinstance(indices, Sequence):
+            raise ValueError(f"architecture {name}: config 'input_indices' must be a list")
+        arch = lenet_300_100(**kwargs, input_indices=indices)  # type: ignore[arg-type]
+    elif base == "lenet-5":
+        arch = lenet_5(**kwargs)  # type: ignore[arg-type]
+    else:
+        raise ValueError(f"architecture {name}: not a built-in family (lenet-300-100, lenet-5)")
+    if arch.name != name:
+        raise ValueError(f"architecture {name}: its config describes {arch.name}")
+    return arch
+
+
+LENET_300_100 = lenet_300_100()
+LENET_5 = lenet_5()
 
 BUILTINS = (LENET_300_100, LENET_5)
 

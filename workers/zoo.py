@@ -3,34 +3,52 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from core.architectures import Architecture
+from core.zoo import LENET_5_POOLED, MNIST_PIXELS
 
 
 class LeNet300100(nn.Module):
-    def __init__(self) -> None:
+    """fc1 → ReLU → fc2 → ReLU → fc3; with `input_indices`, fc1 reads only those flattened pixels
+    (a compacted model still takes whole images, so it is a drop-in replacement)."""
+
+    def __init__(self, fc1: int = 300, fc2: int = 100,
+                 input_indices: Sequence[int] | None = None) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(784, 300)
-        self.fc2 = nn.Linear(300, 100)
-        self.fc3 = nn.Linear(100, 10)
+        self.input_indices: torch.Tensor | None
+        if input_indices is None:
+            self.input_indices = None
+            inputs = MNIST_PIXELS
+        else:
+            # not persistent: the state dict holds exactly the architecture's tensor table
+            self.register_buffer("input_indices", torch.tensor(list(input_indices), dtype=torch.long),
+                                 persistent=False)
+            inputs = len(input_indices)
+        self.fc1 = nn.Linear(inputs, fc1)
+        self.fc2 = nn.Linear(fc1, fc2)
+        self.fc3 = nn.Linear(fc2, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
+        if self.input_indices is not None:
+            x = x.index_select(1, self.input_indices)
         return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
 
 
 class LeNet5(nn.Module):
     """Caffe's LeNet (as in OLMP): no nonlinearity after the convolutions, ReLU after fc1 only."""
 
-    def __init__(self) -> None:
+    def __init__(self, conv1: int = 20, conv2: int = 50, fc1: int = 500) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 20, 5)
-        self.conv2 = nn.Conv2d(20, 50, 5)
-        self.fc1 = nn.Linear(800, 500)
-        self.fc2 = nn.Linear(500, 10)
+        self.conv1 = nn.Conv2d(1, conv1, 5)
+        self.conv2 = nn.Conv2d(conv1, conv2, 5)
+        self.fc1 = nn.Linear(conv2 * LENET_5_POOLED, fc1)
+        self.fc2 = nn.Linear(fc1, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = nn.functional.max_pool2d(self.conv1(x), 2)
@@ -38,11 +56,21 @@ class LeNet5(nn.Module):
         return self.fc2(torch.relu(self.fc1(x.flatten(1))))
 
 
+def builder_kwargs(arch: Architecture) -> dict[str, Any]:
+    """What a builder is called with: the config's widths and input indices (none for the
+    built-ins' default shapes and for operators' architectures, whose factories take no args)."""
+    widths = arch.config.get("widths", {})
+    kwargs: dict[str, Any] = dict(widths) if isinstance(widths, dict) else {}
+    if "input_indices" in arch.config:
+        kwargs["input_indices"] = arch.config["input_indices"]
+    return kwargs
+
+
 def build(arch: Architecture) -> nn.Module:
     """Instantiate the architecture's module and check it has exactly the declared tensors."""
     module_name, _, attr = arch.builder.partition(":")
     factory = getattr(importlib.import_module(module_name), attr)
-    model: nn.Module = factory()
+    model: nn.Module = factory(**builder_kwargs(arch))
     declared = {t.name: t.shape for t in arch.tensors}
     actual = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if declared != actual:
