@@ -127,10 +127,11 @@ class RegularizationOptions(BaseModel):
     drop_rate_init: float = Field(0.3, gt=0, lt=1,
                                   description="l0: initial gate drop rate (sets log α)")
     log10_lambda: tuple[float, float] = Field(
-        (-7.0, -3.0), description="search box of each layer's log10 λ (l0: per expected "
-        "non-zero gate; sgl: group ℓ2 strength)")
+        (-7.0, -3.0), description="search box of each layer's log10 λ, added to the mean batch "
+        "cross-entropy (l0: per expected non-zero weight, at either granularity; sgl: per unit of "
+        "group ℓ2 norm, each group weighted by √size)")
     log10_eta: tuple[float, float] = Field(
-        (-7.0, -3.0), description="sgl: search box of each layer's log10 η (ℓ0 strength)")
+        (-7.0, -3.0), description="sgl: search box of each layer's log10 η (per non-zero weight)")
     train_subset: int | None = Field(
         None, ge=100, description="train each trial on this many training samples (seeded)")
     pruner: Literal["none", "median", "hyperband"] = Field(

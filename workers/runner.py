@@ -189,6 +189,7 @@ def run(sessions: sessionmaker[Session], lease: Lease, settings: Settings, devic
             best["compact"] = compact[1]
 
     def finish(s: Session) -> None:
+        trial_queue.delete_items(s, lease)  # their outcomes are trials now (fenced: still ours?)
         sha = blobs.put(s, data)
         compact_sha = blobs.put(s, compact[0]) if compact is not None else None
         old_state = s.scalar(select(Job.state_sha256).where(Job.id == lease.job_id))
@@ -196,7 +197,6 @@ def run(sessions: sessionmaker[Session], lease: Lease, settings: Settings, devic
                    test_accuracy=result.test_accuracy, checkpoint_sha256=sha, finished_at=utcnow(),
                    lease_expires_at=None, error=None, state_sha256=None,
                    compact_sha256=compact_sha)
-        trial_queue.delete_items(s, lease)  # their outcomes are trials now
         if old_state is not None:
             blobs.delete_if_unreferenced(s, old_state)  # a finished job needs no training state
 

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from core.optimizers import OPTIMIZERS
+from core.optimizers import MULTI_OBJECTIVE, OPTIMIZERS
 from core.spec import JobSpec
 
 BASE = {"model_id": "m", "dataset_id": "d", "method": "magnitude", "optimizer": "nevergrad:NGOpt",
@@ -31,4 +31,15 @@ def test_invalid_spec_names_the_problem(change: dict[str, object], message: str)
 
 def test_every_listed_optimizer_is_accepted() -> None:
     for name in OPTIMIZERS:
-        assert JobSpec.model_validate({**BASE, "optimizer": name}).optimizer == name
+        # a Pareto optimizer serves the training methods only
+        method = "l0" if name in MULTI_OBJECTIVE else "magnitude"
+        spec = JobSpec.model_validate({**BASE, "method": method, "optimizer": name})
+        assert spec.optimizer == name
+
+
+def test_pareto_optimizers_and_parallel_trials_belong_to_training_methods() -> None:
+    for extra, needle in (({"optimizer": "optuna:nsgaii"}, "Pareto front"),
+                          ({"budget": {"trials": 4, "parallel": 2}}, "budget.parallel")):
+        with pytest.raises(ValidationError, match=needle):
+            JobSpec.model_validate({**BASE, "method": "magnitude", **extra})
+        assert JobSpec.model_validate({**BASE, "method": "sgl", **extra}).method == "sgl"

@@ -1,0 +1,254 @@
+"""Methods l0 and sgl end to end on CPU: every trial a training run queued as a work item, run by
+real workers (in process, and as real processes one of which is killed mid-trial), through the
+API and the real database. Small real model and data, few short trials."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from fastapi.testclient import TestClient
+from safetensors import safe_open
+from sqlalchemy import select
+
+from core.settings import Settings
+from service.app import create_app
+from store.db import make_engine, make_sessionmaker, transaction
+from store.models import Job, TrialItem
+from tests.conftest import make_settings
+from tests.helpers import bearer, make_token, submit, upload_dataset, upload_model
+from tests.processes import Deployment, job, trials, wait_for
+from workers.loop import Worker
+
+# Two regularized epochs and one of fine-tuning on 4,000 images: a second or two per trial. The
+# learning rate is ten times the default so that gates can close within 80 steps.
+REG = {"epochs": 2, "finetune_epochs": 1, "pruner": "none", "log10_lambda": [-6.0, -3.0],
+       "lr": 0.01}
+
+
+@pytest.fixture
+def api(settings: Settings, small_model_weights: bytes,
+        small_dataset_npz: bytes) -> Iterator[tuple[TestClient, dict[str, str]]]:
+    with TestClient(create_app(settings), headers=bearer(make_token(settings.database_url))) as client:
+        model = upload_model(client, small_model_weights)
+        ds = upload_dataset(client, small_dataset_npz)
+        yield client, {"model_id": model["id"], "dataset_id": ds["id"]}
+
+
+def _all_trials(client: TestClient, job_id: str) -> list[dict[str, Any]]:
+    r = client.get(f"/v1/jobs/{job_id}/trials", params={"limit": 1000})
+    assert r.status_code == 200, r.text
+    items: list[dict[str, Any]] = r.json()["items"]
+    return items
+
+
+def _download(client: TestClient, job_id: str, tmp_path: Path, fmt: str = "pruned"
+              ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    r = client.get(f"/v1/jobs/{job_id}/checkpoint", params={"format": fmt})
+    assert r.status_code == 200, r.text
+    path = tmp_path / f"{job_id}-{fmt}.safetensors"
+    path.write_bytes(r.content)
+    with safe_open(str(path), "pt") as f:
+        manifest = json.loads(f.metadata()["thresher"])
+    return safetensors.torch.load(r.content), manifest
+
+
+def _mlp(state: dict[str, torch.Tensor], inputs: list[int] | None = None) -> Any:
+    """A plain torch LeNet-300-100 of whatever widths the tensors have (not our module)."""
+    net = torch.nn.Sequential(
+        torch.nn.Linear(*state["fc1.weight"].shape[::-1]), torch.nn.ReLU(),
+        torch.nn.Linear(*state["fc2.weight"].shape[::-1]), torch.nn.ReLU(),
+        torch.nn.Linear(*state["fc3.weight"].shape[::-1]))
+    names = {"0": "fc1", "2": "fc2", "4": "fc3"}
+    net.load_state_dict({f"{i}.{p}": state[f"{n}.{p}"] for i, n in names.items()
+                         for p in ("weight", "bias")})
+    net.eval()
+    keep = torch.tensor(inputs) if inputs is not None else None
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1)
+        return net(flat[:, keep] if keep is not None else flat)
+    return forward
+
+
+def _test_accuracy(forward: Any, arrays: dict[str, np.ndarray]) -> float:
+    x = torch.from_numpy(arrays["x_test"]).float()
+    with torch.inference_mode():
+        pred = forward(x).argmax(1).numpy()
+    return float((pred == arrays["y_test"]).mean())
+
+
+def test_an_l0_job_runs_its_trials_as_work_items_and_reports_what_the_download_holds(
+        api: tuple[TestClient, dict[str, str]], settings: Settings, tmp_path: Path,
+        small_arrays: dict[str, np.ndarray]) -> None:
+    client, ids = api
+    done_job = submit(client, **ids, method="l0", optimizer="optuna:tpe", max_accuracy_drop=0.03,
+                      budget={"trials": 4, "parallel": 2}, regularization=REG)
+    assert Worker(settings, name="w-a").serve(exit_when_idle=True) == 1
+    doc = client.get(f"/v1/jobs/{done_job['id']}").json()
+    assert doc["status"] == "succeeded", doc["error"]
+    assert doc["progress"]["trials_done"] == 4
+    got = _all_trials(client, done_job["id"])
+    assert [t["number"] for t in got] == [0, 1, 2, 3]
+    assert {t["worker"] for t in got} == {"w-a"} and {t["stage"] for t in got} == {"train"}
+    assert all(len(t["intermediate"]) == 2 and not t["pruned"] for t in got)
+    assert all(len(t["candidate"]) == 3 and all(-6 <= v <= -3 for v in t["candidate"]) for t in got)
+    best = doc["best"]
+    chosen = got[best["trial_number"]]
+    assert chosen["feasible"] and best["compression_ratio"] > 1.2
+    assert max(t["metrics"]["compression_ratio"] for t in got if t["feasible"]) == best["compression_ratio"]
+
+    # the download holds exactly the reported model
+    params, manifest = _download(client, done_job["id"], tmp_path)
+    assert sum(int(torch.count_nonzero(v)) for v in params.values()) == best["nonzero"]
+    assert _test_accuracy(_mlp(params), small_arrays) == pytest.approx(doc["test_accuracy"], abs=1e-9)
+    assert manifest["pruned"]["test_accuracy"] == doc["test_accuracy"]
+
+    # the Pareto front: non-dominated, and the best trial (most compressed feasible one) is on it
+    pareto = client.get(f"/v1/jobs/{done_job['id']}/pareto").json()
+    front = [(t["metrics"]["compression_ratio"], t["metrics"]["val_accuracy"]) for t in pareto["items"]]
+    assert best["trial_number"] in {t["number"] for t in pareto["items"]}
+    for r, a in front:
+        assert not any(r2 >= r and a2 >= a and (r2, a2) != (r, a)
+                       for r2, a2 in ((t["metrics"]["compression_ratio"], t["metrics"]["val_accuracy"])
+                                      for t in got))
+    # the work items are gone once their outcomes are trials
+    engine = make_engine(settings.database_url)
+    with transaction(make_sessionmaker(engine), write=False) as s:
+        assert s.scalars(select(TrialItem)).all() == []
+    engine.dispose()
+    # no compact checkpoint unless whole neurons went
+    if client.get(f"/v1/jobs/{done_job['id']}/checkpoint", params={"format": "compact"}).status_code == 409:
+        assert "no whole neuron" in client.get(f"/v1/jobs/{done_job['id']}/checkpoint",
+                                               params={"format": "compact"}).json()["detail"]
+
+
+def test_hopeless_trials_are_pruned_and_recorded_as_pruned(
+        api: tuple[TestClient, dict[str, str]], settings: Settings) -> None:
+    client, ids = api
+    # strong λ at random: some trials lose most of their accuracy within an epoch, and the median
+    # pruner stops them once two trials have finished
+    reg = {**REG, "epochs": 3, "pruner": "median", "log10_lambda": [-5.0, -1.0]}
+    j = submit(client, **ids, method="l0", optimizer="optuna:random", max_accuracy_drop=0.03,
+               budget={"trials": 8}, seed=3, regularization=reg)
+    assert Worker(settings, name="w-p").serve(exit_when_idle=True) == 1
+    doc = client.get(f"/v1/jobs/{j['id']}").json()
+    got = _all_trials(client, j["id"])
+    assert [t["number"] for t in got] == list(range(8))
+    assert doc["progress"]["trials_done"] == 8
+    pruned = [t for t in got if t["pruned"]]
+    assert pruned, [t["intermediate"] for t in got]
+    for t in pruned:
+        assert len(t["intermediate"]) < 3 and not t["feasible"]
+        assert t["number"] >= 2  # the pruner waits for two finished trials
+    front = {t["number"] for t in client.get(f"/v1/jobs/{j['id']}/pareto").json()["items"]}
+    assert not front & {t["number"] for t in pruned}
+
+
+def test_a_structured_l0_result_downloads_as_a_smaller_model_with_the_same_accuracy(
+        api: tuple[TestClient, dict[str, str]], settings: Settings, tmp_path: Path,
+        small_arrays: dict[str, np.ndarray]) -> None:
+    client, ids = api
+    reg = {**REG, "granularity": "neuron", "epochs": 3, "log10_lambda": [-6.0, -5.0]}
+    j = submit(client, **ids, method="l0", optimizer="nevergrad:RandomSearch", max_accuracy_drop=0.05,
+               budget={"trials": 3}, regularization=reg)
+    Worker(settings, name="w-s").serve(exit_when_idle=True)
+    doc = client.get(f"/v1/jobs/{j['id']}").json()
+    assert doc["status"] == "succeeded", doc["error"]
+    full, _ = _download(client, j["id"], tmp_path)
+    small, manifest = _download(client, j["id"], tmp_path, "compact")
+    assert manifest["format"] == "compact"
+    # fewer neurons: fewer input pixels, fewer hidden units
+    assert small["fc1.weight"].shape[1] < 784 and small["fc1.weight"].shape[0] < 300
+    assert sum(v.numel() for v in small.values()) < sum(v.numel() for v in full.values())
+    inputs = manifest["architecture_config"].get("input_indices")
+    acc_small = _test_accuracy(_mlp(small, inputs), small_arrays)
+    assert acc_small == pytest.approx(doc["test_accuracy"], abs=1e-9)
+    assert acc_small == pytest.approx(_test_accuracy(_mlp(full), small_arrays), abs=1e-9)
+    compact = doc["best"]["compact"]
+    assert compact["parameters"] == sum(v.numel() for v in small.values())
+    assert compact["cpu_speedup"]["speedup"] > 0
+
+
+def test_spec_errors_name_the_field(api: tuple[TestClient, dict[str, str]]) -> None:
+    client, ids = api
+    base = {**ids, "max_accuracy_drop": 0.01, "budget": {"trials": 4}}
+    for body, needle in (
+        ({**base, "method": "magnitude", "budget": {"trials": 4, "parallel": 2}}, "budget.parallel"),
+        ({**base, "method": "magnitude", "optimizer": "optuna:nsgaii"}, "Pareto"),
+        ({**base, "method": "l0", "regularization": {"log10_lambda": [-2, -5]}}, "log10"),
+        ({**base, "method": "sgl", "regularization": {"pruner": "sometimes"}}, "pruner"),
+    ):
+        r = client.post("/v1/jobs", json=body)
+        assert r.status_code == 422, r.text
+        assert needle in r.text
+
+
+def _item_owner(url: str, job_id: str) -> tuple[str | None, str | None]:
+    """(a worker running one of the job's trials that is not its coordinator, the coordinator)."""
+    engine = make_engine(url)
+    with transaction(make_sessionmaker(engine), write=False) as s:
+        coordinator = s.scalar(select(Job.lease_owner).where(Job.id == job_id))
+        owners = s.scalars(select(TrialItem.lease_owner).where(
+            TrialItem.job_id == job_id, TrialItem.status == "running")).all()
+    engine.dispose()
+    others = [o for o in owners if o and o != coordinator]
+    return (others[0] if others else None), coordinator
+
+
+def test_a_worker_killed_mid_trial_costs_only_that_trial_and_every_trial_counts_once(
+        app_db_url: str, tmp_path: Path, small_model_weights: bytes, small_dataset_npz: bytes,
+        settings: Settings) -> None:
+    spec = {"method": "l0", "optimizer": "optuna:tpe", "max_accuracy_drop": 0.03,
+            "budget": {"trials": 6, "parallel": 3}, "seed": 5,
+            "regularization": {**REG, "epochs": 4}}
+    d = Deployment(app_db_url, tmp_path, lease_seconds=3)
+    try:
+        token = make_token(app_db_url)
+        d.start_api()
+        with d.client(token) as client:
+            model = upload_model(client, small_model_weights)  # type: ignore[arg-type]
+            ds = upload_dataset(client, small_dataset_npz)  # type: ignore[arg-type]
+            j = submit(client, model["id"], ds["id"], **spec)  # type: ignore[arg-type]
+            for name in ("w1", "w2", "w3"):
+                d.start_worker(name)
+            victim: list[str] = []
+
+            def someone_else_trains() -> bool:
+                owner, _ = _item_owner(app_db_url, j["id"])
+                if owner is not None:
+                    victim.append(owner)
+                return owner is not None
+
+            wait_for(someone_else_trains, "a worker other than the coordinator runs a trial")
+            d.workers[victim[0]].send_signal(signal.SIGKILL)
+            wait_for(lambda: job(client, j["id"])["status"] in ("succeeded", "failed"),
+                     "the job finishes", timeout=300)
+            doc = job(client, j["id"])
+            assert doc["status"] == "succeeded", doc["error"]
+            got = trials(client, j["id"])  # type: ignore[arg-type]
+            assert [t["number"] for t in got] == list(range(6))  # each trial once, none lost
+            assert victim[0] not in {t["worker"] for t in got}  # its trial was redone elsewhere
+            assert len({t["worker"] for t in got}) >= 2  # spread over the survivors
+            by_number = {t["number"]: t for t in got}
+        # the same spec and seed on one in-process worker gives the very same trials
+        with TestClient(create_app(settings), headers=bearer(make_token(settings.database_url))) as c:
+            m2 = upload_model(c, small_model_weights)
+            d2 = upload_dataset(c, small_dataset_npz)
+            again = submit(c, m2["id"], d2["id"], **spec)
+            Worker(make_settings(settings.database_url, tmp_path / "solo"), name="solo").serve(
+                exit_when_idle=True)
+            for t in _all_trials(c, again["id"]):
+                ref = by_number[t["number"]]
+                assert t["candidate"] == ref["candidate"]
+                assert t["metrics"]["val_accuracy"] == ref["metrics"]["val_accuracy"]
+                assert t["metrics"]["nonzero"] == ref["metrics"]["nonzero"]
+    finally:
+        d.close()
