@@ -16,4 +16,5 @@ OPTIMIZERS: tuple[str, ...] = (
 # (hard-concrete L0 gates, Louizos et al. 2018; l0 sparse group lasso, MobilePrune 2022).
 METHODS: tuple[str, ...] = ("magnitude", "olmp", "l0", "sgl")
 TRAINING_METHODS = ("l0", "sgl")
-PRUNERS = ("none", "median", "hyperband")
+# Optimizers of one scalar objective: every method takes these.
+SCALAR_OPTIMIZERS: tuple[str, ...] = tuple(o for o in OPTIMIZERS if o not in MULTI_OBJECTIVE)

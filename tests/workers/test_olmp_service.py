@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from safetensors import safe_open
 from sqlalchemy import create_engine, select
 
-from core.optimizers import OPTIMIZERS
+from core.optimizers import SCALAR_OPTIMIZERS
 from core.settings import Settings
 from core.spec import JobSpec, planned_trials
 from service.app import create_app
@@ -133,7 +133,7 @@ def test_an_olmp_job_reports_rounds_and_its_checkpoint_reproduces_its_figures(
     assert len(blobs) == 3  # the model, the dataset and the checkpoint
 
 
-@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("optimizer", SCALAR_OPTIMIZERS)
 def test_every_optimizer_drives_olmp(api, settings: Settings, optimizer: str) -> None:  # type: ignore[no-untyped-def]
     client, ids = api
     job = _olmp(client, ids, optimizer=optimizer, budget={"trials": 8},

@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from safetensors import safe_open
 from sqlalchemy import select
 
+from core.optimizers import OPTIMIZERS
 from core.settings import Settings
 from service.app import create_app
 from store.db import make_engine, make_sessionmaker, transaction
@@ -252,3 +253,39 @@ def test_a_worker_killed_mid_trial_costs_only_that_trial_and_every_trial_counts_
                 assert t["metrics"]["nonzero"] == ref["metrics"]["nonzero"]
     finally:
         d.close()
+
+
+def test_an_sgl_job_searches_lambda_and_eta_with_nsga2_and_returns_a_pareto_front(
+        api: tuple[TestClient, dict[str, str]], settings: Settings, tmp_path: Path,
+        small_arrays: dict[str, np.ndarray]) -> None:
+    client, ids = api
+    reg = {**REG, "log10_lambda": [-5.0, -3.0], "log10_eta": [-6.0, -3.0]}
+    j = submit(client, **ids, method="sgl", optimizer="optuna:nsgaii", max_accuracy_drop=0.05,
+               budget={"trials": 4, "parallel": 2}, regularization=reg)
+    Worker(settings, name="w-g").serve(exit_when_idle=True)
+    doc = client.get(f"/v1/jobs/{j['id']}").json()
+    assert doc["status"] == "succeeded", doc["error"]
+    got = _all_trials(client, j["id"])
+    assert [len(t["candidate"]) for t in got] == [6] * 4  # λ for 3 layers, then η for 3
+    assert all(-5 <= v <= -3 for t in got for v in t["candidate"][:3])
+    assert all(-6 <= v <= -3 for t in got for v in t["candidate"][3:])
+    assert any(t["metrics"]["compression_ratio"] > 1.5 for t in got)
+    front = client.get(f"/v1/jobs/{j['id']}/pareto").json()["items"]
+    assert front and doc["best"]["trial_number"] in {t["number"] for t in front}
+    params, _ = _download(client, j["id"], tmp_path)
+    assert _test_accuracy(_mlp(params), small_arrays) == pytest.approx(doc["test_accuracy"], abs=1e-9)
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_every_optimizer_drives_l0(api: tuple[TestClient, dict[str, str]], settings: Settings,
+                                   optimizer: str) -> None:
+    client, ids = api
+    reg = {**REG, "epochs": 1, "finetune_epochs": 0, "train_subset": 500, "lr": 0.001}
+    j = submit(client, **ids, method="l0", optimizer=optimizer, max_accuracy_drop=0.2,
+               budget={"trials": 3, "parallel": 2}, regularization=reg)
+    Worker(settings, name="w-o").serve(exit_when_idle=True)
+    doc = client.get(f"/v1/jobs/{j['id']}").json()
+    assert doc["status"] == "succeeded", doc["error"]
+    got = _all_trials(client, j["id"])
+    assert [t["number"] for t in got] == [0, 1, 2] and all(t["error"] is None for t in got)
+    assert len({tuple(t["candidate"]) for t in got}) == 3  # the optimizer proposed each trial

@@ -20,7 +20,7 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors import safe_open
 
-from core.optimizers import OPTIMIZERS
+from core.optimizers import SCALAR_OPTIMIZERS
 from core.settings import Settings
 from service.app import create_app
 from tests.helpers import bearer, make_token, submit, upload_dataset, upload_model
@@ -121,7 +121,7 @@ def test_same_spec_and_seed_give_the_same_trials(api, settings: Settings, optimi
     assert best[0] == best[1]
 
 
-@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("optimizer", SCALAR_OPTIMIZERS)
 def test_every_optimizer_finds_a_feasible_pruned_model(api, settings: Settings, optimizer: str) -> None:  # type: ignore[no-untyped-def]
     client, ids = api
     job = submit(client, **ids, optimizer=optimizer, budget={"trials": 40}, max_accuracy_drop=0.02)
