@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from store.models import Job, Worker, utcnow
+from store.models import Job, TrialItem, Worker, utcnow
 
 
 class LeaseLost(Exception):
@@ -103,6 +103,8 @@ def release(session: Session, lease: Lease) -> None:
 def fail(session: Session, lease: Lease, error: str) -> None:
     now = utcnow()
     update_job(session, lease, status="failed", error=error, finished_at=now, lease_expires_at=None)
+    # trials under way or queued will never be collected; their finished outcomes are trials
+    session.execute(delete(TrialItem).where(TrialItem.job_id == lease.job_id))
 
 
 def register_worker(session: Session, name: str, host: str, pid: int, device: str) -> None:

@@ -7,12 +7,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from store.models import Dataset, Job, Model, Trial, Worker, utcnow
+from store.models import Dataset, Job, Model, Trial, TrialItem, Worker, utcnow
 from store.queue import Lease, update_job
 
 LOCAL_OWNER = "local"
@@ -84,6 +84,8 @@ def cancel_job(session: Session, job_id: str) -> Job | None:
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return None
+    # queued trials go; a worker training one finds it gone at its next write and drops it
+    session.execute(delete(TrialItem).where(TrialItem.job_id == job_id))
     return session.get(Job, job_id, populate_existing=True)
 
 

@@ -26,6 +26,12 @@ from store.models import Job, TrialItem, utcnow
 from store.queue import Lease, LeaseLost, update_job
 
 
+class ItemLost(LeaseLost):
+    """A trial item is no longer ours (its lease expired and another worker took it, or its job
+    stopped): its holder drops it without writing anything. Not its job's lease: a coordinator
+    whose own trial was taken keeps coordinating."""
+
+
 @dataclass(frozen=True)
 class ItemLease:
     item_id: int
@@ -115,7 +121,7 @@ def update_item(session: Session, lease: ItemLease, **values: Any) -> None:
     result = session.execute(update(TrialItem).where(fenced(lease)).values(**values)
                              .execution_options(synchronize_session=False))
     if result.rowcount != 1:  # type: ignore[attr-defined]
-        raise LeaseLost(f"trial {lease.number} of job {lease.job_id}")
+        raise ItemLost(f"trial {lease.number} of job {lease.job_id}")
 
 
 def heartbeat(session: Session, lease: ItemLease, lease_seconds: float) -> None:
@@ -156,5 +162,5 @@ def delete_items(session: Session, lease: Lease) -> None:
     session.execute(delete(TrialItem).where(TrialItem.job_id == lease.job_id))
 
 
-__all__ = ["ItemLease", "LeaseLost", "claim", "delete_items", "enqueue", "finish",
+__all__ = ["ItemLease", "ItemLost", "LeaseLost", "claim", "delete_items", "enqueue", "finish",
            "give_up_or_retry", "heartbeat", "items_of", "release", "update_item"]

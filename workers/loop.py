@@ -157,6 +157,8 @@ class Worker:
             trial_items.work_on(self.sessions, item, self.settings, self.device, should_stop)
         except runner.Stop:
             log.info("trial %d of job %s handed back to the queue", item.number, item.job_id)
+        except LeaseLost:  # the trial was taken from us (cancelled, or re-leased after a freeze)
+            log.info("trial %d of job %s is no longer ours; dropped", item.number, item.job_id)
         finally:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -34,6 +34,7 @@ class Finished:
     intermediate: Sequence[float]
     value: float | None  # final validation accuracy; None when pruned or failed
     pruned: bool
+    failed: bool = False
 
 
 def make_pruner(kind: str, epochs: int) -> optuna.pruners.BasePruner:
@@ -46,23 +47,25 @@ def make_pruner(kind: str, epochs: int) -> optuna.pruners.BasePruner:
     raise ValueError(f"unknown pruner {kind!r}")
 
 
-def should_prune(kind: str, *, study_name: str, epochs: int, finished: Sequence[Finished],
+def should_prune(kind: str, *, seed: int, epochs: int, finished: Sequence[Finished],
                  number: int, intermediate: Sequence[float]) -> bool:
     """Whether trial `number`, with validation accuracies `intermediate` after its epochs so far,
-    should stop, given the job's `finished` trials of earlier batches."""
+    should stop, given the job's `finished` trials of earlier batches. The study is named after
+    the job's seed, not its id: hyperband draws brackets from the name, and the same spec and seed
+    must prune the same trials."""
     if kind == "none" or not intermediate:
         return False
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # hyperband's experimental warnings
-        study = optuna.create_study(study_name=study_name, direction="maximize",
+        study = optuna.create_study(study_name=f"thresher-seed-{seed}", direction="maximize",
                                     pruner=make_pruner(kind, epochs),
                                     sampler=optuna.samplers.RandomSampler(seed=0))
         by_number = {f.number: f for f in finished if f.number < number}
         for n in range(number):
             trial = study.ask(_X)
             past = by_number.get(n)
-            if past is None:  # a trial of this batch, or one that failed: invisible to pruners
+            if past is None or past.failed:  # this batch's, or a failed one: invisible to pruners
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 continue
             for step, value in enumerate(past.intermediate):
@@ -72,7 +75,11 @@ def should_prune(kind: str, *, study_name: str, epochs: int, finished: Sequence[
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             else:
                 study.tell(trial, float(past.value))
+        # as a live study would have seen it: asked after every epoch (rungs recorded on the way);
+        # the epochs before the last were asked the same question then, with the same answer
         trial = study.ask(_X)
+        prune = False
         for step, value in enumerate(intermediate):
             trial.report(float(value), step)
-        return bool(trial.should_prune())
+            prune = trial.should_prune()
+        return bool(prune)

@@ -155,7 +155,7 @@ class TrainingSearch:
         while True:
             self.recorder.check()
             items = retrying(self.sessions, lambda s: trial_queue.items_of(s, job, numbers),
-                             what=f"reading the trials of job {job}")
+                             what=f"reading the trials of job {job}", write=False)
             if all(i.status == "done" for i in items):
                 return [self._evaluated(i, reference) for i in items]
             # work on our own job's items while they wait; other workers claim them too
@@ -170,7 +170,7 @@ class TrainingSearch:
     def _stored_items(self, numbers: list[int]) -> list[TrialItem]:
         # sessions do not expire on commit: rows read here stay usable after it closed
         return retrying(self.sessions, lambda s: trial_queue.items_of(s, self.lease.job_id, numbers),
-                        what="reading queued trials")
+                        what="reading queued trials", write=False)
 
     # -- the whole job ---------------------------------------------------------------------
     def run(self) -> SearchResult:
@@ -224,7 +224,8 @@ class TrainingSearch:
                 "or allow a larger drop")
         assert best.params_sha256 is not None
         sha = best.params_sha256
-        data = retrying(self.sessions, lambda s: blobs.read(s, sha), what="reading the best trial")
+        data = retrying(self.sessions, lambda s: blobs.read(s, sha), what="reading the best trial",
+                        write=False)
         params = {k: v.to(self.device) for k, v in safetensors.torch.load(data).items()}
         kept = {n: int(torch.count_nonzero(params[n])) for n in self.sizes}
         nonzero = sum(int(torch.count_nonzero(p)) for p in params.values())

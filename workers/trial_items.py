@@ -70,7 +70,7 @@ def job_context(sessions: sessionmaker[Session], job_id: str, settings: Settings
             dict(dataset_row.summary)
 
     spec, arch_name, weights, builtin, data, summary = retrying(
-        sessions, load, what=f"loading the inputs of job {job_id}")
+        sessions, load, what=f"loading the inputs of job {job_id}", write=False)
     ctx = JobContext(
         job_id=job_id, spec=JobSpec.model_validate(spec), arch=get_architecture(arch_name),
         reference={k: v.to(device) for k, v in load_safetensors(weights).items()},
@@ -88,7 +88,8 @@ def finished_trials(s: Session, job_id: str, before: int) -> list[pruning.Finish
                      .where(Trial.job_id == job_id, Trial.number < before)
                      .order_by(Trial.number)).all()
     return [pruning.Finished(number=n, intermediate=list(inter or []),
-                             value=None if (pruned or err) else acc, pruned=bool(pruned))
+                             value=None if (pruned or err) else acc, pruned=bool(pruned),
+                             failed=err is not None)
             for n, inter, acc, pruned, err in rows]
 
 
@@ -127,13 +128,22 @@ def run_item(sessions: sessionmaker[Session], lease: trial_queue.ItemLease, sett
              device: torch.device, should_stop: Callable[[], None]) -> None:
     """Train the item's trial and store its outcome. Raises LeaseLost when the item or its job is
     no longer ours, and whatever `should_stop` raises (a draining worker)."""
+    # the lease is kept alive from the claim on: loading a large dataset must not cost the trial
+    beat = ItemHeartbeat(sessions, lease, settings)
+    beat.start()
+    try:
+        _train(sessions, lease, settings, device, should_stop, beat)
+    finally:
+        beat.stop()
+
+
+def _train(sessions: sessionmaker[Session], lease: trial_queue.ItemLease, settings: Settings,
+           device: torch.device, should_stop: Callable[[], None], beat: ItemHeartbeat) -> None:
     ctx = job_context(sessions, lease.job_id, settings, device)
     spec, options = ctx.spec, ctx.spec.regularization
     batch_start = lease.batch * spec.budget.parallel
     finished = retrying(sessions, lambda s: finished_trials(s, lease.job_id, batch_start),
-                        what=f"reading the finished trials of job {lease.job_id}")
-    beat = ItemHeartbeat(sessions, lease, settings)
-    beat.start()
+                        what=f"reading the finished trials of job {lease.job_id}", write=False)
     seen: list[float] = []
 
     def check() -> None:
@@ -146,30 +156,27 @@ def run_item(sessions: sessionmaker[Session], lease: trial_queue.ItemLease, sett
         retrying(sessions, lambda s: trial_queue.update_item(s, lease, intermediate=list(seen)),
                  what=f"reporting epoch {epoch} of trial {lease.number}")
         check()
-        return pruning.should_prune(options.pruner, study_name=lease.job_id, epochs=options.epochs,
+        return pruning.should_prune(options.pruner, seed=spec.seed, epochs=options.epochs,
                                     finished=finished, number=lease.number, intermediate=seen)
 
-    try:
-        start = time.perf_counter()
-        # Each trial's own seed: the job's seed and its number (same spec, same trials, on any worker)
-        outcome = run_trial(spec.method, ctx.arch, ctx.reference, ctx.splits, options,
-                            lease.candidate, seed=spec.seed * 100_003 + lease.number,
-                            device=device, report=report, check=check)
-        duration_ms = (time.perf_counter() - start) * 1e3
-        data = safetensors.torch.save({k: v.detach().to("cpu").contiguous()
-                                       for k, v in outcome.params.items()})
-        doc = outcome_document(outcome, duration_ms)
+    start = time.perf_counter()
+    # Each trial's own seed: the job's seed and its number (same spec, same trials, on any worker)
+    outcome = run_trial(spec.method, ctx.arch, ctx.reference, ctx.splits, options,
+                        lease.candidate, seed=spec.seed * 100_003 + lease.number,
+                        device=device, report=report, check=check)
+    duration_ms = (time.perf_counter() - start) * 1e3
+    data = safetensors.torch.save({k: v.detach().to("cpu").contiguous()
+                                   for k, v in outcome.params.items()})
+    doc = outcome_document(outcome, duration_ms)
 
-        def finish(s: Session) -> None:
-            trial_queue.update_item(s, lease)  # still ours? (before writing a megabyte)
-            trial_queue.finish(s, lease, doc, blobs.put(s, data))
+    def finish(s: Session) -> None:
+        trial_queue.update_item(s, lease)  # still ours? (before writing a megabyte)
+        trial_queue.finish(s, lease, doc, blobs.put(s, data))
 
-        retrying(sessions, finish, what=f"storing trial {lease.number} of job {lease.job_id}")
-        log.info("job %s trial %d: val %.4f, %d/%d non-zero%s", lease.job_id, lease.number,
-                 outcome.val_accuracy, outcome.nonzero, outcome.total,
-                 f", pruned after epoch {outcome.pruned_at}" if outcome.pruned_at is not None else "")
-    finally:
-        beat.stop()
+    retrying(sessions, finish, what=f"storing trial {lease.number} of job {lease.job_id}")
+    log.info("job %s trial %d: val %.4f, %d/%d non-zero%s", lease.job_id, lease.number,
+             outcome.val_accuracy, outcome.nonzero, outcome.total,
+             f", pruned after epoch {outcome.pruned_at}" if outcome.pruned_at is not None else "")
 
 
 def work_on(sessions: sessionmaker[Session], lease: trial_queue.ItemLease, settings: Settings,

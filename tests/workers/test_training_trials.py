@@ -192,65 +192,107 @@ def test_spec_errors_name_the_field(api: tuple[TestClient, dict[str, str]]) -> N
         assert needle in r.text
 
 
-def _item_owner(url: str, job_id: str) -> tuple[str | None, str | None]:
-    """(a worker running one of the job's trials that is not its coordinator, the coordinator)."""
+def _someone_elses_trial(url: str, job_id: str) -> tuple[str, int] | None:
+    """(worker, trial number) of a trial of the job under way on a worker that is not its
+    coordinator, if there is one."""
     engine = make_engine(url)
     with transaction(make_sessionmaker(engine), write=False) as s:
         coordinator = s.scalar(select(Job.lease_owner).where(Job.id == job_id))
-        owners = s.scalars(select(TrialItem.lease_owner).where(
+        running = s.execute(select(TrialItem.lease_owner, TrialItem.number).where(
             TrialItem.job_id == job_id, TrialItem.status == "running")).all()
     engine.dispose()
-    others = [o for o in owners if o and o != coordinator]
-    return (others[0] if others else None), coordinator
+    others = [(o, n) for o, n in running if o and o != coordinator]
+    return others[0] if others else None
+
+
+def _start(d: Deployment, app_db_url: str, weights: bytes, data: bytes, spec: dict[str, Any],
+           workers: tuple[str, ...]) -> tuple[Any, dict[str, str], dict[str, Any]]:
+    d.start_api()
+    client = d.client(make_token(app_db_url))
+    ids = {"model_id": upload_model(client, weights)["id"],  # type: ignore[arg-type]
+           "dataset_id": upload_dataset(client, data)["id"]}  # type: ignore[arg-type]
+    j = submit(client, **ids, **spec)  # type: ignore[arg-type]
+    for name in workers:
+        d.start_worker(name)
+    return client, ids, j
 
 
 def test_a_worker_killed_mid_trial_costs_only_that_trial_and_every_trial_counts_once(
         app_db_url: str, tmp_path: Path, small_model_weights: bytes, small_dataset_npz: bytes,
         settings: Settings) -> None:
+    # hyperband: its brackets must not depend on which job or worker runs a trial
     spec = {"method": "l0", "optimizer": "optuna:tpe", "max_accuracy_drop": 0.03,
             "budget": {"trials": 6, "parallel": 3}, "seed": 5,
-            "regularization": {**REG, "epochs": 4}}
+            "regularization": {**REG, "epochs": 4, "pruner": "hyperband"}}
     d = Deployment(app_db_url, tmp_path, lease_seconds=3)
     try:
-        token = make_token(app_db_url)
-        d.start_api()
-        with d.client(token) as client:
-            model = upload_model(client, small_model_weights)  # type: ignore[arg-type]
-            ds = upload_dataset(client, small_dataset_npz)  # type: ignore[arg-type]
-            j = submit(client, model["id"], ds["id"], **spec)  # type: ignore[arg-type]
-            for name in ("w1", "w2", "w3"):
-                d.start_worker(name)
-            victim: list[str] = []
+        client, _, j = _start(d, app_db_url, small_model_weights, small_dataset_npz, spec,
+                              ("w1", "w2", "w3"))
+        seen: list[tuple[str, int]] = []
 
-            def someone_else_trains() -> bool:
-                owner, _ = _item_owner(app_db_url, j["id"])
-                if owner is not None:
-                    victim.append(owner)
-                return owner is not None
+        def someone_else_trains() -> bool:
+            found = _someone_elses_trial(app_db_url, j["id"])
+            if found is not None:
+                seen.append(found)
+            return found is not None
 
-            wait_for(someone_else_trains, "a worker other than the coordinator runs a trial")
-            d.workers[victim[0]].send_signal(signal.SIGKILL)
-            wait_for(lambda: job(client, j["id"])["status"] in ("succeeded", "failed"),
-                     "the job finishes", timeout=300)
-            doc = job(client, j["id"])
-            assert doc["status"] == "succeeded", doc["error"]
-            got = trials(client, j["id"])  # type: ignore[arg-type]
-            assert [t["number"] for t in got] == list(range(6))  # each trial once, none lost
-            assert victim[0] not in {t["worker"] for t in got}  # its trial was redone elsewhere
-            assert len({t["worker"] for t in got}) >= 2  # spread over the survivors
-            by_number = {t["number"]: t for t in got}
+        wait_for(someone_else_trains, "a worker other than the coordinator trains a trial")
+        victim, number = seen[0]
+        d.workers[victim].send_signal(signal.SIGKILL)
+        wait_for(lambda: job(client, j["id"])["status"] in ("succeeded", "failed"),
+                 "the job finishes", timeout=300)
+        doc = job(client, j["id"])
+        assert doc["status"] == "succeeded", doc["error"]
+        got = trials(client, j["id"])
+        assert [t["number"] for t in got] == list(range(6))  # each trial once, none lost
+        assert got[number]["worker"] not in (victim, None)  # the killed trial was redone elsewhere
+        assert len({t["worker"] for t in got}) >= 2  # spread over the survivors
+        for name in ("w1", "w2", "w3"):
+            if name != victim:
+                assert d.workers[name].poll() is None, d.log(name)
+        client.close()
         # the same spec and seed on one in-process worker gives the very same trials
         with TestClient(create_app(settings), headers=bearer(make_token(settings.database_url))) as c:
-            m2 = upload_model(c, small_model_weights)
-            d2 = upload_dataset(c, small_dataset_npz)
-            again = submit(c, m2["id"], d2["id"], **spec)
+            again = submit(c, upload_model(c, small_model_weights)["id"],
+                           upload_dataset(c, small_dataset_npz)["id"], **spec)
             Worker(make_settings(settings.database_url, tmp_path / "solo"), name="solo").serve(
                 exit_when_idle=True)
-            for t in _all_trials(c, again["id"]):
-                ref = by_number[t["number"]]
-                assert t["candidate"] == ref["candidate"]
-                assert t["metrics"]["val_accuracy"] == ref["metrics"]["val_accuracy"]
-                assert t["metrics"]["nonzero"] == ref["metrics"]["nonzero"]
+            assert c.get(f"/v1/jobs/{again['id']}").json()["status"] == "succeeded"
+            solo = _all_trials(c, again["id"])
+        assert [t["number"] for t in solo] == list(range(6))
+        for t, ref in zip(solo, got, strict=True):
+            assert (t["candidate"], t["pruned"], t["intermediate"]) == (
+                ref["candidate"], ref["pruned"], ref["intermediate"])
+            assert t["metrics"] == ref["metrics"]
+    finally:
+        d.close()
+
+
+def test_cancelling_a_job_mid_trial_leaves_its_workers_serving(
+        app_db_url: str, tmp_path: Path, small_model_weights: bytes,
+        small_dataset_npz: bytes) -> None:
+    spec = {"method": "l0", "optimizer": "optuna:random", "max_accuracy_drop": 0.03,
+            "budget": {"trials": 4, "parallel": 2}, "regularization": {**REG, "epochs": 6}}
+    d = Deployment(app_db_url, tmp_path)
+    try:
+        client, ids, j = _start(d, app_db_url, small_model_weights, small_dataset_npz, spec,
+                                ("w1", "w2"))
+        wait_for(lambda: _someone_elses_trial(app_db_url, j["id"]) is not None,
+                 "a worker other than the coordinator trains a trial")
+        r = client.post(f"/v1/jobs/{j['id']}/cancel")
+        assert r.status_code == 200, r.text
+        # both drop their trial at its next epoch and go on serving: a new job gets done
+        short = submit(client, **ids, **{**spec, "budget": {"trials": 2, "parallel": 2},
+                                         "regularization": REG})
+        wait_for(lambda: job(client, short["id"])["status"] == "succeeded", "the next job succeeds")
+        d.assert_workers_alive()
+        assert job(client, j["id"])["status"] == "cancelled"
+        engine = make_engine(app_db_url)
+        with transaction(make_sessionmaker(engine), write=False) as s:
+            assert s.scalars(select(TrialItem).where(TrialItem.job_id == j["id"])).all() == []
+        engine.dispose()
+        assert "is no longer ours" in d.log("w1") + d.log("w2")
+        client.close()
     finally:
         d.close()
 
