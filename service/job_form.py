@@ -40,7 +40,7 @@ router = APIRouter(include_in_schema=False)
 
 DEFAULTS = {"model_source": "upload", "dataset_source": "builtin", "builtin": BUILTIN_DATASETS[0],
             "method": "magnitude", "optimizer": "nevergrad:NGOpt", "max_accuracy_drop": "0.005",
-            "budget.trials": "300", "seed": "0", "options": ""}
+            "budget.trials": "300", "budget.parallel": "1", "seed": "0", "options": ""}
 # Spec fields with a control of their own; everything else in the spec goes in "options" (JSON).
 SPEC_FIELDS = {"method", "optimizer", "max_accuracy_drop", "budget", "seed"}
 
@@ -58,13 +58,14 @@ def _spec_field(loc: str, text: str) -> str:
     """The form control an error of JobSpec belongs to."""
     head = loc.split(".")[0]
     if head == "budget":
-        return "budget.trials"
+        return "budget.parallel" if loc.startswith("budget.parallel") else "budget.trials"
     if head in SPEC_FIELDS:
         return head
     if loc:
         return "options"
     # model-level checks name their field first ("budget.trials (…) must be …")
-    for key in ("budget.trials", "max_accuracy_drop", "method", "optimizer", "seed"):
+    for key in ("budget.trials", "budget.parallel", "max_accuracy_drop", "method", "optimizer",
+                "seed"):
         if text.startswith(key):
             return key
     return "form"
@@ -135,7 +136,7 @@ def _spec(sub: Submission) -> JobSpec | None:
     for key in ("method", "optimizer", "max_accuracy_drop", "seed"):
         if v[key] != "":  # an empty field is a missing one, as in a JSON body without it
             raw[key] = v[key]
-    raw["budget"] = {"trials": v["budget.trials"]} if v["budget.trials"] != "" else {}
+    raw["budget"] = {k: v[f"budget.{k}"] for k in ("trials", "parallel") if v[f"budget.{k}"] != ""}
     # the ids are filled in once the model and dataset exist
     raw.update(model_id="-", dataset_id="-")
     try:

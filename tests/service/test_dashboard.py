@@ -173,6 +173,10 @@ SPEC_CASES = [
     ("olmp budget under its rounds", {"method": "olmp", "budget.trials": "5",
                                       "options": '{"olmp": {"rounds": 10}}'}, "budget-trials",
      {"method": "olmp", "budget": {"trials": 5}, "olmp": {"rounds": 10}}),
+    ("parallel trials for a method that scores populations", {"budget.parallel": "2"},
+     "budget-parallel", {"budget": {"trials": 50, "parallel": 2}}),
+    ("no trial at once", {"method": "l0", "budget.parallel": "0"}, "budget-parallel",
+     {"method": "l0", "budget": {"trials": 50, "parallel": 0}}),
 ]
 
 
