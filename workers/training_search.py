@@ -43,7 +43,7 @@ from workers import optimizers
 from workers.data import Splits
 from workers.evaluation import accuracy
 from workers.masking import PrunedModel
-from workers.search import FAILED_OBJECTIVE, Evaluated, Recorder, SearchResult
+from workers.search import FAILED_OBJECTIVE, Evaluated, Recorder, SearchResult, better
 from workers.trial_items import work_on
 
 log = logging.getLogger(__name__)
@@ -62,22 +62,6 @@ def strength_boxes(spec: JobSpec, arch: Architecture) -> list[tuple[float, float
     if spec.method == "sgl":
         boxes += [o.log10_eta for _ in arch.prunable]
     return boxes
-
-
-def pareto_front(trials: Sequence[Evaluated]) -> list[Evaluated]:
-    """Finished trials that no other beats on both compression and validation accuracy."""
-    done = [t for t in trials if t.compression_ratio is not None and t.val_accuracy is not None
-            and not t.pruned and t.error is None]
-    front = []
-    for t in done:
-        assert t.compression_ratio is not None and t.val_accuracy is not None
-        dominated = any(
-            (o.compression_ratio or 0) >= t.compression_ratio and (o.val_accuracy or 0) >= t.val_accuracy
-            and ((o.compression_ratio or 0) > t.compression_ratio or (o.val_accuracy or 0) > t.val_accuracy)
-            for o in done)
-        if not dominated:
-            front.append(t)
-    return sorted(front, key=lambda t: t.compression_ratio or 0.0)
 
 
 class TrainingSearch:
@@ -211,8 +195,7 @@ class TrainingSearch:
                 self._tell(opt, self._to_unit(e.candidate) if foreign else u, e, foreign=foreign)
             self.results.extend(evaluated)
             for e in evaluated:
-                if e.feasible and (best is None or (e.nonzero or 0, -(e.val_accuracy or 0), e.number)
-                                   < (best.nonzero or 0, -(best.val_accuracy or 0), best.number)):
+                if e.feasible and better(e, best):
                     best = e
             if any(s is None for s in stored):
                 self.recorder.write(evaluated, trials_done=numbers[-1] + 1, stage=STAGE, best=best)
