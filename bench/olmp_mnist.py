@@ -25,6 +25,8 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -101,21 +103,29 @@ def reference(arch: str, iterations: int, device: torch.device, cfg: Settings) -
         return path, float(f.metadata()["test_accuracy"])
 
 
-def run_jobs(arch: str, weights: bytes, plan: dict[str, Any], optimizers: list[str], device: str,
-             workdir: Path) -> list[dict[str, Any]]:
+@contextmanager
+def service(arch: str, weights: bytes, device: str,
+            workdir: Path) -> Iterator[tuple[TestClient, Worker, dict[str, str]]]:
+    """The API (in process) on a fresh SQLite database with the model and MNIST uploaded, and a
+    worker on the same database: (client, worker, {"model_id", "dataset_id"})."""
     url = f"sqlite:///{workdir / f'{arch}.db'}"
     upgrade(url)
     with transaction(make_sessionmaker(make_engine(url))) as s:
         _, token = tokens.create(s, "bench")
     cfg = Settings(database_url=url, cache_dir=workdir / "cache", device=device)
-    out = []
     with TestClient(create_app(cfg), headers={"Authorization": f"Bearer {token}"}) as client:
         model = client.post("/v1/models", data={"architecture": arch}, files={"weights": ("w", weights)}).json()
         ds = client.post("/v1/datasets", json={"builtin": "mnist"}).json()
-        worker = Worker(cfg, name="bench")
+        yield client, Worker(cfg, name="bench"), {"model_id": model["id"], "dataset_id": ds["id"]}
+
+
+def run_jobs(arch: str, weights: bytes, plan: dict[str, Any], optimizers: list[str], device: str,
+             workdir: Path) -> list[dict[str, Any]]:
+    out = []
+    with service(arch, weights, device, workdir) as (client, worker, ids):
         for optimizer in optimizers:
             r = client.post("/v1/jobs", json={
-                "model_id": model["id"], "dataset_id": ds["id"], "method": "olmp", "optimizer": optimizer,
+                **ids, "method": "olmp", "optimizer": optimizer,
                 "max_accuracy_drop": DELTA, "budget": {"trials": plan["budget"]}, "seed": 0,
                 "search": plan.get("search", {}), "olmp": plan["olmp"]})
             assert r.status_code == 201, r.text

@@ -34,16 +34,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from fastapi.testclient import TestClient  # noqa: E402
-from olmp_mnist import plain_model, reference, test_error  # noqa: E402
+from olmp_mnist import plain_model, reference, service, test_error  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
 from core import zoo as core_zoo  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION  # noqa: E402
-from service.app import create_app  # noqa: E402
-from store import tokens  # noqa: E402
-from store.db import make_engine, make_sessionmaker, transaction, upgrade  # noqa: E402
 from workers import device as devices  # noqa: E402
 from workers import zoo  # noqa: E402
 from workers.data import builtin_arrays, split_arrays  # noqa: E402
@@ -82,20 +78,10 @@ def structure(arch: str, manifest: dict[str, Any] | None, state: dict[str, torch
 
 def run(arch: str, weights: bytes, plan: dict[str, Any], device: str, workdir: Path,
         x_test: torch.Tensor, y_test: torch.Tensor) -> list[dict[str, Any]]:
-    from workers.loop import Worker
-
-    url = f"sqlite:///{workdir / f'{arch}.db'}"
-    upgrade(url)
-    with transaction(make_sessionmaker(make_engine(url))) as s:
-        _, token = tokens.create(s, "bench")
-    cfg = Settings(database_url=url, cache_dir=workdir / "cache", device=device)
     rows = []
-    with TestClient(create_app(cfg), headers={"Authorization": f"Bearer {token}"}) as client:
-        model = client.post("/v1/models", data={"architecture": arch}, files={"weights": ("w", weights)}).json()
-        ds = client.post("/v1/datasets", json={"builtin": "mnist"}).json()
-        worker = Worker(cfg, name="bench")
+    with service(arch, weights, device, workdir) as (client, worker, ids):
         for method, extra in RUNS:
-            spec = {"model_id": model["id"], "dataset_id": ds["id"], "method": method,
+            spec = {**ids, "method": method,
                     "optimizer": "optuna:tpe", "max_accuracy_drop": DELTA, "seed": 0,
                     "budget": {"trials": plan["trials"]},
                     "regularization": {**plan["regularization"], **extra}}
