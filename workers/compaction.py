@@ -132,6 +132,38 @@ def _compact_lenet5(p: dict[str, torch.Tensor]) -> tuple[Architecture, dict[str,
                    "fc1.weight": f1, "fc1.bias": fb1, "fc2.weight": f2, "fc2.bias": fb2}
 
 
+def zero_dead_units(arch: Architecture, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same shapes, with the incoming weights and bias of every unit nothing reads set to zero.
+
+    Pruning whole groups (input columns, filters) cuts a unit's outgoing side only: the rows that
+    fed it stay non-zero, and would be counted as kept although the logits never see them. Zeroing
+    them changes no logit, bit for bit (they were multiplied by exact zeros), so a trial's
+    non-zero count is what its compact model really holds, up to folded constant units. Layers are
+    visited from the output back, so a unit emptied on the way is caught in the same pass. Other
+    architectures come back unchanged."""
+    family = SUPPORTED.get(arch.builder)
+    if family is None:
+        return params
+    p = dict(params)
+
+    def cut(w: str, b: str, dead: torch.Tensor) -> None:
+        if bool(dead.any()):
+            keep = (~dead).to(p[w].dtype)
+            p[w] = p[w] * keep.reshape(-1, *([1] * (p[w].dim() - 1)))
+            p[b] = p[b] * keep
+
+    if family == "lenet-300-100":
+        cut("fc2.weight", "fc2.bias", ~p["fc3.weight"].ne(0).any(dim=0))
+        cut("fc1.weight", "fc1.bias", ~p["fc2.weight"].ne(0).any(dim=0))
+        return p
+    cut("fc1.weight", "fc1.bias", ~p["fc2.weight"].ne(0).any(dim=0))
+    blocks = p["fc1.weight"].reshape(p["fc1.weight"].shape[0], p["conv2.weight"].shape[0],
+                                     LENET_5_POOLED)
+    cut("conv2.weight", "conv2.bias", ~blocks.ne(0).any(dim=(0, 2)))
+    cut("conv1.weight", "conv1.bias", ~p["conv2.weight"].ne(0).any(dim=(0, 2, 3)))
+    return p
+
+
 def compact(arch: Architecture, params: dict[str, torch.Tensor],
             ) -> tuple[Architecture, dict[str, torch.Tensor]]:
     """The smallest architecture of the same family (and its dense weights, on CPU, contiguous) that

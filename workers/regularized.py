@@ -43,7 +43,7 @@ from torch.func import functional_call
 
 from core.architectures import Architecture, Tensor
 from core.spec import RegularizationOptions
-from workers import group_prox, zoo
+from workers import compaction, group_prox, zoo
 from workers import hard_concrete as hc
 from workers.data import Splits
 from workers.evaluation import accuracy
@@ -262,6 +262,8 @@ def run_trial(method: str, arch: Architecture, reference: dict[str, torch.Tensor
         params = trial.run_l0(values)
     else:
         params = trial.run_sgl(values[:n], values[n:])
+    # units nothing reads any more lose their inputs too: the count is what the model holds
+    params = compaction.zero_dead_units(arch, params)
     if trial.pruned_at is None and options.finetune_epochs > 0:
         params = trial.finetune(params)
     val = (trial.intermediate[-1] if trial.pruned_at is not None

@@ -14,7 +14,7 @@ from core import zoo as core_zoo
 from core.architectures import Architecture, Tensor, get_architecture
 from core.spec import RegularizationOptions
 from workers import zoo
-from workers.compaction import NotCompactable, compact, cpu_speedup
+from workers.compaction import NotCompactable, compact, cpu_speedup, zero_dead_units
 from workers.data import split_arrays
 from workers.evaluation import accuracy
 from workers.regularized import run_trial
@@ -153,3 +153,34 @@ def test_a_neuron_l0_trial_compacts_without_changing_accuracy(  # type: ignore[n
     assert small.total_parameters < arch.total_parameters
     model = zoo.build(small).eval()
     assert accuracy(model, q, splits.x_val, splits.y_val) == out.val_accuracy
+
+
+@pytest.mark.parametrize("name", ["lenet-300-100", "lenet-5"])
+def test_units_nothing_reads_lose_their_inputs_without_changing_a_logit(name: str) -> None:
+    arch = get_architecture(name)
+    p = random_params(arch, 7)
+    if name == "lenet-300-100":
+        p["fc3.weight"][:, :40] = 0  # 40 fc2 units unread
+        p["fc2.weight"][:, :120] = 0  # 120 fc1 units unread
+        p["fc2.weight"][40:, 120:150] = 0  # 30 more, read only by the unread fc2 units
+        dead_rows = {"fc2.weight": 40, "fc1.weight": 150}
+    else:
+        p["fc2.weight"][:, :100] = 0  # 100 fc1 units unread
+        p["fc1.weight"][:, :16 * 10] = 0  # conv2 filters 0–9 unread
+        p["conv2.weight"][:, :5] = 0  # conv1 filters 0–4 unread
+        dead_rows = {"fc1.weight": 100, "conv2.weight": 10, "conv1.weight": 5}
+    out = zero_dead_units(arch, p)
+    x = images()
+    assert torch.equal(logits(arch, out, x), logits(arch, p, x))  # bit for bit
+    for w, n in dead_rows.items():
+        rows = out[w].flatten(1).ne(0).any(dim=1)
+        assert int((~rows).sum()) == n, w
+        assert int((out[w.replace("weight", "bias")] == 0).sum()) == n
+    before = sum(int(torch.count_nonzero(v)) for v in p.values())
+    after = sum(int(torch.count_nonzero(v)) for v in out.values())
+    assert after < before
+    # and the compact model holds exactly what is left, unread units gone
+    _, small = compact(arch, out)
+    assert sum(v.numel() for v in small.values()) == after
+    again = zero_dead_units(arch, out)
+    assert all(torch.equal(again[k], out[k]) for k in out)  # nothing left to cut

@@ -67,8 +67,10 @@ def test_l0_per_neuron_prunes_whole_input_columns(reference, splits) -> None:  #
         w = out.params[t.name]
         columns = w.ne(0).any(dim=0)
         assert int(columns.sum()) == out.groups_kept[t.name]
-        # every surviving column is whole: the zeros are whole input neurons, nothing finer
-        assert out.kept[t.name] == out.groups_kept[t.name] * t.shape[0]
+        # the zeros are whole input neurons (the gates) and whole rows (units nothing reads any
+        # more, whose inputs went too), nothing finer
+        rows = int(w.ne(0).any(dim=1).sum())
+        assert out.kept[t.name] == out.groups_kept[t.name] * rows
 
 
 def test_sgl_strong_strengths_prune_more_than_weak(reference, splits) -> None:  # type: ignore[no-untyped-def]
