@@ -17,6 +17,8 @@ name, and such names are not in the registry (the service only accepts the built
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 
 from core.architectures import Architecture, Tensor
@@ -32,6 +34,13 @@ def _check_widths(family: str, widths: Mapping[str, int]) -> None:
     for layer, w in widths.items():
         if not isinstance(w, int) or isinstance(w, bool) or w < 1:
             raise ValueError(f"{family}: width of {layer} must be a positive integer, got {w!r}")
+
+
+def _pixels_tag(config: Mapping[str, object]) -> str:
+    idx = config.get("input_indices")
+    if idx is None:
+        return ""
+    return "px" + hashlib.sha256(json.dumps(idx).encode()).hexdigest()[:8]
 
 
 def lenet_300_100(fc1: int = 300, fc2: int = 100,
@@ -54,7 +63,10 @@ def lenet_300_100(fc1: int = 300, fc2: int = 100,
         config["widths"] = widths
         config["base"] = "lenet-300-100"
     return Architecture(
-        name=f"lenet-300-100-{inputs}-{fc1}-{fc2}" if resized else "lenet-300-100",
+        # the pixels' digest in the name: two models of the same widths that read other pixels
+        # are other architectures
+        name=(f"lenet-300-100-{inputs}{_pixels_tag(config)}-{fc1}-{fc2}" if resized
+              else "lenet-300-100"),
         description=(f"LeNet-300-100: fc {fc1} → ReLU → fc {fc2} → ReLU → fc 10 on flattened 28×28 "
                      "input" + (f" ({inputs} of its pixels)" if input_indices is not None else "")),
         input_shape=(1, 28, 28),
@@ -107,15 +119,21 @@ def from_config(name: str, config: Mapping[str, object]) -> Architecture:
     if not isinstance(widths, Mapping):
         raise ValueError(f"architecture {name}: config 'widths' must be an object")
     kwargs = {str(k): v for k, v in widths.items()}
+    known = {"lenet-300-100": {"fc1", "fc2"}, "lenet-5": {"conv1", "conv2", "fc1"}}
+    if base not in known:
+        raise ValueError(f"architecture {name}: not a built-in family (lenet-300-100, lenet-5)")
+    unknown = sorted(set(kwargs) - known[str(base)])
+    if unknown or not all(isinstance(v, int) and not isinstance(v, bool) for v in kwargs.values()):
+        raise ValueError(f"architecture {name}: config 'widths' takes integer "
+                         f"{sorted(known[str(base)])}, got {dict(kwargs)}")
     if base == "lenet-300-100":
         indices = config.get("input_indices")
-        if indices is not None and not isinstance(indices, Sequence):
+        if indices is not None and (isinstance(indices, str | bytes)
+                                    or not isinstance(indices, Sequence)):
             raise ValueError(f"architecture {name}: config 'input_indices' must be a list")
         arch = lenet_300_100(**kwargs, input_indices=indices)  # type: ignore[arg-type]
-    elif base == "lenet-5":
-        arch = lenet_5(**kwargs)  # type: ignore[arg-type]
     else:
-        raise ValueError(f"architecture {name}: not a built-in family (lenet-300-100, lenet-5)")
+        arch = lenet_5(**kwargs)  # type: ignore[arg-type]
     if arch.name != name:
         raise ValueError(f"architecture {name}: its config describes {arch.name}")
     return arch

@@ -258,6 +258,14 @@ def compact_checkpoint(arch: Architecture, model: torch.nn.Module, result: Searc
     doc = {"architecture_config": dict(small_arch.config), "parameters": small_arch.total_parameters,
            "shapes": {t.name: list(t.shape) for t in small_arch.tensors},
            "test_accuracy": test_accuracy, "cpu_speedup": speed}
-    small_manifest = {**manifest, "format": "compact", "architecture": small_arch.name,
-                      "architecture_config": dict(small_arch.config), "compact": doc}
+    kept = {t.name: int(torch.count_nonzero(cpu[t.name])) for t in small_arch.prunable}
+    small_manifest = {
+        **manifest, "format": "compact", "architecture": small_arch.name,
+        "architecture_config": dict(small_arch.config), "compact": doc,
+        # this file's own tensors (the pruned file's figures stay under "pruned" / "reference")
+        "layers": {t.name: {"kept": kept[t.name], "total": t.numel,
+                            "keep_ratio": kept[t.name] / t.numel, "threshold": None}
+                   for t in small_arch.prunable},
+        "nonzero": sum(int(torch.count_nonzero(v)) for v in cpu.values()),
+        "total": small_arch.total_parameters}
     return checkpoint.build(cpu, small_manifest), doc

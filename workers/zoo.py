@@ -56,9 +56,15 @@ class LeNet5(nn.Module):
         return self.fc2(torch.relu(self.fc1(x.flatten(1))))
 
 
+# Builders of the families core.zoo describes at any width (the others take no arguments).
+RESIZABLE = frozenset({"workers.zoo:LeNet300100", "workers.zoo:LeNet5"})
+
+
 def builder_kwargs(arch: Architecture) -> dict[str, Any]:
     """What a builder is called with: the config's widths and input indices (none for the
     built-ins' default shapes and for operators' architectures, whose factories take no args)."""
+    if arch.builder not in RESIZABLE:  # an operator's config is theirs, not arguments
+        return {}
     widths = arch.config.get("widths", {})
     kwargs: dict[str, Any] = dict(widths) if isinstance(widths, dict) else {}
     if "input_indices" in arch.config:

@@ -15,7 +15,9 @@ def test_default_widths_are_the_builtins_unchanged() -> None:
 
 def test_resized_tables_names_and_configs() -> None:
     a = zoo.lenet_300_100(120, 45, input_indices=[3, 10, 400])
-    assert a.name == "lenet-300-100-3-120-45"
+    assert a.name.startswith("lenet-300-100-3px") and a.name.endswith("-120-45")
+    # the same widths reading other pixels are another architecture, with another name
+    assert zoo.lenet_300_100(120, 45, input_indices=[3, 10, 401]).name != a.name
     assert [t.shape for t in a.tensors] == [(120, 3), (120,), (45, 120), (45,), (10, 45), (10,)]
     assert a.config == {"flatten_input": True, "input_indices": [3, 10, 400],
                         "widths": {"fc1": 120, "fc2": 45}, "base": "lenet-300-100"}
@@ -27,6 +29,12 @@ def test_resized_tables_names_and_configs() -> None:
         config = json.loads(json.dumps(arch.config))
         assert zoo.from_config(arch.name, config) == arch
     assert zoo.from_config("lenet-5", {}) == zoo.LENET_5
+    # a config that names no width the family has is a ValueError, never a TypeError
+    for bad in ({"base": "lenet-5", "widths": {"fc3": 5}},
+                {"base": "lenet-5", "widths": {"conv1": "7"}},
+                {"base": "lenet-300-100", "input_indices": "0123"}):
+        with pytest.raises(ValueError, match="config"):
+            zoo.from_config("x", bad)
 
 
 def test_bad_widths_and_configs_are_rejected() -> None:
