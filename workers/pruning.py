@@ -47,39 +47,47 @@ def make_pruner(kind: str, epochs: int) -> optuna.pruners.BasePruner:
     raise ValueError(f"unknown pruner {kind!r}")
 
 
-def should_prune(kind: str, *, seed: int, epochs: int, finished: Sequence[Finished],
-                 number: int, intermediate: Sequence[float]) -> bool:
-    """Whether trial `number`, with validation accuracies `intermediate` after its epochs so far,
-    should stop, given the job's `finished` trials of earlier batches. The study is named after
-    the job's seed, not its id: hyperband draws brackets from the name, and the same spec and seed
-    must prune the same trials."""
-    if kind == "none" or not intermediate:
-        return False
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # hyperband's experimental warnings
-        study = optuna.create_study(study_name=f"thresher-seed-{seed}", direction="maximize",
-                                    pruner=make_pruner(kind, epochs),
-                                    sampler=optuna.samplers.RandomSampler(seed=0))
-        by_number = {f.number: f for f in finished if f.number < number}
-        for n in range(number):
-            trial = study.ask(_X)
-            past = by_number.get(n)
-            if past is None or past.failed:  # this batch's, or a failed one: invisible to pruners
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                continue
-            for step, value in enumerate(past.intermediate):
-                trial.report(float(value), step)
-                trial.should_prune()  # lets the pruner record its rungs, as it would have live
-            if past.pruned or past.value is None:
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            else:
-                study.tell(trial, float(past.value))
-        # as a live study would have seen it: asked after every epoch (rungs recorded on the way);
-        # the epochs before the last were asked the same question then, with the same answer
-        trial = study.ask(_X)
-        prune = False
-        for step, value in enumerate(intermediate):
-            trial.report(float(value), step)
-            prune = trial.should_prune()
-        return bool(prune)
+class TrialPruner:
+    """Decides, after each epoch of trial `number`, whether it should stop, given the job's
+    `finished` trials of earlier batches (fixed for the trial's life: the study is rebuilt once per
+    trial, and the trial is asked after every epoch, as a live study would ask it). The study is
+    named after the job's seed, not its id: hyperband draws brackets from the name, and the same
+    spec and seed must prune the same trials."""
+
+    def __init__(self, kind: str, *, seed: int, epochs: int, finished: Sequence[Finished],
+                 number: int) -> None:
+        self._trial: optuna.Trial | None = None
+        self._step = 0
+        if kind == "none":
+            return
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # hyperband's experimental warnings
+            study = optuna.create_study(study_name=f"thresher-seed-{seed}", direction="maximize",
+                                        pruner=make_pruner(kind, epochs),
+                                        sampler=optuna.samplers.RandomSampler(seed=0))
+            by_number = {f.number: f for f in finished if f.number < number}
+            for n in range(number):
+                trial = study.ask(_X)
+                past = by_number.get(n)
+                if past is None or past.failed:  # this batch's, or a failed one: invisible
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    continue
+                for step, value in enumerate(past.intermediate):
+                    trial.report(float(value), step)
+                    trial.should_prune()  # lets the pruner record its rungs, as it would have live
+                if past.pruned or past.value is None:
+                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                else:
+                    study.tell(trial, float(past.value))
+            self._trial = study.ask(_X)
+
+    def after_epoch(self, accuracy: float) -> bool:
+        """Report the validation accuracy after the next epoch; True when the trial should stop."""
+        if self._trial is None:
+            return False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._trial.report(float(accuracy), self._step)
+            self._step += 1
+            return bool(self._trial.should_prune())

@@ -52,9 +52,20 @@ class JobContext:
 _cache: dict[str, JobContext] = {}
 
 
+def _key(job_id: str, device: torch.device) -> str:
+    return f"{job_id}@{device}"
+
+
+def share_context(ctx: JobContext, device: torch.device) -> None:
+    """What a job's coordinator has loaded already, for the trials it trains itself (no second
+    read of the weights and data)."""
+    _cache.clear()
+    _cache[_key(ctx.job_id, device)] = ctx
+
+
 def job_context(sessions: sessionmaker[Session], job_id: str, settings: Settings,
                 device: torch.device) -> JobContext:
-    key = f"{job_id}@{device}"
+    key = _key(job_id, device)
     if key in _cache:
         return _cache[key]
 
@@ -77,8 +88,7 @@ def job_context(sessions: sessionmaker[Session], job_id: str, settings: Settings
         splits=load_splits(builtin=builtin, blob=data, summary=summary,
                            datasets_dir=settings.datasets_dir).to(device),
     )
-    _cache.clear()  # one job's data at a time: MNIST-sized splits are cheap to reload
-    _cache[key] = ctx
+    share_context(ctx, device)  # one job's data at a time: MNIST-sized splits are cheap to reload
     return ctx
 
 
@@ -144,6 +154,8 @@ def _train(sessions: sessionmaker[Session], lease: trial_queue.ItemLease, settin
     batch_start = lease.batch * spec.budget.parallel
     finished = retrying(sessions, lambda s: finished_trials(s, lease.job_id, batch_start),
                         what=f"reading the finished trials of job {lease.job_id}", write=False)
+    pruner = pruning.TrialPruner(options.pruner, seed=spec.seed, epochs=options.epochs,
+                                 finished=finished, number=lease.number)
     seen: list[float] = []
 
     def check() -> None:
@@ -156,8 +168,7 @@ def _train(sessions: sessionmaker[Session], lease: trial_queue.ItemLease, settin
         retrying(sessions, lambda s: trial_queue.update_item(s, lease, intermediate=list(seen)),
                  what=f"reporting epoch {epoch} of trial {lease.number}")
         check()
-        return pruning.should_prune(options.pruner, seed=spec.seed, epochs=options.epochs,
-                                    finished=finished, number=lease.number, intermediate=seen)
+        return pruner.after_epoch(acc)
 
     start = time.perf_counter()
     # Each trial's own seed: the job's seed and its number (same spec, same trials, on any worker)
