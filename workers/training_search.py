@@ -44,7 +44,7 @@ from workers.data import Splits
 from workers.evaluation import accuracy
 from workers.masking import PrunedModel
 from workers.search import FAILED_OBJECTIVE, Evaluated, Recorder, SearchResult, better
-from workers.trial_items import work_on
+from workers.trial_items import JobContext, share_context, work_on
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,8 @@ class TrainingSearch:
         self.arch, self.model, self.params, self.splits, self.spec = arch, model, params, splits, spec
         self.recorder, self.sessions, self.lease, self.settings = recorder, sessions, lease, settings
         self.device, self.should_stop = device, should_stop
+        share_context(JobContext(job_id=lease.job_id, spec=spec, arch=arch, reference=params,
+                                 splits=splits), device)
         self.boxes = strength_boxes(spec, arch)
         self.sizes = {t.name: t.numel for t in arch.prunable}
         self.results: list[Evaluated] = []
