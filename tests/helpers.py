@@ -5,6 +5,7 @@ from __future__ import annotations
 from html.parser import HTMLParser
 from typing import Any
 
+import httpx
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, select
 
@@ -56,6 +57,16 @@ def submit(client: TestClient, model_id: str, dataset_id: str, **spec: Any) -> d
     r = client.post("/v1/jobs", json=body)
     assert r.status_code == 201, r.text
     return r.json()
+
+
+def trials(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
+    """Every trial of a job, page by page (a TestClient is an httpx.Client too)."""
+    out: list[dict[str, Any]] = []
+    while True:
+        page = client.get(f"/v1/jobs/{job_id}/trials", params={"offset": len(out), "limit": 1000}).json()
+        out += page["items"]
+        if len(out) >= page["total"]:
+            return out
 
 
 def seed_jobs(url: str, n: int) -> list[str]:

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import DATASETS_DIR
+from tests.helpers import trials
 from tests.pg_cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,10 +106,4 @@ def job(client: httpx.Client, job_id: str) -> dict[str, Any]:
     return doc
 
 
-def trials(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    while True:
-        page = client.get(f"/v1/jobs/{job_id}/trials", params={"offset": len(out), "limit": 1000}).json()
-        out += page["items"]
-        if len(out) >= page["total"]:
-            return out
+__all__ = ["Deployment", "job", "trials", "wait_for"]

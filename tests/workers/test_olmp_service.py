@@ -26,6 +26,7 @@ from core.spec import JobSpec, planned_trials
 from service.app import create_app
 from store.models import Blob, Job
 from tests.helpers import bearer, make_token, submit, upload_dataset, upload_model
+from tests.helpers import trials as all_trials
 from workers.loop import Worker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,15 +49,6 @@ def _olmp(client: TestClient, ids: dict[str, str], **spec: Any) -> dict[str, Any
                             "search": {"population": 4}}
     body.update(spec)
     return submit(client, **ids, **body)
-
-
-def _trials(client: TestClient, job_id: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    while True:
-        page = client.get(f"/v1/jobs/{job_id}/trials", params={"offset": len(out), "limit": 1000}).json()
-        out += page["items"]
-        if len(out) >= page["total"]:
-            return out
 
 
 def _run_worker(settings: Settings) -> int:
@@ -90,7 +82,7 @@ def test_an_olmp_job_reports_rounds_and_its_checkpoint_reproduces_its_figures(
     assert done["status"] == "succeeded", done["error"]
     assert done["progress"]["trials_done"] == total and done["progress"]["fraction"] == 1.0
 
-    trials = _trials(client, job["id"])
+    trials = all_trials(client, job["id"])
     assert [t["number"] for t in trials] == list(range(total))
     stages = [(t["stage"], t["round"]) for t in trials]
     assert stages == ([("reference", 0)] + [("search", 0)] * 8 + [("adjust", 0)]
@@ -143,7 +135,7 @@ def test_every_optimizer_drives_olmp(api, settings: Settings, optimizer: str) ->
     _run_worker(settings)
     done = client.get(f"/v1/jobs/{job['id']}").json()
     assert done["status"] == "succeeded", done["error"]
-    trials = _trials(client, job["id"])
+    trials = all_trials(client, job["id"])
     searched = [t for t in trials if t["stage"] == "search"]
     assert len(searched) == 8 and all(t["error"] is None for t in searched)
     assert done["best"]["accuracy_drop"] <= 0.02
@@ -189,13 +181,13 @@ def test_a_worker_killed_while_training_resumes_from_the_saved_state(api, settin
         proc.kill()
     mid = client.get(f"/v1/jobs/{job['id']}").json()
     assert mid["status"] == "running" and mid["progress"]["trials_done"] < mid["progress"]["trials_total"]
-    before = {t["number"]: t for t in _trials(client, job["id"])}
+    before = {t["number"]: t for t in all_trials(client, job["id"])}
 
     time.sleep(2.1)  # the dead worker's lease expires
     _run_worker(settings)
     done = client.get(f"/v1/jobs/{job['id']}").json()
     assert done["status"] == "succeeded" and done["attempt"] == 2, done["error"]
-    trials = _trials(client, job["id"])
+    trials = all_trials(client, job["id"])
     assert [t["number"] for t in trials] == list(range(done["progress"]["trials_total"]))
     for n, t in before.items():  # kept, not recomputed
         assert trials[n] == t
@@ -203,7 +195,7 @@ def test_a_worker_killed_while_training_resumes_from_the_saved_state(api, settin
     # the resumed job is the job that was never interrupted
     ref = _olmp(client, ids, **spec)
     _run_worker(settings)
-    again = _trials(client, ref["id"])
+    again = all_trials(client, ref["id"])
 
     def signature(ts: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         return [(t["number"], t["stage"], t["round"], t["candidate"], t["metrics"]["val_accuracy"],

@@ -43,13 +43,6 @@ def api(settings: Settings, small_model_weights: bytes,
         yield client, {"model_id": model["id"], "dataset_id": ds["id"]}
 
 
-def _all_trials(client: TestClient, job_id: str) -> list[dict[str, Any]]:
-    r = client.get(f"/v1/jobs/{job_id}/trials", params={"limit": 1000})
-    assert r.status_code == 200, r.text
-    items: list[dict[str, Any]] = r.json()["items"]
-    return items
-
-
 def _download(client: TestClient, job_id: str, tmp_path: Path, fmt: str = "pruned"
               ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     r = client.get(f"/v1/jobs/{job_id}/checkpoint", params={"format": fmt})
@@ -96,7 +89,7 @@ def test_an_l0_job_runs_its_trials_as_work_items_and_reports_what_the_download_h
     doc = client.get(f"/v1/jobs/{done_job['id']}").json()
     assert doc["status"] == "succeeded", doc["error"]
     assert doc["progress"]["trials_done"] == 4
-    got = _all_trials(client, done_job["id"])
+    got = trials(client, done_job["id"])
     assert [t["number"] for t in got] == [0, 1, 2, 3]
     assert {t["worker"] for t in got} == {"w-a"} and {t["stage"] for t in got} == {"train"}
     assert all(len(t["intermediate"]) == 2 and not t["pruned"] for t in got)
@@ -141,7 +134,7 @@ def test_hopeless_trials_are_pruned_and_recorded_as_pruned(
                budget={"trials": 8}, seed=3, regularization=reg)
     assert Worker(settings, name="w-p").serve(exit_when_idle=True) == 1
     doc = client.get(f"/v1/jobs/{j['id']}").json()
-    got = _all_trials(client, j["id"])
+    got = trials(client, j["id"])
     assert [t["number"] for t in got] == list(range(8))
     assert doc["progress"]["trials_done"] == 8
     pruned = [t for t in got if t["pruned"]]
@@ -258,7 +251,7 @@ def test_a_worker_killed_mid_trial_costs_only_that_trial_and_every_trial_counts_
             Worker(make_settings(settings.database_url, tmp_path / "solo"), name="solo").serve(
                 exit_when_idle=True)
             assert c.get(f"/v1/jobs/{again['id']}").json()["status"] == "succeeded"
-            solo = _all_trials(c, again["id"])
+            solo = trials(c, again["id"])
         assert [t["number"] for t in solo] == list(range(6))
         for t, ref in zip(solo, got, strict=True):
             assert (t["candidate"], t["pruned"], t["intermediate"]) == (
@@ -307,7 +300,7 @@ def test_an_sgl_job_searches_lambda_and_eta_with_nsga2_and_returns_a_pareto_fron
     Worker(settings, name="w-g").serve(exit_when_idle=True)
     doc = client.get(f"/v1/jobs/{j['id']}").json()
     assert doc["status"] == "succeeded", doc["error"]
-    got = _all_trials(client, j["id"])
+    got = trials(client, j["id"])
     assert [len(t["candidate"]) for t in got] == [6] * 4  # λ for 3 layers, then η for 3
     assert all(-5 <= v <= -3 for t in got for v in t["candidate"][:3])
     assert all(-6 <= v <= -3 for t in got for v in t["candidate"][3:])
@@ -328,6 +321,6 @@ def test_every_optimizer_drives_l0(api: tuple[TestClient, dict[str, str]], setti
     Worker(settings, name="w-o").serve(exit_when_idle=True)
     doc = client.get(f"/v1/jobs/{j['id']}").json()
     assert doc["status"] == "succeeded", doc["error"]
-    got = _all_trials(client, j["id"])
+    got = trials(client, j["id"])
     assert [t["number"] for t in got] == [0, 1, 2] and all(t["error"] is None for t in got)
     assert len({tuple(t["candidate"]) for t in got}) == 3  # the optimizer proposed each trial

@@ -24,6 +24,7 @@ from core.optimizers import SCALAR_OPTIMIZERS
 from core.settings import Settings
 from service.app import create_app
 from tests.helpers import bearer, make_token, submit, upload_dataset, upload_model
+from tests.helpers import trials as all_trials
 from workers.loop import Worker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,15 +41,6 @@ def api(settings: Settings, small_model_weights: bytes, small_dataset_npz: bytes
 
 def _run_worker(settings: Settings) -> int:
     return Worker(settings, name="test-worker").serve(exit_when_idle=True)
-
-
-def _trials(client: TestClient, job_id: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    while True:
-        page = client.get(f"/v1/jobs/{job_id}/trials", params={"offset": len(out), "limit": 1000}).json()
-        out += page["items"]
-        if len(out) >= page["total"]:
-            return out
 
 
 def _plain_lenet_300_100(state: dict[str, torch.Tensor]) -> torch.nn.Module:
@@ -72,7 +64,7 @@ def test_job_succeeds_and_the_checkpoint_reproduces_its_figures(api, settings: S
     assert best["accuracy_drop"] <= 0.01 and best["compression_ratio"] > 1.5
     assert done["reference"]["val_accuracy"] - best["val_accuracy"] == pytest.approx(best["accuracy_drop"])
 
-    trials = _trials(client, job["id"])
+    trials = all_trials(client, job["id"])
     assert [t["number"] for t in trials] == list(range(64))
     assert {t["stage"] for t in trials} == {"calibrate", "search"}
     chosen = trials[best["trial_number"]]
@@ -114,7 +106,7 @@ def test_same_spec_and_seed_give_the_same_trials(api, settings: Settings, optimi
     b = submit(client, **ids, optimizer=optimizer, budget={"trials": 48}, seed=7)
     c = submit(client, **ids, optimizer=optimizer, budget={"trials": 48}, seed=8)
     assert _run_worker(settings) == 3
-    ta, tb, tc = (_trials(client, j["id"]) for j in (a, b, c))
+    ta, tb, tc = (all_trials(client, j["id"]) for j in (a, b, c))
     assert _signature(ta) == _signature(tb)
     assert _signature(ta) != _signature(tc)
     best = [client.get(f"/v1/jobs/{j['id']}").json()["best"] for j in (a, b)]
@@ -138,7 +130,7 @@ def test_subset_scores_are_rescored_on_the_full_validation_split(api, settings: 
     _run_worker(settings)
     done = client.get(f"/v1/jobs/{job['id']}").json()
     assert done["status"] == "succeeded", done["error"]
-    trials = _trials(client, job["id"])
+    trials = all_trials(client, job["id"])
     searched = [t for t in trials if t["stage"] != "rescore"]
     rescored = [t for t in trials if t["stage"] == "rescore"]
     assert len(searched) == 48 and all(t["metrics"]["scored_on"] == 200 for t in searched)
@@ -181,13 +173,13 @@ def test_a_killed_worker_s_job_resumes_elsewhere_without_recomputing(api, settin
         proc.wait(timeout=30)
     mid = client.get(f"/v1/jobs/{job['id']}").json()
     assert mid["status"] == "running" and mid["progress"]["trials_done"] < 160, "killed too late"
-    before = {t["number"]: t for t in _trials(client, job["id"])}
+    before = {t["number"]: t for t in all_trials(client, job["id"])}
 
     time.sleep(2.1)  # the dead worker's lease (2 s) expires
     _run_worker(settings)
     done = client.get(f"/v1/jobs/{job['id']}").json()
     assert done["status"] == "succeeded" and done["attempt"] == 2
-    trials = _trials(client, job["id"])
+    trials = all_trials(client, job["id"])
     assert [t["number"] for t in trials] == list(range(160))  # unique and complete
     for n, t in before.items():  # finished trials were kept, not recomputed
         assert trials[n] == t
@@ -195,7 +187,7 @@ def test_a_killed_worker_s_job_resumes_elsewhere_without_recomputing(api, settin
     # and the resumed job is exactly the job that was never interrupted
     ref = submit(client, **ids, **spec)
     _run_worker(settings)
-    assert _signature(_trials(client, ref["id"])) == _signature(trials)
+    assert _signature(all_trials(client, ref["id"])) == _signature(trials)
     assert client.get(f"/v1/jobs/{ref['id']}").json()["best"] == done["best"]
 
 
@@ -229,7 +221,7 @@ def test_sigterm_hands_the_job_back_and_another_worker_finishes_it(api, settings
     _run_worker(settings)
     done = client.get(f"/v1/jobs/{job['id']}").json()
     assert done["status"] == "succeeded"
-    assert [t["number"] for t in _trials(client, job["id"])] == list(range(400))
+    assert [t["number"] for t in all_trials(client, job["id"])] == list(range(400))
 
 
 def test_a_missing_builtin_dataset_fails_the_job_with_the_reason(settings: Settings, tmp_path: Path,
@@ -275,10 +267,10 @@ def test_a_frozen_worker_that_wakes_up_late_changes_nothing(api, settings: Setti
         _run_worker(settings)  # another worker takes the job over and finishes it
         done = client.get(f"/v1/jobs/{job['id']}").json()
         assert done["status"] == "succeeded" and done["attempt"] == 2
-        trials = _trials(client, job["id"])
+        trials = all_trials(client, job["id"])
         proc.send_signal(signal.SIGCONT)  # the frozen worker wakes up and tries to carry on
         time.sleep(3.0)
-        assert _trials(client, job["id"]) == trials  # its late writes changed nothing
+        assert all_trials(client, job["id"]) == trials  # its late writes changed nothing
         assert client.get(f"/v1/jobs/{job['id']}").json() == done
         assert [t["number"] for t in trials] == list(range(400))
         proc.send_signal(signal.SIGTERM)
