@@ -207,14 +207,19 @@ def main() -> None:
                   f"{r['trials']:>8}  {'yes' if r['target_met'] else 'no':<14}"
                   f"{'yes' if r['reproduced'] else 'NO':<11}{kept}")
         print()
-    suffix = "_quick" if args.quick else ""
-    out = ROOT / "bench" / "results" / f"olmp_mnist{suffix}_{device.type}.json"
+    write_results("olmp_mnist", args.quick, device, {
+        "delta": DELTA, "seconds": total_seconds, "published": PUBLISHED, "results": results})
+
+
+def write_results(bench: str, quick: bool, device: torch.device, figures: dict[str, Any]) -> None:
+    """bench/results/<bench>[_quick]_<device>.json: the command that made it, the machine, and
+    the figures."""
+    out = ROOT / "bench" / "results" / f"{bench}{'_quick' if quick else ''}_{device.type}.json"
     out.write_text(json.dumps({
-        "command": " ".join(["python", "bench/olmp_mnist.py", *sys.argv[1:]]),
+        "command": " ".join(["python", f"bench/{bench}.py", *sys.argv[1:]]),
         "machine": {"device": devices.describe(device), "python": platform.python_version(),
                     "torch": torch.__version__},
-        "delta": DELTA, "seconds": total_seconds, "published": PUBLISHED, "results": results,
-    }, indent=2, default=float) + "\n")
+        **figures}, indent=2, default=float) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")
 
 

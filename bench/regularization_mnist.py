@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from olmp_mnist import plain_model, reference, service, test_error  # noqa: E402
+from olmp_mnist import plain_model, reference, service, test_error, write_results  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
 from core import zoo as core_zoo  # noqa: E402
@@ -178,15 +177,9 @@ def main() -> None:
                   f"{r['weights_ratio']:>8.1f}×  {r['structure']:<16}{cpu:>6}{r['seconds']:>9.0f}"
                   f"{r['trials']:>7}{r['pruned_trials']:>7}  {'yes' if r['reproduced'] else 'NO'}")
         print()
-    suffix = "_quick" if args.quick else ""
-    out = ROOT / "bench" / "results" / f"regularization_mnist{suffix}_{device.type}.json"
-    out.write_text(json.dumps({
-        "command": " ".join(["python", "bench/regularization_mnist.py", *sys.argv[1:]]),
-        "machine": {"device": devices.describe(device), "python": platform.python_version(),
-                    "torch": torch.__version__},
+    write_results("regularization_mnist", args.quick, device, {
         "delta": DELTA, "plan": plan, "seconds": total_seconds, "published": PUBLISHED,
-        "results": results}, indent=2, default=float) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+        "results": results})
 
 
 if __name__ == "__main__":
