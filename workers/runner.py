@@ -5,25 +5,24 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from safetensors.torch import load as load_safetensors  # parses tensors only, never pickle
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.architectures import Architecture, get_architecture
+from core.architectures import Architecture
 from core.optimizers import TRAINING_METHODS
 from core.settings import Settings
 from core.spec import JobSpec
 from store import blobs, records, trial_queue
-from store.models import Dataset, Job, Model, utcnow
+from store.models import Job, utcnow
 from store.queue import Lease, update_job
 from store.reconnect import retrying
 from workers import checkpoint, compaction, zoo
-from workers.data import Splits, load_splits
+from workers.data import Splits
 from workers.evaluation import accuracy
+from workers.job_inputs import JobInputs, read_job_inputs
 from workers.olmp import OlmpSearch
 from workers.search import Evaluated, MagnitudeSearch, SearchResult
 from workers.stopping import Stop
@@ -113,53 +112,26 @@ def _stored_trials(session: Session, job_id: str) -> dict[int, Evaluated]:
     return out
 
 
-@dataclass
-class _Inputs:
-    """What a job needs from the database before its search starts."""
-
-    spec: JobSpec
-    architecture: str
-    model_id: str
-    weights_sha256: str
-    weights: bytes
-    dataset_id: str
-    builtin: str | None
-    data_blob: bytes | None
-    dataset_summary: dict[str, Any]
-    stored: dict[int, Evaluated]
-    state: bytes | None
-
-
-def _load(s: Session, lease: Lease, settings: Settings) -> _Inputs:
-    job = s.get(Job, lease.job_id)
-    assert job is not None
-    model_row = s.get(Model, job.model_id)
-    dataset_row = s.get(Dataset, job.dataset_id)
-    assert model_row is not None and dataset_row is not None
-    inputs = _Inputs(
-        spec=JobSpec.model_validate(job.spec), architecture=model_row.architecture,
-        model_id=model_row.id, weights_sha256=model_row.weights_sha256,
-        weights=blobs.read_cached(s, model_row.weights_sha256, settings.cache_dir),
-        dataset_id=dataset_row.id, builtin=dataset_row.builtin,
-        data_blob=(blobs.read_cached(s, dataset_row.blob_sha256, settings.cache_dir)
-                   if dataset_row.blob_sha256 else None),
-        dataset_summary=dict(dataset_row.summary), stored=_stored_trials(s, job.id),
-        state=blobs.read(s, job.state_sha256) if job.state_sha256 else None,
-    )
+def _load(s: Session, lease: Lease,
+          settings: Settings) -> tuple[JobInputs, dict[int, Evaluated], bytes | None]:
+    """The job's inputs, its stored trials and its training state, if any."""
+    inputs = read_job_inputs(s, lease.job_id, settings)
+    state_sha = s.scalar(select(Job.state_sha256).where(Job.id == lease.job_id))
+    stored = _stored_trials(s, lease.job_id)
     update_job(s, lease, stage="loading")
-    return inputs
+    return inputs, stored, blobs.read(s, state_sha) if state_sha else None
 
 
 def run(sessions: sessionmaker[Session], lease: Lease, settings: Settings, device: torch.device,
         should_stop: Any) -> None:
-    got = retrying(sessions, lambda s: _load(s, lease, settings), what=f"loading job {lease.job_id}")
-    spec, stored, state, dataset_summary = got.spec, got.stored, got.state, got.dataset_summary
+    got, stored, state = retrying(sessions, lambda s: _load(s, lease, settings),
+                                  what=f"loading job {lease.job_id}")
+    spec, dataset_summary = got.spec, got.dataset_summary
 
-    arch = get_architecture(got.architecture)
+    arch = got.arch()
     model = zoo.build(arch).to(device).eval()
-    params = {k: v.to(device) for k, v in load_safetensors(got.weights).items()}
-    splits = load_splits(builtin=got.builtin, blob=got.data_blob, summary=dataset_summary,
-                         datasets_dir=settings.datasets_dir).to(device)
+    params = got.params(device)
+    splits = got.splits(settings, device)
     if stored:
         log.info("job %s: resuming with %d stored trials", lease.job_id, len(stored))
 

@@ -18,20 +18,20 @@ from typing import Any
 
 import safetensors.torch
 import torch
-from safetensors.torch import load as load_safetensors  # tensors only, never pickle
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.architectures import Architecture, get_architecture
+from core.architectures import Architecture
 from core.settings import Settings
 from core.spec import JobSpec
 from store import blobs, trial_queue
 from store.db import transaction
-from store.models import Dataset, Job, Model, Trial
+from store.models import Trial
 from store.queue import LeaseLost
 from store.reconnect import describe, is_unavailable, retrying
 from workers import pruning
-from workers.data import Splits, load_splits
+from workers.data import Splits
+from workers.job_inputs import read_job_inputs
 from workers.regularized import TrialOutcome, run_trial
 from workers.stopping import ItemLost, Stop
 
@@ -69,25 +69,10 @@ def job_context(sessions: sessionmaker[Session], job_id: str, settings: Settings
     if key in _cache:
         return _cache[key]
 
-    def load(s: Session) -> tuple[dict[str, Any], str, bytes, str | None, bytes | None, dict[str, Any]]:
-        job = s.get(Job, job_id)
-        assert job is not None
-        model_row, dataset_row = s.get(Model, job.model_id), s.get(Dataset, job.dataset_id)
-        assert model_row is not None and dataset_row is not None
-        weights = blobs.read_cached(s, model_row.weights_sha256, settings.cache_dir)
-        data = (blobs.read_cached(s, dataset_row.blob_sha256, settings.cache_dir)
-                if dataset_row.blob_sha256 else None)
-        return dict(job.spec), model_row.architecture, weights, dataset_row.builtin, data, \
-            dict(dataset_row.summary)
-
-    spec, arch_name, weights, builtin, data, summary = retrying(
-        sessions, load, what=f"loading the inputs of job {job_id}", write=False)
-    ctx = JobContext(
-        job_id=job_id, spec=JobSpec.model_validate(spec), arch=get_architecture(arch_name),
-        reference={k: v.to(device) for k, v in load_safetensors(weights).items()},
-        splits=load_splits(builtin=builtin, blob=data, summary=summary,
-                           datasets_dir=settings.datasets_dir).to(device),
-    )
+    got = retrying(sessions, lambda s: read_job_inputs(s, job_id, settings),
+                   what=f"loading the inputs of job {job_id}", write=False)
+    ctx = JobContext(job_id=job_id, spec=got.spec, arch=got.arch(), reference=got.params(device),
+                     splits=got.splits(settings, device))
     share_context(ctx, device)  # one job's data at a time: MNIST-sized splits are cheap to reload
     return ctx
 
