@@ -26,41 +26,12 @@ from store.queue import Lease, LeaseLost
 from store.reconnect import Backoff, describe, is_unavailable, retrying, wait_for_database
 from workers import device as devices
 from workers import runner, trial_items
+from workers.heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
 
 # Problems with the job's own inputs: retrying cannot help.
 PERMANENT = (InvalidInput, DatasetUnavailable)
-
-
-class Heartbeat(threading.Thread):
-    """Renews the lease every heartbeat interval; notes when the job is no longer ours."""
-
-    def __init__(self, worker: Worker, lease: Lease) -> None:
-        super().__init__(name=f"heartbeat-{lease.job_id[:8]}", daemon=True)
-        self.worker, self.lease = worker, lease
-        self.lost = threading.Event()
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        cfg = self.worker.settings
-        while not self._done.wait(cfg.heartbeat_seconds):
-            try:
-                with transaction(self.worker.sessions) as s:
-                    queue.heartbeat(s, self.lease, cfg.lease_seconds)
-                    queue.touch_worker(s, self.worker.name, self.lease.job_id)
-            except LeaseLost:
-                self.lost.set()
-                return
-            except Exception as exc:  # a database hiccup: the lease has slack, try again next beat
-                if is_unavailable(exc):
-                    log.warning("heartbeat for job %s failed: database unavailable (%s)",
-                                self.lease.job_id, describe(exc))
-                else:
-                    log.warning("heartbeat for job %s failed", self.lease.job_id, exc_info=True)
-
-    def stop(self) -> None:
-        self._done.set()
 
 
 class Worker:
@@ -170,7 +141,12 @@ class Worker:
                 s, lease, f"gave up after {lease.failures} failed attempts (workers lost or crashed)"))
             return
         log.info("job %s: attempt %d", lease.job_id, lease.attempt)
-        beat = Heartbeat(self, lease)
+
+        def renew(s: Session) -> None:
+            queue.heartbeat(s, lease, cfg.lease_seconds)
+            queue.touch_worker(s, self.name, lease.job_id)
+
+        beat = Heartbeat(self.sessions, renew, cfg.heartbeat_seconds, f"job {lease.job_id}")
         beat.start()
 
         def should_stop() -> None:

@@ -10,7 +10,6 @@ the lease expires and another worker runs the trial again from the start.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,12 +24,12 @@ from core.architectures import Architecture
 from core.settings import Settings
 from core.spec import JobSpec
 from store import blobs, trial_queue
-from store.db import transaction
 from store.models import Trial
 from store.queue import LeaseLost
 from store.reconnect import describe, is_unavailable, retrying
 from workers import pruning
 from workers.data import Splits
+from workers.heartbeat import Heartbeat
 from workers.job_inputs import read_job_inputs
 from workers.regularized import TrialOutcome, run_trial
 from workers.stopping import ItemLost, Stop
@@ -88,30 +87,6 @@ def finished_trials(s: Session, job_id: str, before: int) -> list[pruning.Finish
             for n, inter, acc, pruned, err in rows]
 
 
-class ItemHeartbeat(threading.Thread):
-    def __init__(self, sessions: sessionmaker[Session], lease: trial_queue.ItemLease,
-                 settings: Settings) -> None:
-        super().__init__(name=f"item-heartbeat-{lease.job_id[:8]}-{lease.number}", daemon=True)
-        self.sessions, self.lease, self.settings = sessions, lease, settings
-        self.lost = threading.Event()
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        while not self._done.wait(self.settings.heartbeat_seconds):
-            try:
-                with transaction(self.sessions) as s:
-                    trial_queue.heartbeat(s, self.lease, self.settings.lease_seconds)
-            except LeaseLost:
-                self.lost.set()
-                return
-            except Exception as exc:  # the lease has slack: try again next beat
-                log.warning("heartbeat of trial %d of job %s failed: %s", self.lease.number,
-                            self.lease.job_id, describe(exc) if is_unavailable(exc) else exc)
-
-    def stop(self) -> None:
-        self._done.set()
-
-
 def outcome_document(outcome: TrialOutcome, duration_ms: float) -> dict[str, Any]:
     return {"val_accuracy": outcome.val_accuracy, "nonzero": outcome.nonzero,
             "total": outcome.total, "kept": outcome.kept, "groups_kept": outcome.groups_kept,
@@ -124,7 +99,8 @@ def run_item(sessions: sessionmaker[Session], lease: trial_queue.ItemLease, sett
     """Train the item's trial and store its outcome. Raises LeaseLost when the item or its job is
     no longer ours, and whatever `should_stop` raises (a draining worker)."""
     # the lease is kept alive from the claim on: loading a large dataset must not cost the trial
-    beat = ItemHeartbeat(sessions, lease, settings)
+    beat = Heartbeat(sessions, lambda s: trial_queue.heartbeat(s, lease, settings.lease_seconds),
+                     settings.heartbeat_seconds, f"trial {lease.number} of job {lease.job_id}")
     beat.start()
     try:
         _train(sessions, lease, settings, device, should_stop, beat)
@@ -133,7 +109,7 @@ def run_item(sessions: sessionmaker[Session], lease: trial_queue.ItemLease, sett
 
 
 def _train(sessions: sessionmaker[Session], lease: trial_queue.ItemLease, settings: Settings,
-           device: torch.device, should_stop: Callable[[], None], beat: ItemHeartbeat) -> None:
+           device: torch.device, should_stop: Callable[[], None], beat: Heartbeat) -> None:
     ctx = job_context(sessions, lease.job_id, settings, device)
     spec, options = ctx.spec, ctx.spec.regularization
     batch_start = lease.batch * spec.budget.parallel
