@@ -229,8 +229,15 @@ def test_a_worker_killed_mid_trial_costs_only_that_trial_and_every_trial_counts_
                 seen.append(found)
             return found is not None
 
-        wait_for(someone_else_trains, "a worker other than the coordinator trains a trial")
-        victim, number = seen[0]
+        while True:
+            wait_for(someone_else_trains, "a worker other than the coordinator trains a trial")
+            victim, number = seen[-1]
+            # frozen first, then checked: killed only while that trial is still under way on it
+            # (a trial can finish between the look and the kill)
+            d.workers[victim].send_signal(signal.SIGSTOP)
+            if _someone_elses_trial(app_db_url, j["id"]) == (victim, number):
+                break
+            d.workers[victim].send_signal(signal.SIGCONT)
         d.workers[victim].send_signal(signal.SIGKILL)
         wait_for(lambda: job(client, j["id"])["status"] in ("succeeded", "failed"),
                  "the job finishes", timeout=300)
