@@ -6,6 +6,7 @@ reachability. Screenshots of every page at 1280 and 390 px go to tests/artifacts
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +22,12 @@ from safetensors import safe_open
 from tests.conftest import ARTIFACTS, TEST_BACKEND
 from tests.e2e.browser import api_server, chromium, screenshots, service_env, sign_in, start_worker
 from tests.helpers import make_token
+from tests.processes import wait_for
 
 SHOTS = ARTIFACTS / "dashboard" / TEST_BACKEND
-BUDGET = 120
+# Enough trials that the job spans several of the worker's bulk writes (at most one every 0.5 s):
+# the database shows progress between 0 and BUDGET for a while.
+BUDGET = 600
 
 
 @dataclass
@@ -72,6 +76,12 @@ def _fill_form(page: Page, tmp: Path, weights: bytes, data: bytes, delta: str) -
     page.fill("#max_accuracy_drop", delta)
     page.fill("#budget-trials", str(BUDGET))
     page.fill("#seed", "0")
+
+
+def _partial_or_done(api: httpx.Client, job_id: str) -> bool:
+    doc = api.get(f"/v1/jobs/{job_id}").json()
+    return bool((doc["status"] != "queued" and doc["status"] != "running")
+                or 0 < doc["progress"]["trials_done"] < BUDGET)
 
 
 WATCH = """() => {
@@ -126,6 +136,18 @@ def test_submit_watch_check_and_download_in_a_real_browser(service: Service, sma
 
         worker = start_worker(service.env, service.tmp)
         try:
+            # Progress must be seen moving on the page. The page polls every 1.5 s, and a fast
+            # machine may run the whole job between two polls: once the database shows partial
+            # progress the worker is frozen until the page has shown it, then resumed.
+            wait_for(lambda: _partial_or_done(api, job_id), "the job makes progress", timeout=300)
+            if api.get(f"/v1/jobs/{job_id}").json()["status"] == "running":
+                worker.send_signal(signal.SIGSTOP)
+                try:
+                    page.wait_for_function(
+                        f"window.__seen.some(([s, d]) => s === 'running' && d > 0 && d < {BUDGET})",
+                        timeout=60_000)
+                finally:
+                    worker.send_signal(signal.SIGCONT)
             page.wait_for_function("document.querySelector('#job-status').textContent.trim() === 'succeeded'",
                                    timeout=300_000)
         finally:
