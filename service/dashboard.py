@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from service import job_page
 from service.auth import Principal, current_principal, page_principal
-from service.deps import db, db_write
+from service.deps import WriteSession, db
 from service.errors import ApiError, not_found
 from service.ownership import get_owned
 from service.routes_jobs import JOB_STATUSES
@@ -128,7 +128,7 @@ def trials_part(job_id: str, request: Request, session: Session = Depends(db),
 
 
 @router.post("/jobs/{job_id}/cancel")
-def cancel(job_id: str, session: Session = Depends(db_write),
+def cancel(job_id: str, session: WriteSession,
            principal: Principal = Depends(page_principal)) -> Response:
     """The dashboard's cancel button (the API's POST /v1/jobs/{id}/cancel answers JSON instead).
     A job that is already final stays as it is; the page shows its status either way."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.settings import Settings
@@ -19,12 +20,16 @@ def db(request: Request) -> Iterator[Session]:
 
 def db_write(request: Request) -> Iterator[Session]:
     """A writing transaction: on SQLite it holds the write lock from its first statement.
-
-    Use it as `Depends(db_write, scope="function")`: the commit must happen before the response
-    is sent, or a client could read a 201 for a row that is not committed yet (or never will be,
-    when the database goes away between the two)."""
+    Routes take it only through `WriteSession`, which carries its scope."""
     with transaction(request.app.state.sessions, write=True) as session:
         yield session
+
+
+# scope="function": the commit happens before the response is sent. With the default scope it
+# happens after, so a client could read a 201 (or follow a 303) to a row that is not committed
+# yet, or never will be when the database goes away between the two. One alias, so that no
+# route can take the writing transaction with the wrong scope.
+WriteSession = Annotated[Session, Depends(db_write, scope="function")]
 
 
 def settings(request: Request) -> Settings:

@@ -14,7 +14,7 @@ from core.settings import Settings
 from core.spec import JobSpec
 from service.admission import check_admission, queue_job
 from service.auth import Principal, current_principal, require_admin
-from service.deps import db, db_write, settings
+from service.deps import WriteSession, db, settings
 from service.errors import ERROR_RESPONSES, ApiError
 from service.job_figures import pareto_front
 from service.ownership import get_owned
@@ -28,7 +28,7 @@ JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
 @router.post("/jobs", status_code=201)
-def create_job(spec: JobSpec, session: Session = Depends(db_write, scope="function"),
+def create_job(spec: JobSpec, session: WriteSession,
                principal: Principal = Depends(current_principal),
                cfg: Settings = Depends(settings)) -> dict[str, Any]:
     model = get_owned(session, Model, spec.model_id, principal, "model")
@@ -85,7 +85,7 @@ def get_pareto(job_id: str, session: Session = Depends(db),
 
 
 @router.post("/jobs/{job_id}/cancel")
-def cancel_job(job_id: str, session: Session = Depends(db_write, scope="function"),
+def cancel_job(job_id: str, session: WriteSession,
                principal: Principal = Depends(current_principal)) -> dict[str, Any]:
     job = get_owned(session, Job, job_id, principal, "job")
     cancelled = records.cancel_job(session, job_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import stat
 import zipfile
 from dataclasses import dataclass
 from math import prod
@@ -22,6 +23,24 @@ REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
 OPTIONAL_KEYS = ("x_val", "y_val")
 MAX_NPZ_EXPANSION = 4  # an npz may expand to this many times the upload limit, no more
 BUILTIN_DATASETS = ("mnist",)
+
+
+NUMERIC_KINDS = "biufc"  # numpy dtype kinds; parse_dataset narrows x and y further
+
+
+def _member_kind(info: zipfile.ZipInfo) -> str:
+    """What a zip member is, from the file-type bits of its Unix mode. No type bits means a plain
+    file: numpy's own savez writes only permissions (0o600), other archivers write no mode."""
+    if info.is_dir():
+        return "directory"
+    mode = info.external_attr >> 16
+    if stat.S_IFMT(mode) == 0 or stat.S_ISREG(mode):
+        return "regular file"
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    return "special file (device, FIFO or socket)"
 
 
 def header_limits(cfg: Settings) -> HeaderLimits:
@@ -76,6 +95,11 @@ def _load_arrays(data: bytes, cfg: Settings) -> dict[str, np.ndarray]:
         if len(infos) > cfg.max_tensors:
             raise InvalidInput(f"file holds {len(infos)} arrays, more than the limit of "
                                f"{cfg.max_tensors}", field="file")
+        for member_info in infos:
+            kind = _member_kind(member_info)
+            if kind != "regular file":
+                raise InvalidInput(f"file: .npz member {member_info.filename!r} is a {kind}, not a regular "
+                                   "file", field="file")
         strangers = [i.filename for i in infos if not i.filename.endswith(".npy")]
         if strangers:
             raise InvalidInput(f"file is a zip archive but not an .npz: member {strangers[0]!r} is "
@@ -87,14 +111,31 @@ def _load_arrays(data: bytes, cfg: Settings) -> dict[str, np.ndarray]:
             raise InvalidInput(f"file expands to {expanded} bytes, more than the limit "
                                f"{MAX_NPZ_EXPANSION * max_bytes}", field="file")
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                return {k: npz[k] for k in npz.files}
-        except ValueError as exc:
-            # numpy raises this for object arrays, which would need pickle.
-            raise InvalidInput(f"file: .npz arrays must be numeric, not pickled objects ({exc})",
-                               field="file") from None
+            npz = np.load(io.BytesIO(data), allow_pickle=False)
         except Exception as exc:
             raise InvalidInput(f"file is not a readable .npz archive ({exc})", field="file") from None
+        arrays: dict[str, np.ndarray] = {}
+        with npz:
+            for key in npz.files:
+                member = f"{key}.npy"
+                try:
+                    value = npz[key]
+                except ValueError as exc:
+                    # numpy raises this for object arrays, which would need pickle
+                    raise InvalidInput(f"file: .npz member {member!r} must be a numeric array, not "
+                                       f"pickled objects ({exc})", field="file") from None
+                except Exception as exc:
+                    raise InvalidInput(f"file: .npz member {member!r} is not readable ({exc})",
+                                       field="file") from None
+                # np.load hands back a member without the .npy magic as raw bytes
+                if not isinstance(value, np.ndarray):
+                    raise InvalidInput(f"file: .npz member {member!r} is not a .npy array (it has "
+                                       "no .npy header)", field="file")
+                if value.dtype.kind not in NUMERIC_KINDS:
+                    raise InvalidInput(f"file: .npz member {member!r} has dtype {value.dtype}; a "
+                                       "numeric dtype is required", field="file")
+                arrays[key] = value
+        return arrays
     header, _ = read_header(data, "file", header_limits(cfg))
     for name, info in header.items():
         if info.dtype in ("BF16", "F8_E4M3", "F8_E5M2"):

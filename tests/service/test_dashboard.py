@@ -3,6 +3,7 @@ validation (the API's messages, next to their fields), the job page and its poll
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pickle
 import re
@@ -19,6 +20,7 @@ from core.settings import Settings
 from service.app import create_app
 from store import queue, records
 from store.db import make_engine, make_sessionmaker, transaction
+from store.models import Job
 from tests.conftest import npz_bytes
 from tests.helpers import bearer, make_token, row_counts, submit, text_of, upload_model
 from tests.service.test_api import _arrays, _weights
@@ -338,6 +340,72 @@ def test_cancel_from_the_dashboard(world: World) -> None:
     final = browser.get(f"/ui/jobs/{job['id']}").json()
     assert final["final"] is True and 'id="cancel"' not in final["parts"]["job-summary"]
     assert text_of(final["parts"]["job-summary"], "job-status") == "cancelled"
+
+
+def _status_as_the_response_starts(world: World, path: str, headers: dict[str, str],
+                                   job_id: str) -> tuple[int, str]:
+    """POST `path` straight into the ASGI app and read the job's status from the database, over
+    a connection of its own, at the moment the app starts its response: what a client that
+    follows the response at once would see."""
+    engine = make_engine(world.url)
+    seen: list[tuple[int, str]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            with transaction(make_sessionmaker(engine), write=False) as s:
+                status = s.get_one(Job, job_id).status
+            seen.append((message["status"], status))
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "root_path": "", "server": ("testserver", 80), "client": ("127.0.0.1", 1),
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    try:
+        asyncio.run(world.app(scope, receive, send))
+    finally:
+        engine.dispose()
+    assert len(seen) == 1
+    return seen[0]
+
+
+def test_a_cancel_is_committed_before_its_response_starts(world: World) -> None:
+    # the dashboard's button answers 303: the page it redirects to must show the job cancelled
+    job = _job(world, "alice")
+    assert _status_as_the_response_starts(
+        world, f"/jobs/{job['id']}/cancel", {"cookie": f"thresher_session={world.tokens['alice']}"},
+        job["id"]) == (303, "cancelled")
+    # and the API's cancel, for the same reason
+    job = _job(world, "alice")
+    assert _status_as_the_response_starts(
+        world, f"/v1/jobs/{job['id']}/cancel", bearer(world.tokens["alice"]), job["id"]
+    ) == (200, "cancelled")
+
+
+def test_every_route_that_takes_the_writing_transaction_commits_before_it_answers(
+        world: World) -> None:
+    from fastapi.dependencies.models import Dependant
+    from fastapi.routing import APIRoute
+
+    from service.deps import db_write
+
+    def writes(d: Dependant) -> list[Dependant]:
+        return [d] * (d.call is db_write) + [w for sub in d.dependencies for w in writes(sub)]
+
+    def routes(rs: list[Any]) -> Iterator[APIRoute]:
+        for r in rs:  # included routers nest (FastAPI keeps them as they were included)
+            if isinstance(r, APIRoute):
+                yield r
+            elif hasattr(r, "original_router"):
+                yield from routes(r.original_router.routes)
+
+    found = {f"{sorted(r.methods)[0]} {r.path}": [w.scope for w in writes(r.dependant)]
+             for r in routes(world.app.routes)}
+    found = {route: scopes for route, scopes in found.items() if scopes}
+    assert {"POST /v1/jobs", "POST /v1/jobs/{job_id}/cancel", "POST /jobs/{job_id}/cancel"} <= set(found)
+    assert all(scopes == ["function"] for scopes in found.values()), found
 
 
 def test_a_failed_job_shows_its_error_and_the_list_filters_by_status(world: World) -> None:

@@ -88,6 +88,31 @@ def zip_bomb() -> bytes:
     return buf.getvalue()
 
 
+def npz_with_member(name: str, payload: bytes, mode: int | None = None) -> bytes:
+    """A valid dataset .npz whose member `name` is replaced by raw bytes, written with the Unix
+    file mode `mode` (a symlink, a directory, a device) where given."""
+    import zipfile
+
+    good = zipfile.ZipFile(io.BytesIO(npz_bytes(arrays())))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for info in good.infolist():
+            if info.filename != name:
+                zf.writestr(info, good.read(info))
+        member = zipfile.ZipInfo(name)
+        if mode is not None:
+            member.create_system = 3  # Unix, so that the mode bits mean what they say
+            member.external_attr = mode << 16
+        zf.writestr(member, payload)
+    return buf.getvalue()
+
+
+def object_array_npz() -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **{**arrays(), "x_train": np.array([None, "a"], dtype=object)})  # a pickle inside
+    return buf.getvalue()
+
+
 @dataclass
 class World:
     client: TestClient  # alice
@@ -174,6 +199,17 @@ CASES: list[tuple[str, Request, int, str]] = [
      "x_test has 10 samples but y_test has 9"),
     ("empty dataset", dataset(npz_bytes(arrays(x_train=np.zeros((0, 1, 28, 28), np.float32),
                                                y_train=np.zeros(0, np.int64)))), 422, "x_train is empty"),
+    ("npz member that is a symbolic link", dataset(npz_with_member(
+        "x_train.npy", b"/etc/passwd", 0o120777)), 422, "member 'x_train.npy' is a symbolic link"),
+    ("npz member that is a device", dataset(npz_with_member(
+        "x_train.npy", b"", 0o020666)), 422, "member 'x_train.npy' is a special file"),
+    ("npz member that is a directory", dataset(npz_with_member(
+        "x_train.npy/", b"", 0o040755)), 422, "member 'x_train.npy/' is a directory"),
+    ("npz member without the .npy magic", dataset(npz_with_member(
+        "x_train.npy", b"these are not the bytes of an array")), 422,
+     "member 'x_train.npy' is not a .npy array"),
+    ("npz member that is an object array", dataset(object_array_npz()), 422,
+     "member 'x_train.npy' must be a numeric array, not pickled objects"),
     ("huge budget", job(budget={"trials": 50_000}), 422, "exceeds this server's limit of 10000"),
     ("absurd budget", job(budget={"trials": 10**12}), 422, "budget.trials must be at most"),
     ("δ out of range", job(max_accuracy_drop=1.5), 422, "max_accuracy_drop must be in [0, 1)"),

@@ -251,6 +251,9 @@ def test_a_worker_killed_mid_trial_costs_only_that_trial_and_every_trial_counts_
             if name != victim:
                 assert d.workers[name].poll() is None, d.log(name)
         client.close()
+        # the survivors go before the next part: left serving, they could take the next job (or
+        # its trial items) and the solo worker would find nothing to do
+        d.close()
         # the same spec and seed on one in-process worker gives the very same trials
         with TestClient(create_app(settings), headers=bearer(make_token(settings.database_url))) as c:
             again = submit(c, upload_model(c, small_model_weights)["id"],
