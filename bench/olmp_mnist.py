@@ -63,10 +63,10 @@ DELTA = 0.001
 TARGET_POINTS = 0.1
 FULL = {"lenet-300-100": {"iterations": 10_000, "budget": 300, "olmp": {}},
         "lenet-5": {"iterations": 10_000, "budget": 300, "olmp": {}}}
-QUICK = {"lenet-300-100": {"iterations": 5000, "budget": 80,
+QUICK = {"lenet-300-100": {"iterations": 10_000, "budget": 80,
                            "olmp": {"rounds": 10, "adjust_iterations": 500, "retrain_iterations": 2000,
                                     "evaluate_every": 500}},
-         "lenet-5": {"iterations": 1500, "budget": 60, "search": {"validation_subset": 1000},
+         "lenet-5": {"iterations": 10_000, "budget": 60, "search": {"validation_subset": 1000},
                      "olmp": {"rounds": 6, "adjust_iterations": 150, "retrain_iterations": 450,
                               "evaluate_every": 150}}}
 
@@ -83,6 +83,49 @@ def plain_model(arch: str, state: dict[str, torch.Tensor]) -> nn.Module:
         names = {"0": "conv1", "2": "conv2", "5": "fc1", "7": "fc2"}
     net.load_state_dict({f"{i}.{p}": state[f"{n}.{p}"] for i, n in names.items() for p in ("weight", "bias")})
     return net.eval()
+
+
+def bare_loop_rate(arch: str, weights: bytes, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+                   iterations: int = 1000, batch_size: int = 64) -> float:
+    """SGD iterations per second of a loop written here: the plain model, torch.optim.SGD with
+    Caffe's momentum and weight decay, the forward on W⊙M (a fixed half-density mask per weight),
+    batches drawn as the job draws them. The job's training loop is measured against it."""
+    net = plain_model(arch, safetensors.torch.load(weights)).to(device).train()
+    x, y = x.to(device), y.to(device)
+    masks = {n: (torch.rand_like(p) < 0.5).float() for n, p in net.named_parameters() if n.endswith("weight")}
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    generator = torch.Generator(device=device).manual_seed(0)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def run(n: int) -> None:
+        order = torch.randint(x.shape[0], (n, batch_size), generator=generator, device=device)
+        for step in range(n):
+            with torch.no_grad():
+                for name, p in net.named_parameters():
+                    if name in masks:
+                        p.mul_(masks[name])
+            idx = order[step]
+            opt.zero_grad(set_to_none=True)
+            loss_fn(net(x.index_select(0, idx)), y.index_select(0, idx)).backward()
+            opt.step()
+
+    run(50)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    run(iterations)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return iterations / (time.perf_counter() - t0)
+
+
+def job_training_rate(done: dict[str, Any], trials: list[dict[str, Any]], seconds: float) -> float:
+    """The job's SGD iterations per second: its iterations over its wall time less every scoring
+    it recorded (so the writes, state saves and the search's bookkeeping count against it)."""
+    o = done["spec"]["olmp"]
+    iterations = o["rounds"] * o["adjust_iterations"] + o["retrain_iterations"]
+    scoring = sum(t["duration_ms"] or 0.0 for t in trials) / 1e3
+    return iterations / max(seconds - scoring, 1e-9)
 
 
 def test_error(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -119,15 +162,17 @@ def service(arch: str, weights: bytes, device: str,
         yield client, Worker(cfg, name="bench"), {"model_id": model["id"], "dataset_id": ds["id"]}
 
 
-def run_jobs(arch: str, weights: bytes, plan: dict[str, Any], optimizers: list[str], device: str,
-             workdir: Path) -> list[dict[str, Any]]:
+def run_jobs(arch: str, weights: bytes, plan: dict[str, Any], runs: list[tuple[str, int]],
+             overrides: dict[str, Any], device: str, workdir: Path) -> list[dict[str, Any]]:
+    """One job per (optimizer, seed), one after the other on the same service and worker."""
     out = []
     with service(arch, weights, device, workdir) as (client, worker, ids):
-        for optimizer in optimizers:
-            r = client.post("/v1/jobs", json={
-                **ids, "method": "olmp", "optimizer": optimizer,
-                "max_accuracy_drop": DELTA, "budget": {"trials": plan["budget"]}, "seed": 0,
-                "search": plan.get("search", {}), "olmp": plan["olmp"]})
+        for optimizer, seed in runs:
+            body = {**ids, "method": "olmp", "optimizer": optimizer, "max_accuracy_drop": DELTA,
+                    "budget": {"trials": plan["budget"]}, "seed": seed,
+                    "search": {**plan.get("search", {}), **overrides.get("search", {})},
+                    "olmp": {**plan["olmp"], **overrides.get("olmp", {})}}
+            r = client.post("/v1/jobs", json=body)
             assert r.status_code == 201, r.text
             job = r.json()
             t0 = time.perf_counter()
@@ -136,29 +181,62 @@ def run_jobs(arch: str, weights: bytes, plan: dict[str, Any], optimizers: list[s
             done = client.get(f"/v1/jobs/{job['id']}").json()
             assert done["status"] == "succeeded", done
             checkpoint = client.get(f"/v1/jobs/{job['id']}/checkpoint").content
-            out.append({"optimizer": optimizer, "job": done, "seconds": seconds, "checkpoint": checkpoint})
+            out.append({"optimizer": optimizer, "seed": seed, "job": done, "seconds": seconds,
+                        "checkpoint": checkpoint, "trials": all_trials(client, job["id"])})
             best = done["best"]
-            print(f"  {arch} {optimizer}: {best['compression_ratio']:.1f}× at val drop "
-                  f"{best['accuracy_drop']:+.4f}, test {done['test_accuracy']:.4f}, {seconds:.0f} s", flush=True)
+            print(f"  {arch} {optimizer} seed {seed}: {best['compression_ratio']:.1f}× at val drop "
+                  f"{best['accuracy_drop']:+.4f} ({best['stage']}), {seconds:.0f} s", flush=True)
     return out
+
+
+def all_trials(client: TestClient, job_id: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    while True:
+        page = client.get(f"/v1/jobs/{job_id}/trials", params={"offset": len(out), "limit": 1000}).json()
+        out.extend(page["items"])
+        if len(out) >= page["total"] or not page["items"]:
+            return out
+
+
+def trajectory(trials: list[dict[str, Any]]) -> list[tuple[str, int, float, float]]:
+    """(stage, round, ratio, validation drop) of every trained model the job scored."""
+    return [(t["stage"], t["round"], t["metrics"]["compression_ratio"], t["metrics"]["accuracy_drop"])
+            for t in trials if t["stage"] in ("adjust", "retrain") and t["metrics"].get("compression_ratio")]
+
+
+def median(values: list[float]) -> float:
+    v = sorted(values)
+    return v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="short schedules: about 10 minutes on 2 CPU cores")
+    ap.add_argument("--quick", action="store_true", help="short schedules: about 5 minutes per model on 2 CPU cores")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--models", nargs="*", default=list(PUBLISHED), choices=list(PUBLISHED))
-    ap.add_argument("--optimizers", nargs="*",
-                    help=f"default: {' '.join(OPTIMIZERS)} (--quick: ncs alone)")
+    ap.add_argument("--optimizers", nargs="*", help=f"default: ncs (others: {' '.join(OPTIMIZERS[1:])})")
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0], help="job seeds (default: 0)")
+    ap.add_argument("--spec", default="{}",
+                    help='JSON merged into each job\'s "search" and "olmp" options, e.g. for an ablation: '
+                         '\'{"olmp": {"prune_biases": false}}\'')
+    ap.add_argument("--tune", action="store_true",
+                    help="validation figures only: the test split is neither scored nor shown (for "
+                         "tuning on seeds ≥ 3, so that no choice is made while watching test error)")
+    ap.add_argument("--tag", default="", help="suffix of the results file (ablation rows)")
     args = ap.parse_args()
-    if not args.optimizers:
-        args.optimizers = ["ncs"] if args.quick else OPTIMIZERS
+    args.optimizers = args.optimizers or ["ncs"]
+    overrides = json.loads(args.spec)
+    if set(overrides) - {"search", "olmp"}:
+        ap.error("--spec takes only 'search' and 'olmp' keys")
+    if args.tune and any(s < 3 for s in args.seeds):
+        ap.error("--tune is for seeds ≥ 3; seeds 0, 1, 2 are run once, for the table")
 
     cfg = Settings()
     device = devices.pick(args.device)
     summary = {"validation": {"fraction": DEFAULT_VALIDATION_FRACTION, "seed": DEFAULT_SPLIT_SEED}}
     splits = split_arrays(builtin_arrays("mnist", cfg.datasets_dir), summary)
     plans = QUICK if args.quick else FULL
+    runs = [(o, s) for o in args.optimizers for s in args.seeds]
     started = time.perf_counter()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -166,49 +244,80 @@ def main() -> None:
             plan = plans[arch]
             ref_path, ref_test = reference(arch, plan["iterations"], device, cfg)
             weights = ref_path.read_bytes()
-            ref_error = test_error(plain_model(arch, safetensors.torch.load(weights)), splits.x_test, splits.y_test)
+            ref_error = (None if args.tune else
+                         test_error(plain_model(arch, safetensors.torch.load(weights)), splits.x_test, splits.y_test))
             rows = []
-            for run in run_jobs(arch, weights, plan, args.optimizers, args.device, Path(tmp)):
+            for run in run_jobs(arch, weights, plan, runs, overrides, args.device, Path(tmp)):
                 done, best = run["job"], run["job"]["best"]
                 state = safetensors.torch.load(run["checkpoint"])
-                error = test_error(plain_model(arch, state), splits.x_test, splits.y_test)
+                net = plain_model(arch, state)
                 nonzero = sum(int(torch.count_nonzero(t)) for t in state.values())
                 total = sum(t.numel() for t in state.values())
-                kept = {n: int(torch.count_nonzero(state[n])) for n in sorted(state) if n.endswith("weight")}
-                reproduced = (nonzero == best["nonzero"]
-                              and abs(error - 100.0 * (1.0 - done["test_accuracy"])) < 1e-6)
-                rows.append({
-                    "optimizer": run["optimizer"], "job_id": done["id"],
-                    "reference_test_error": ref_error, "test_error": error,
-                    "compression_ratio": total / nonzero, "weights_ratio": best["weights_ratio"],
-                    "nonzero": nonzero, "total": total, "kept": kept,
-                    "val_drop": best["accuracy_drop"], "best_stage": best["stage"],
-                    "seconds": run["seconds"], "trials": done["progress"]["trials_done"],
-                    "reproduced": reproduced, "target_met": error <= ref_error + TARGET_POINTS + 1e-9})
-            results[arch] = {"reference_test_error": ref_error, "reference_test_accuracy_recorded": ref_test,
-                             "plan": plan, "rows": rows}
+                kept = {n: int(torch.count_nonzero(state[n])) for n in sorted(state)}
+                # the validation drop, recomputed here from the download on the same split
+                val_error = test_error(net, splits.x_val, splits.y_val)
+                ref_val_error = test_error(plain_model(arch, safetensors.torch.load(weights)),
+                                           splits.x_val, splits.y_val)
+                val_drop = (val_error - ref_val_error) / 100.0
+                row = {"optimizer": run["optimizer"], "seed": run["seed"], "job_id": done["id"],
+                       "compression_ratio": total / nonzero, "weights_ratio": best["weights_ratio"],
+                       "nonzero": nonzero, "total": total, "kept": kept,
+                       "val_drop": val_drop, "val_drop_reported": best["accuracy_drop"],
+                       "best_stage": best["stage"], "seconds": run["seconds"],
+                       "trials": done["progress"]["trials_done"],
+                       "trajectory": trajectory(run["trials"])}
+                reproduced = nonzero == best["nonzero"] and abs(val_drop - best["accuracy_drop"]) < 1e-9
+                if not args.tune:
+                    error = test_error(net, splits.x_test, splits.y_test)
+                    reproduced = reproduced and abs(error - 100.0 * (1.0 - done["test_accuracy"])) < 1e-6
+                    assert ref_error is not None
+                    row.update({"reference_test_error": ref_error, "test_error": error,
+                                "test_drop": (error - ref_error) / 100.0,
+                                "target_met": error <= ref_error + TARGET_POINTS + 1e-9
+                                and val_drop <= DELTA + 1e-12})
+                row["reproduced"] = reproduced
+                row["sgd_per_second"] = job_training_rate(done, run["trials"], run["seconds"])
+                rows.append(row)
+            bare = bare_loop_rate(arch, weights, splits.x_train, splits.y_train, device)
+            for row in rows:
+                row["sgd_vs_bare_loop"] = row["sgd_per_second"] / bare
+            results[arch] = {"reference_test_error": ref_error, "bare_loop_sgd_per_second": bare,
+                             "reference_test_accuracy_recorded": None if args.tune else ref_test,
+                             "plan": plan, "spec_overrides": overrides, "rows": rows,
+                             "median_ratio": median([r["compression_ratio"] for r in rows])}
     total_seconds = time.perf_counter() - started
 
     print(f"\nolmp on MNIST through the service, {devices.describe(device)}, δ = {DELTA} on 6,000 "
-          f"validation images, seed 0{' (--quick schedule)' if args.quick else ''}; {total_seconds:.0f} s in all\n")
+          f"validation images, seeds {args.seeds}{' (--quick schedule)' if args.quick else ''}"
+          f"{' (--tune: validation only)' if args.tune else ''}; {total_seconds:.0f} s in all\n")
     for arch, res in results.items():
-        print(f"{arch}: our reference test error {res['reference_test_error']:.2f} %")
-        header = (f"{'':<26}{'ref err %':>10}{'err %':>8}{'ratio':>9}{'weights':>9}{'seconds':>9}"
-                  f"{'trials':>8}  {'err ≤ ref+0.1':<14}{'reproduced':<11}kept per layer")
+        if res["reference_test_error"] is not None:
+            print(f"{arch}: our reference test error {res['reference_test_error']:.2f} %")
+        header = (f"{'':<26}{'seed':>5}{'ref err %':>10}{'err %':>8}{'val drop':>10}{'test drop':>10}"
+                  f"{'ratio':>9}{'weights':>9}{'seconds':>9}{'trials':>8}  {'target':<7}{'reproduced':<11}"
+                  "kept per tensor")
         print(header)
-        print("-" * (len(header) + 30))
-        for name, ratio, err, ref in PUBLISHED[arch]:
-            ref_s = f"{ref:.2f}" if ref is not None else "—"
-            print(f"{name:<26}{ref_s:>10}{err:>8.2f}{ratio:>8.1f}×{'':>9}{'':>9}{'':>8}  {'':<14}(published)")
+        print("-" * (len(header) + 40))
+        if not args.tune:
+            for name, ratio, err, ref in PUBLISHED[arch]:
+                ref_s = f"{ref:.2f}" if ref is not None else "—"
+                print(f"{name:<26}{'':>5}{ref_s:>10}{err:>8.2f}{'':>10}{'':>10}{ratio:>8.1f}×  (published)")
         for r in res["rows"]:
-            kept = " ".join(f"{n.removesuffix('.weight')} {v}" for n, v in r["kept"].items())
-            print(f"{'thresher ' + r['optimizer']:<26}{r['reference_test_error']:>10.2f}{r['test_error']:>8.2f}"
+            kept = " ".join(f"{n} {v}" for n, v in r["kept"].items())
+            test = (f"{r['reference_test_error']:>10.2f}{r['test_error']:>8.2f}" if "test_error" in r
+                    else f"{'—':>10}{'—':>8}")
+            test_drop = f"{r['test_drop']:>+10.4f}" if "test_drop" in r else f"{'—':>10}"
+            target = ("yes" if r["target_met"] else "no") if "target_met" in r else "—"
+            print(f"{'thresher ' + r['optimizer']:<26}{r['seed']:>5}{test}{r['val_drop']:>+10.4f}{test_drop}"
                   f"{r['compression_ratio']:>8.1f}×{r['weights_ratio']:>8.1f}×{r['seconds']:>9.0f}"
-                  f"{r['trials']:>8}  {'yes' if r['target_met'] else 'no':<14}"
-                  f"{'yes' if r['reproduced'] else 'NO':<11}{kept}")
-        print()
-    write_results("olmp_mnist", args.quick, device, {
-        "delta": DELTA, "seconds": total_seconds, "published": PUBLISHED, "results": results})
+                  f"{r['trials']:>8}  {target:<7}{'yes' if r['reproduced'] else 'NO':<11}{kept}")
+        rates = ", ".join(f"{r['sgd_per_second']:.0f}/s ({r['sgd_vs_bare_loop']:.2f}×)" for r in res["rows"])
+        print(f"SGD iterations per second, job (scorings excluded) against the bench's bare loop "
+              f"({res['bare_loop_sgd_per_second']:.0f}/s, same run): {rates}")
+        print(f"{'median':<26}{'':>5}{'':>10}{'':>8}{'':>10}{'':>10}{res['median_ratio']:>8.1f}×\n")
+    write_results("olmp_mnist" + (f"_{args.tag}" if args.tag else "") + ("_tune" if args.tune else ""),
+                  args.quick, device, {"delta": DELTA, "seeds": args.seeds, "seconds": total_seconds,
+                                       "published": PUBLISHED, "results": results})
 
 
 def write_results(bench: str, quick: bool, device: torch.device, figures: dict[str, Any]) -> None:

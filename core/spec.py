@@ -90,6 +90,23 @@ class OlmpOptions(BaseModel):
         description=f"accuracy drop a round's one-shot search may accept (default: the larger of "
         f"max_accuracy_drop and {DEFAULT_SEARCH_DROP}); adjusting wins it back, and only trained "
         "models within max_accuracy_drop are reported")
+    search_against: Literal["current", "reference"] = Field(
+        "current",
+        description="what a round's one-shot tolerance is measured against: the current (adjusted) "
+        "model, as OLMP's code does, or the unpruned reference")
+    prune_biases: bool = Field(
+        True,
+        description="prune each layer's bias with its weight threshold T (|b| < T → 0, the same "
+        "mask rule), as OLMP's code does; ignored when search.prune_biases searches biases as "
+        "variables of their own")
+    retrain_from: Literal["smallest", "last"] = Field(
+        "smallest",
+        description="the mask retraining freezes: the smallest adjusted model whose validation "
+        "drop is within retrain_drop (its weights and masks as they were then), or the last round's")
+    retrain_drop: float = Field(
+        0.005, ge=0, lt=1,
+        description="validation drop an adjusted model may have and still be retrained from "
+        "(retrain_from = smallest); retraining with frozen masks wins accuracy back")
     search_span: float = Field(
         1.0, gt=0, le=8,
         description="how far below each layer's current keep ratio (log10) a round may search")

@@ -26,17 +26,36 @@ class PrunedModel:
         return {name: self.kept[name] / sizes[name] for name in self.kept}
 
 
+def tied_biases(arch: Architecture) -> dict[str, str]:
+    """Each prunable weight's bias (`<layer>.weight` → `<layer>.bias`), where the layer has one."""
+    names = {t.name: t for t in arch.tensors}
+    out: dict[str, str] = {}
+    for t in arch.prunable:
+        bias = t.name.removesuffix(".weight") + ".bias"
+        if t.name.endswith(".weight") and bias in names and names[bias].kind == "bias":
+            out[t.name] = bias
+    return out
+
+
 class MagnitudePruner:
-    def __init__(self, arch: Architecture, params: dict[str, torch.Tensor], prune_biases: bool) -> None:
+    """Searched tensors are the prunable weights, plus the biases when `prune_biases` (each its
+    own search variable). With `tie_biases`, each weight's bias is instead pruned with the weight's
+    own threshold T (|b| < T → 0), as OLMP's code prunes them: no extra search variable, and a unit
+    whose weights all went does not live on as relu(b)."""
+
+    def __init__(self, arch: Architecture, params: dict[str, torch.Tensor], prune_biases: bool,
+                 *, tie_biases: bool = False) -> None:
         self.params = params
         self.names = [t.name for t in arch.tensors if t.prunable or (prune_biases and t.kind == "bias")]
+        self.tied = tied_biases(arch) if tie_biases and not prune_biases else {}
         self.sizes = {n: params[n].numel() for n in self.names}
         # descending |w| of each searched tensor
         self._sorted = {n: params[n].detach().abs().flatten().sort(descending=True).values
                         for n in self.names}
         self.total = sum(p.numel() for p in params.values())
+        varying = {*self._sorted, *self.tied.values()}
         self._fixed_nonzero = sum(int(torch.count_nonzero(p)) for n, p in params.items()
-                                  if n not in self._sorted)
+                                  if n not in varying)
 
     @property
     def dims(self) -> int:
@@ -59,10 +78,16 @@ class MagnitudePruner:
             if not (0.0 < ratio <= 1.0) or math.isnan(ratio):
                 raise ValueError(f"keep ratio for {name} must be in (0, 1], got {ratio}")
             w = self.params[name]
-            pruned = torch.where(w.abs() >= self.threshold(name, ratio), w, torch.zeros_like(w))
+            threshold = self.threshold(name, ratio)
+            pruned = torch.where(w.abs() >= threshold, w, torch.zeros_like(w))
             out[name] = pruned
             kept[name] = int(torch.count_nonzero(pruned))
-        return PrunedModel(params=out, kept=kept, nonzero=self._fixed_nonzero + sum(kept.values()),
+            if name in self.tied:
+                b = self.params[self.tied[name]]
+                out[self.tied[name]] = torch.where(b.abs() >= threshold, b, torch.zeros_like(b))
+        biases = sum(int(torch.count_nonzero(out[b])) for b in self.tied.values())
+        return PrunedModel(params=out, kept=kept,
+                           nonzero=self._fixed_nonzero + sum(kept.values()) + biases,
                            total=self.total)
 
 

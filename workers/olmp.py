@@ -50,7 +50,7 @@ from workers.search import (
     better,
     validation_subset,
 )
-from workers.surgery import MaskedTrainer, SolverConfig, keep_fractions, log_keep
+from workers.surgery import MaskedTrainer, SolverConfig, TrainerState, keep_fractions, log_keep
 
 CHUNK = 100  # iterations between checks for cancel / drain / lease loss
 LOG_FLOOR = -12.0  # log10 keep ratio reported for a layer pruned away entirely
@@ -68,6 +68,22 @@ def solver_config(spec: JobSpec) -> SolverConfig:
                         refresh_gamma=o.refresh_gamma)
 
 
+def preferred(a: Evaluated, b: Evaluated | None) -> bool:
+    """Whether feasible model `a` replaces `b` as the job's best. A retrained model beats every
+    adjusted one: the adjusted models are many scorings of a moving model, and the smallest one that
+    passes δ is flattered by the split it passed on (winner's curse); retraining scores one frozen
+    mask, so among retrained models the latest wins at equal size. Adjusted models and the
+    reference are the fallback when no retrained model is within δ."""
+    if b is None:
+        return True
+    if (a.stage == "retrain") != (b.stage == "retrain"):
+        return a.stage == "retrain"
+    if a.stage == "retrain":
+        assert a.nonzero is not None and b.nonzero is not None
+        return (a.nonzero, -a.number) < (b.nonzero, -b.number)
+    return better(a, b)
+
+
 def round_seed(seed: int, round_: int) -> int:
     return (seed * 1_000_003 + round_ * 7_919) % (2**31 - 1)
 
@@ -80,13 +96,15 @@ class OlmpSearch:
         self.splits, self.initial = splits, params
         self.state_seconds = state_seconds
         self._resume = state
-        pruner = MagnitudePruner(arch, params, spec.search.prune_biases)
-        self.masked = list(pruner.names)
+        pruner = MagnitudePruner(arch, params, spec.search.prune_biases,
+                                 tie_biases=spec.olmp.prune_biases)
+        self.masked = list(pruner.names)  # the searched tensors
+        self.tied = pruner.tied  # weight -> its bias, masked with the weight's threshold
         self.candidates = CandidateScorer(pruner, spec.max_accuracy_drop)
         self.total = pruner.total
         self.lower = math.log10(spec.search.min_keep_ratio)
-        self.trainer = MaskedTrainer(model, params, self.masked, splits.x_train, splits.y_train,
-                                     solver_config(spec), spec.seed)
+        self.trainer = MaskedTrainer(model, params, [*self.masked, *self.tied.values()],
+                                     splits.x_train, splits.y_train, solver_config(spec), spec.seed)
         self.x_score, self.y_score = validation_subset(splits, spec.search.validation_subset, spec.seed)
         mode = spec.search.evaluation
         self.subset = self.y_score.shape[0] < splits.y_val.shape[0]
@@ -97,6 +115,8 @@ class OlmpSearch:
                                  best_thresholds=None)
         self.best: Evaluated | None = None
         self.best_params: dict[str, torch.Tensor] | None = None
+        # the smallest adjusted model within retrain_drop, kept to retrain from
+        self.retrain_start: TrainerState | None = None
         self._round: list[Evaluated] = []
         self.trials = TrialLoop(recorder, self._round.extend, lambda: self.best)
         self._last_save = time.monotonic()
@@ -123,10 +143,16 @@ class OlmpSearch:
             e = self.candidates.evaluated(number, stage, candidate, pruned, acc, self.reference_full,
                                           int(self.splits.y_val.shape[0]),
                                           (time.perf_counter() - start) * 1e3, round_)
-        if e.feasible and better(e, self.best):
+        if e.feasible and preferred(e, self.best):
             self.best = e
             self.best_params = {k: v.detach().clone() for k, v in pruned.params.items()}
             self.progress.best_thresholds = dict(self.trainer.thresholds)
+        if (stage == "adjust" and e.nonzero is not None and e.accuracy_drop is not None
+                and e.accuracy_drop <= self.spec.olmp.retrain_drop
+                and (self.progress.retrain_start is None
+                     or e.nonzero < self.progress.retrain_start["nonzero"])):
+            self.retrain_start = self.trainer.state()
+            self.progress.retrain_start = {"number": e.number, "nonzero": e.nonzero}
         if stored is None:
             self.recorder.write([e], trials_done=number + 1, stage=stage, best=self.best)
         self.progress.number = number + 1
@@ -139,8 +165,14 @@ class OlmpSearch:
         first = self.progress.number
         # magnitudes of the current weights, pruned values included: DNS lets those come back
         pruner = MagnitudePruner(self.arch, {**self.trainer.w, **self.trainer.buffers},
-                                 spec.search.prune_biases)
-        scorer = CandidateScorer(pruner, spec.max_accuracy_drop, search_drop(spec))
+                                 spec.search.prune_biases, tie_biases=spec.olmp.prune_biases)
+        steer = search_drop(spec)
+        if spec.olmp.search_against == "current":
+            # acc(candidate) ≥ acc(current model) − search_drop, with drops still reported
+            # against the reference: the tolerance moves by what the current model has lost
+            current = self.scorer.accuracies([self.trainer.masked_params()])[0]
+            steer += self.reference_scored - current
+        scorer = CandidateScorer(pruner, spec.max_accuracy_drop, steer)
         origin = np.array(log_keep(keep_fractions(self.trainer), self.masked, self.lower))
         span = spec.olmp.search_span
 
@@ -164,8 +196,9 @@ class OlmpSearch:
         if chosen is None:
             return  # nothing feasible near the current masks: keep them for this round
         ratios = log_ratios_to_keep(chosen.candidate)
-        self.trainer.set_thresholds({n: pruner.threshold(n, r)
-                                     for n, r in zip(pruner.names, ratios, strict=True)})
+        thresholds = {n: pruner.threshold(n, r) for n, r in zip(pruner.names, ratios, strict=True)}
+        self.trainer.set_thresholds({**thresholds,
+                                     **{b: thresholds[w] for w, b in self.tied.items()}})
 
     # -- training ----------------------------------------------------------------------------
     def _train(self, iterations: int, *, evaluate_every: int | None = None) -> None:
@@ -195,11 +228,12 @@ class OlmpSearch:
 
     def _save(self) -> None:
         self.progress.best = self.best.row() if self.best is not None else None
-        self.recorder.save_state(olmp_state.dump(self.trainer.state(), self.progress, self.best_params))
+        self.recorder.save_state(olmp_state.dump(self.trainer.state(), self.progress, self.best_params,
+                                                 self.retrain_start))
         self._last_save = time.monotonic()
 
     def _restore(self, data: bytes) -> None:
-        state, progress, best_params = olmp_state.load(data)
+        state, progress, best_params, self.retrain_start = olmp_state.load(data)
         self.trainer.load(state, frozen=False)
         self.progress = progress
         if progress.best is not None:
@@ -232,6 +266,10 @@ class OlmpSearch:
             self._evaluate("adjust")
             p.round += 1
             p.phase, p.phase_done = ("search" if p.round < o.rounds else "retrain"), 0
+            if p.phase == "retrain" and o.retrain_from == "smallest" and self.retrain_start is not None:
+                # back to the smallest mask that was within retrain_drop, weights as they were
+                # then; iteration and random streams go on where they are
+                self.trainer.adopt(self.retrain_start)
             self._checkpoint()
 
         self.trainer.freeze()  # idempotent: a job resumed while retraining freezes again

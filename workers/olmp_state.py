@@ -29,24 +29,37 @@ class Progress:
     number: int  # next trial number
     best: dict[str, Any] | None  # the best checkpoint's trial row
     best_thresholds: dict[str, float] | None
+    # trial number and non-zeros of the adjusted model retraining will start from
+    retrain_start: dict[str, int] | None = None
 
 
-def dump(trainer: TrainerState, progress: Progress, best_params: dict[str, torch.Tensor] | None) -> bytes:
+def _trainer_tensors(trainer: TrainerState, prefix: str) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
-    for prefix, group in (("w", trainer.weights), ("v", trainer.velocity)):
+    for kind, group in (("w", trainer.weights), ("v", trainer.velocity)):
         for name, t in group.items():
-            tensors[f"{prefix}/{name}"] = t.detach().to("cpu", torch.float32).contiguous()
+            tensors[f"{prefix}{kind}/{name}"] = t.detach().to("cpu", torch.float32).contiguous()
     for name, t in trainer.masks.items():
-        tensors[f"m/{name}"] = t.detach().to("cpu").to(torch.uint8).contiguous()
+        tensors[f"{prefix}m/{name}"] = t.detach().to("cpu").to(torch.uint8).contiguous()
+    return tensors
+
+
+def dump(trainer: TrainerState, progress: Progress, best_params: dict[str, torch.Tensor] | None,
+         retrain_start: TrainerState | None = None) -> bytes:
+    tensors = _trainer_tensors(trainer, "")
+    if retrain_start is not None:
+        # only weights, masks and velocity are taken from it (TrainerState.adopt)
+        tensors.update(_trainer_tensors(retrain_start, "start/"))
     for name, t in (best_params or {}).items():
         tensors[f"best/{name}"] = t.detach().to("cpu").contiguous()
     tensors["batch_rng"] = trainer.batch_rng.to("cpu").contiguous()
     header = {"format": FORMAT, "thresholds": trainer.thresholds, "iteration": trainer.iteration,
-              "coin_rng": trainer.coin_rng, "progress": progress.__dict__}
+              "coin_rng": trainer.coin_rng, "progress": progress.__dict__,
+              "start_thresholds": retrain_start.thresholds if retrain_start is not None else None}
     return safetensors.torch.save(tensors, metadata={_KEY: json.dumps(header)})
 
 
-def load(data: bytes) -> tuple[TrainerState, Progress, dict[str, torch.Tensor] | None]:
+def load(data: bytes) -> tuple[TrainerState, Progress, dict[str, torch.Tensor] | None,
+                             TrainerState | None]:
     from core.safetensors_header import HeaderLimits, read_header
 
     # our own bytes: four tensors per model tensor, so the upload limits do not apply
@@ -57,7 +70,7 @@ def load(data: bytes) -> tuple[TrainerState, Progress, dict[str, torch.Tensor] |
     tensors = safetensors.torch.load(data)
 
     def group(prefix: str) -> dict[str, torch.Tensor]:
-        return {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(prefix + "/")}
+        return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + "/")}
 
     state = TrainerState(
         weights=group("w"), masks={k: v.float() for k, v in group("m").items()},
@@ -65,4 +78,12 @@ def load(data: bytes) -> tuple[TrainerState, Progress, dict[str, torch.Tensor] |
         iteration=int(header["iteration"]), batch_rng=tensors["batch_rng"],
         coin_rng=header["coin_rng"])
     best = group("best") or None
-    return state, Progress(**header["progress"]), best
+    start = None
+    if group("start/w"):
+        start = TrainerState(
+            weights=group("start/w"), masks={k: v.float() for k, v in group("start/m").items()},
+            velocity=group("start/v"),
+            thresholds={k: float(v) for k, v in header["start_thresholds"].items()},
+            iteration=state.iteration,
+            batch_rng=state.batch_rng, coin_rng=state.coin_rng)
+    return state, Progress(**header["progress"]), best, start

@@ -234,8 +234,9 @@ class MaskedTrainer:
             thresholds=dict(self.thresholds), iteration=self.iteration,
             batch_rng=self.batches.get_state(), coin_rng=dict(self.coins.bit_generator.state))
 
-    def load(self, state: TrainerState, *, frozen: bool) -> None:
-        # copied into the tensors in place: captured graphs keep reading the same memory
+    def adopt(self, state: TrainerState) -> None:
+        """Weights, masks, velocity and thresholds of an earlier state; the iteration, the random
+        streams and whether masks are frozen stay as they are (the schedule goes on from here)."""
         with torch.no_grad():
             for k in self.names:
                 self.w[k].copy_(state.weights[k])
@@ -243,6 +244,10 @@ class MaskedTrainer:
             for k in self.masked:
                 self.m[k].copy_(state.masks[k])
         self.thresholds = {k: float(state.thresholds[k]) for k in self.masked}
+
+    def load(self, state: TrainerState, *, frozen: bool) -> None:
+        # copied into the tensors in place: captured graphs keep reading the same memory
+        self.adopt(state)
         self.iteration = state.iteration
         self.batches.set_state(state.batch_rng)
         self.coins.bit_generator.state = state.coin_rng

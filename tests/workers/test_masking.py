@@ -40,6 +40,24 @@ def test_tiny_ratio_keeps_at_least_one_weight_and_counts_match_tensors(lenet) ->
     assert pruned.nonzero == sum(int(torch.count_nonzero(t)) for t in pruned.params.values()) == 6
 
 
+def test_tied_biases_are_pruned_with_their_weight_s_threshold(lenet) -> None:  # type: ignore[no-untyped-def]
+    _, params = lenet
+    arch = get_architecture("lenet-300-100")
+    pruner = MagnitudePruner(arch, params, prune_biases=False, tie_biases=True)
+    assert pruner.names == ["fc1.weight", "fc2.weight", "fc3.weight"]  # no extra variable
+    assert pruner.tied == {"fc1.weight": "fc1.bias", "fc2.weight": "fc2.bias", "fc3.weight": "fc3.bias"}
+    ratios = [0.01, 0.05, 1.0]
+    pruned = pruner.apply(ratios)
+    for (w, b), r in zip(pruner.tied.items(), ratios, strict=True):
+        t = pruner.threshold(w, r)
+        expected = torch.where(params[b].abs() >= t, params[b], torch.zeros_like(params[b]))
+        assert torch.equal(pruned.params[b], expected)
+    assert int((pruned.params["fc1.bias"] == 0).sum()) > 0  # the layer's T cuts some biases
+    assert pruned.nonzero == sum(int(torch.count_nonzero(t)) for t in pruned.params.values())
+    # biases searched as variables of their own take precedence over tying
+    assert MagnitudePruner(arch, params, prune_biases=True, tie_biases=True).tied == {}
+
+
 def test_thresholds_follow_sorted_magnitudes(lenet) -> None:  # type: ignore[no-untyped-def]
     _, params = lenet
     pruner = MagnitudePruner(get_architecture("lenet-300-100"), params, prune_biases=False)
