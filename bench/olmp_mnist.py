@@ -222,6 +222,7 @@ def main() -> None:
     ap.add_argument("--tune", action="store_true",
                     help="validation figures only: the test split is neither scored nor shown (for "
                          "tuning on seeds ≥ 3, so that no choice is made while watching test error)")
+    ap.add_argument("--budget", type=int, help="budget.trials of each job (default: the plan's)")
     ap.add_argument("--tag", default="", help="suffix of the results file (ablation rows)")
     args = ap.parse_args()
     args.optimizers = args.optimizers or ["ncs"]
@@ -241,7 +242,7 @@ def main() -> None:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.models:
-            plan = plans[arch]
+            plan = {**plans[arch], **({"budget": args.budget} if args.budget else {})}
             ref_path, ref_test = reference(arch, plan["iterations"], device, cfg)
             weights = ref_path.read_bytes()
             ref_error = (None if args.tune else

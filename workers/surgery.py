@@ -50,10 +50,37 @@ class SolverConfig:
 
 def hysteresis(mask: torch.Tensor, weight: torch.Tensor, threshold: float, low: float,
                high: float) -> torch.Tensor:
-    """The next mask: kept stays kept unless |w| < low·T; pruned comes back when |w| > high·T."""
-    magnitude = weight.abs()
-    keep = torch.where(mask > 0, magnitude >= low * threshold, magnitude > high * threshold)
-    return keep.to(weight.dtype)
+    """The next mask: kept stays kept while |w| ≥ low·T; pruned comes back once |w| ≥ high·T.
+
+    One bar per weight, low·T where kept and high·T where pruned, then one comparison: plain
+    elementwise passes, run on every layer at almost every early iteration (a `torch.where`
+    over two comparisons cost more than the SGD step itself on CPU)."""
+    return _keep(mask, weight, threshold, low, high).to(weight.dtype)
+
+
+def _keep(mask: torch.Tensor, weight: torch.Tensor, threshold: float, low: float, high: float,
+          scratch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    bar, magnitude, keep = scratch or (torch.empty_like(mask), torch.empty_like(weight),
+                                       torch.empty_like(mask, dtype=torch.bool))
+    torch.mul(mask, (low - high) * threshold, out=bar).add_(high * threshold)
+    torch.abs(weight.detach(), out=magnitude)
+    return torch.ge(magnitude, bar, out=keep)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Value W⊙M, gradient straight through to W: one multiplication forward, none backward."""
+
+    @staticmethod
+    def forward(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return weight * mask
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad, None
 
 
 @dataclass
@@ -90,6 +117,9 @@ class MaskedTrainer:
         device = x.device
         self.w = {n: weights[n].detach().clone().float().requires_grad_(True) for n in self.names}
         self.m = {n: torch.ones_like(self.w[n], requires_grad=False) for n in self.masked}
+        # buffers of the mask refresh, which runs on every layer at almost every early iteration
+        self._scratch = {n: (torch.empty_like(self.m[n]), torch.empty_like(self.m[n]),
+                             torch.empty_like(self.m[n], dtype=torch.bool)) for n in self.masked}
         self.v = {n: torch.zeros_like(t, requires_grad=False) for n, t in self.w.items()}
         self.thresholds: dict[str, float] = {n: 0.0 for n in self.masked}
         self.iteration = 0
@@ -155,8 +185,8 @@ class MaskedTrainer:
             eff = {k: (self.w[k] * self.m[k] if k in self.m else self.w[k]) for k in self.names}
         else:
             # value W⊙M, gradient straight through to every weight
-            eff = {k: (self.w[k] + (self.w[k] * self.m[k] - self.w[k]).detach()
-                       if k in self.m else self.w[k]) for k in self.names}
+            eff = {k: (_StraightThrough.apply(self.w[k], self.m[k]) if k in self.m else self.w[k])
+                   for k in self.names}
         eff.update(self.buffers)
         xb, yb = self.x.index_select(0, self._idx), self.y.index_select(0, self._idx)
         loss = self._loss(functional_call(self.model, eff, (xb,)), yb)
@@ -222,8 +252,10 @@ class MaskedTrainer:
         with torch.no_grad():
             for k, coin in zip(self.masked, coins, strict=True):
                 if coin < p and self.thresholds[k] > 0:
-                    self.m[k].copy_(hysteresis(self.m[k], self.w[k], self.thresholds[k],
-                                               self.config.prune_below, self.config.restore_above))
+                    # the boolean straight into the mask: copy_ converts, no float temporary
+                    self.m[k].copy_(_keep(self.m[k], self.w[k], self.thresholds[k],
+                                          self.config.prune_below, self.config.restore_above,
+                                          self._scratch[k]))
 
     # -- state -----------------------------------------------------------------------------
     def state(self) -> TrainerState:
