@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -10,10 +11,16 @@ from core.optimizers import METHODS, MULTI_OBJECTIVE, OPTIMIZERS, TRAINING_METHO
 
 MAX_TRIALS = 100_000
 MAX_PARALLEL = 64
-# One-shot accuracy drop an OLMP round may accept by default: measured on LeNet-300-100 (Caffe
-# reference, δ = 0.001), 0.02 stalled near 40×, 0.04 reached 54× with every round's adjusted model
-# back within δ; a round that only accepts δ itself barely prunes (2.5× after two rounds).
-DEFAULT_SEARCH_DROP = 0.04
+# One-shot accuracy drop an OLMP round may accept by default, against the current model: measured
+# on LeNet-300-100 (Caffe reference, δ = 0.001, seed 3, validation only), 0.04 reached 73×, 0.08
+# 105× and 0.12 120×; adjusting and the final retraining win the accuracy back.
+DEFAULT_SEARCH_DROP = 0.12
+
+
+# Validation images an OLMP round's one-shot candidates are scored on unless the spec says: measured
+# on LeNet-300-100 (seed 3), 100 candidates a round on 1,000 images reached 73× where 10 a round on
+# all 6,000 reached 51×, in less time.
+OLMP_SEARCH_SUBSET = 1000
 
 
 class Budget(BaseModel):
@@ -49,7 +56,9 @@ class SearchOptions(BaseModel):
     validation_subset: int | None = Field(
         None, ge=100,
         description="score candidates on this many validation samples (seeded); the best are "
-        "re-scored on the full validation split before one is reported",
+        "re-scored on the full validation split before one is reported. Default: the whole "
+        f"split; method olmp: {OLMP_SEARCH_SUBSET:,} (its rounds' one-shot candidates only steer "
+        "the thresholds; every trained model is scored on the whole split)",
     )
     rescore_top: int = Field(8, ge=1, le=256, description="feasible candidates re-scored in full")
     calibrate: bool = Field(
@@ -101,14 +110,19 @@ class OlmpOptions(BaseModel):
         "variables of their own")
     retrain_from: Literal["smallest", "last"] = Field(
         "smallest",
-        description="the mask retraining freezes: the smallest adjusted model whose validation "
-        "drop is within retrain_drop (its weights and masks as they were then), or the last round's")
+        description="the mask retraining freezes: the smallest adjusted model within a tolerance "
+        "(see retrain_drop; its weights and masks as they were then), or the last round's")
     retrain_drop: float = Field(
-        0.005, ge=0, lt=1,
-        description="validation drop an adjusted model may have and still be retrained from "
-        "(retrain_from = smallest); retraining with frozen masks wins accuracy back")
+        0.008, ge=0, lt=1,
+        description="validation drop the adjusted model of the first retraining attempt may have "
+        "(retrain_from = smallest): retraining with frozen masks wins accuracy back")
+    retrain_attempts: int = Field(
+        2, ge=1, le=5,
+        description="retrainings at most: attempt i starts from the smallest adjusted model within "
+        "retrain_drop·(1 − i/retrain_attempts), and runs only if the attempts before it did not "
+        "end within max_accuracy_drop")
     search_span: float = Field(
-        1.0, gt=0, le=8,
+        2.0, gt=0, le=8,
         description="how far below each layer's current keep ratio (log10) a round may search")
     batch_size: int = Field(64, ge=1, le=65_536)
     lr: float = Field(0.01, gt=0, le=10, description="base learning rate")
@@ -229,6 +243,13 @@ def search_drop(spec: JobSpec) -> float:
     return max(spec.max_accuracy_drop, DEFAULT_SEARCH_DROP)
 
 
+def search_subset(spec: JobSpec) -> int | None:
+    """Validation samples a job's candidates are scored on (None: the whole split)."""
+    if spec.search.validation_subset is not None:
+        return spec.search.validation_subset
+    return OLMP_SEARCH_SUBSET if spec.method == "olmp" else None
+
+
 def round_trials(spec: JobSpec) -> list[int]:
     """Search trials of each OLMP round: the budget shared out, earlier rounds taking the rest."""
     rounds = spec.olmp.rounds
@@ -236,11 +257,21 @@ def round_trials(spec: JobSpec) -> list[int]:
     return [base + (1 if r < extra else 0) for r in range(rounds)]
 
 
+def retrain_levels(spec: JobSpec) -> list[float]:
+    """The adjusted-model tolerance of each OLMP retraining attempt, loosest first."""
+    o = spec.olmp
+    if o.retrain_from == "last":
+        return [math.inf]
+    return [o.retrain_drop * (1 - i / o.retrain_attempts) for i in range(o.retrain_attempts)]
+
+
 def planned_trials(spec: JobSpec) -> int:
-    """Trials a job records in all: its search budget, plus OLMP's scorings of whole models (the
-    reference, one after each round's adjusting, one every `evaluate_every` retraining iterations
-    and one at the end of retraining)."""
+    """Trials a job records at most: its search budget, plus OLMP's scorings of whole models (the
+    reference, one after each round's adjusting, and per retraining attempt one every
+    `evaluate_every` iterations and one at its end). An OLMP job whose first retraining ends
+    within δ records fewer; a finished job's total is what it recorded."""
     if spec.method != "olmp":
         return spec.budget.trials
     o = spec.olmp
-    return spec.budget.trials + 1 + o.rounds + -(-o.retrain_iterations // o.evaluate_every)
+    per_attempt = -(-o.retrain_iterations // o.evaluate_every)
+    return spec.budget.trials + 1 + o.rounds + len(retrain_levels(spec)) * per_attempt

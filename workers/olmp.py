@@ -8,13 +8,17 @@ Trials, numbered in the order they happen:
   reference  the unpruned model on the full validation split (always feasible: the fallback best);
   search     round r: the spec's optimizer over per-layer log10 keep ratios, near each layer's
              current ratio; a candidate keeps |W| ≥ T_l of the current weights and is scored one-shot
-             on the validation split (or `search.validation_subset`);
+             on a seeded subset of the validation split (`core.spec.search_subset`);
   adjust     round r: the best feasible search candidate's thresholds become the masks, then
              `adjust_iterations` of masked training; the trained model is scored on the full split;
-  retrain    masks frozen; every `evaluate_every` iterations the model is scored on the full split.
-The job's best is the smallest feasible model among reference, adjust and retrain trials: models
-that exist after training, scored on the full validation split. One-shot search candidates steer
-the thresholds but are never reported as the result (their accuracy is what a search selected for).
+  retrain    attempt i (round = rounds + i): back to the smallest adjusted model within the
+             attempt's tolerance, masks frozen; every `evaluate_every` iterations the model is
+             scored on the full split. A later attempt, from a model with less drop, runs only if
+             the one before did not end within δ.
+The job's best is the end of a retraining attempt that is within δ; when none is, the smallest
+feasible model among the reference and the adjusted and retraining scorings (`preferred`). One-shot
+search candidates steer the thresholds but are never reported as the result (their accuracy is what
+a search selected for).
 
 Training state (weights, masks, SGD velocity, iteration, random generators, the best checkpoint so
 far) is saved to the job at most every `state_seconds` and when the worker drains; a resumed job
@@ -35,7 +39,7 @@ import torch
 from torch import nn
 
 from core.architectures import Architecture
-from core.spec import JobSpec, round_trials, search_drop
+from core.spec import JobSpec, retrain_levels, round_trials, search_drop, search_subset
 from workers import olmp_state, optimizers
 from workers.data import Splits
 from workers.evaluation import Evaluator, accuracy
@@ -68,19 +72,16 @@ def solver_config(spec: JobSpec) -> SolverConfig:
                         refresh_gamma=o.refresh_gamma)
 
 
-def preferred(a: Evaluated, b: Evaluated | None) -> bool:
-    """Whether feasible model `a` replaces `b` as the job's best. A retrained model beats every
-    adjusted one: the adjusted models are many scorings of a moving model, and the smallest one that
-    passes δ is flattered by the split it passed on (winner's curse); retraining scores one frozen
-    mask, so among retrained models the latest wins at equal size. Adjusted models and the
-    reference are the fallback when no retrained model is within δ."""
+def preferred(a: Evaluated, b: Evaluated | None, finals: set[int]) -> bool:
+    """Whether feasible model `a` replaces `b` as the job's best. The end of a retraining attempt
+    beats every other model, and the smallest such wins: each is one scoring of one frozen mask.
+    Adjusted models (dozens of scorings of a moving model: the smallest that passes δ is
+    flattered by the split it passed on), scorings during retraining and the reference are the
+    fallback when no retraining ends within δ."""
     if b is None:
         return True
-    if (a.stage == "retrain") != (b.stage == "retrain"):
-        return a.stage == "retrain"
-    if a.stage == "retrain":
-        assert a.nonzero is not None and b.nonzero is not None
-        return (a.nonzero, -a.number) < (b.nonzero, -b.number)
+    if (a.number in finals) != (b.number in finals):
+        return a.number in finals
     return better(a, b)
 
 
@@ -105,18 +106,19 @@ class OlmpSearch:
         self.lower = math.log10(spec.search.min_keep_ratio)
         self.trainer = MaskedTrainer(model, params, [*self.masked, *self.tied.values()],
                                      splits.x_train, splits.y_train, solver_config(spec), spec.seed)
-        self.x_score, self.y_score = validation_subset(splits, spec.search.validation_subset, spec.seed)
+        self.x_score, self.y_score = validation_subset(splits, search_subset(spec), spec.seed)
         mode = spec.search.evaluation
         self.subset = self.y_score.shape[0] < splits.y_val.shape[0]
         self.full_scorer = Evaluator(model, splits.x_val, splits.y_val, mode=mode)
         self.scorer = (Evaluator(model, self.x_score, self.y_score, mode=mode) if self.subset
                        else self.full_scorer)
+        self.levels = retrain_levels(spec)
         self.progress = Progress(round=0, phase="search", phase_done=0, number=0, best=None,
-                                 best_thresholds=None)
+                                 best_thresholds=None, starts=[None] * len(self.levels), finals=[])
         self.best: Evaluated | None = None
         self.best_params: dict[str, torch.Tensor] | None = None
-        # the smallest adjusted model within retrain_drop, kept to retrain from
-        self.retrain_start: TrainerState | None = None
+        # per retraining attempt, the smallest adjusted model within its tolerance
+        self.starts: list[TrainerState | None] = [None] * len(self.levels)
         self._round: list[Evaluated] = []
         self.trials = TrialLoop(recorder, self._round.extend, lambda: self.best)
         self._last_save = time.monotonic()
@@ -131,7 +133,9 @@ class OlmpSearch:
     def _evaluate(self, stage: str) -> Evaluated:
         """Score the model as it is now (or replay its stored trial) and keep it if it is best."""
         self.recorder.check()
-        number, round_ = self.progress.number, min(self.progress.round, self.spec.olmp.rounds)
+        p, o = self.progress, self.spec.olmp
+        number = p.number
+        round_ = p.round + (p.attempt if stage == "retrain" else 0)
         pruned = self._pruned_model()
         stored = self.recorder.replay(number)
         if stored is not None:
@@ -143,16 +147,19 @@ class OlmpSearch:
             e = self.candidates.evaluated(number, stage, candidate, pruned, acc, self.reference_full,
                                           int(self.splits.y_val.shape[0]),
                                           (time.perf_counter() - start) * 1e3, round_)
-        if e.feasible and preferred(e, self.best):
+        assert p.finals is not None and p.starts is not None
+        if stage == "retrain" and p.phase_done == o.retrain_iterations:
+            p.finals.append(number)
+        if e.feasible and preferred(e, self.best, set(p.finals)):
             self.best = e
             self.best_params = {k: v.detach().clone() for k, v in pruned.params.items()}
-            self.progress.best_thresholds = dict(self.trainer.thresholds)
-        if (stage == "adjust" and e.nonzero is not None and e.accuracy_drop is not None
-                and e.accuracy_drop <= self.spec.olmp.retrain_drop
-                and (self.progress.retrain_start is None
-                     or e.nonzero < self.progress.retrain_start["nonzero"])):
-            self.retrain_start = self.trainer.state()
-            self.progress.retrain_start = {"number": e.number, "nonzero": e.nonzero}
+            p.best_thresholds = dict(self.trainer.thresholds)
+        if stage == "adjust" and e.nonzero is not None and e.accuracy_drop is not None:
+            for i, level in enumerate(self.levels):
+                here = p.starts[i]
+                if e.accuracy_drop <= level and (here is None or e.nonzero < here["nonzero"]):
+                    self.starts[i] = self.trainer.state()
+                    p.starts[i] = {"number": e.number, "nonzero": e.nonzero}
         if stored is None:
             self.recorder.write([e], trials_done=number + 1, stage=stage, best=self.best)
         self.progress.number = number + 1
@@ -229,11 +236,12 @@ class OlmpSearch:
     def _save(self) -> None:
         self.progress.best = self.best.row() if self.best is not None else None
         self.recorder.save_state(olmp_state.dump(self.trainer.state(), self.progress, self.best_params,
-                                                 self.retrain_start))
+                                                 self.starts))
         self._last_save = time.monotonic()
 
     def _restore(self, data: bytes) -> None:
-        state, progress, best_params, self.retrain_start = olmp_state.load(data)
+        state, progress, best_params, starts = olmp_state.load(data)
+        self.starts = starts or [None] * len(self.levels)
         self.trainer.load(state, frozen=False)
         self.progress = progress
         if progress.best is not None:
@@ -241,6 +249,29 @@ class OlmpSearch:
         device = self.splits.x_val.device
         self.best_params = ({k: v.to(device) for k, v in best_params.items()}
                             if best_params is not None else None)
+
+    # -- retraining attempts -----------------------------------------------------------------
+    def _ladder(self) -> list[TrainerState | None]:
+        """The models retraining attempts start from, in order: each level's smallest adjusted
+        model, once each (None: the model as the rounds left it)."""
+        if self.spec.olmp.retrain_from == "last":
+            return [None]
+        assert self.progress.starts is not None
+        seen: set[int] = set()
+        out: list[TrainerState | None] = []
+        for meta, state in zip(self.progress.starts, self.starts, strict=True):
+            if meta is not None and state is not None and meta["number"] not in seen:
+                seen.add(meta["number"])
+                out.append(state)
+        return out or [None]
+
+    def _start_attempt(self) -> None:
+        """Back to the attempt's adjusted model, weights and masks as they were after its round;
+        the iteration and the random streams go on where they are."""
+        start = self._ladder()[self.progress.attempt]
+        if start is not None:
+            self.trainer.adopt(start)
+        self.progress.attempt_start = self.trainer.iteration
 
     # -- the whole job -----------------------------------------------------------------------
     def run(self) -> SearchResult:
@@ -266,16 +297,23 @@ class OlmpSearch:
             self._evaluate("adjust")
             p.round += 1
             p.phase, p.phase_done = ("search" if p.round < o.rounds else "retrain"), 0
-            if p.phase == "retrain" and o.retrain_from == "smallest" and self.retrain_start is not None:
-                # back to the smallest mask that was within retrain_drop, weights as they were
-                # then; iteration and random streams go on where they are
-                self.trainer.adopt(self.retrain_start)
+            if p.phase == "retrain":
+                self._start_attempt()
             self._checkpoint()
 
-        self.trainer.freeze()  # idempotent: a job resumed while retraining freezes again
-        self.trainer.retrain_schedule(o.rounds * o.adjust_iterations, o.retrain_iterations,
-                                      o.retrain_lr, o.retrain_anneal)
-        self._train(o.retrain_iterations, evaluate_every=o.evaluate_every)
+        # resumed while retraining: the attempt's weights were adopted before the state was saved
+        while True:
+            self.trainer.freeze()  # idempotent
+            self.trainer.retrain_schedule(p.attempt_start, o.retrain_iterations, o.retrain_lr,
+                                          o.retrain_anneal)
+            self._train(o.retrain_iterations, evaluate_every=o.evaluate_every)
+            assert p.finals
+            if (self.best is not None and self.best.number == p.finals[-1]) \
+                    or p.attempt + 1 >= len(self._ladder()):
+                break  # this attempt ended within δ, or there is nothing else to retrain
+            p.attempt, p.phase_done = p.attempt + 1, 0
+            self._start_attempt()
+            self._checkpoint()
         self.recorder.flush()  # every trial is stored before the job reports its best
         return self._result(reference)
 

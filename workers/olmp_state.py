@@ -29,8 +29,11 @@ class Progress:
     number: int  # next trial number
     best: dict[str, Any] | None  # the best checkpoint's trial row
     best_thresholds: dict[str, float] | None
-    # trial number and non-zeros of the adjusted model retraining will start from
-    retrain_start: dict[str, int] | None = None
+    # per retraining attempt: trial number and non-zeros of the adjusted model it starts from
+    starts: list[dict[str, int] | None] | None = None
+    attempt: int = 0  # the retraining attempt in progress
+    attempt_start: int = 0  # the trainer's iteration when it began
+    finals: list[int] | None = None  # trial numbers of the scorings that ended an attempt
 
 
 def _trainer_tensors(trainer: TrainerState, prefix: str) -> dict[str, torch.Tensor]:
@@ -44,22 +47,22 @@ def _trainer_tensors(trainer: TrainerState, prefix: str) -> dict[str, torch.Tens
 
 
 def dump(trainer: TrainerState, progress: Progress, best_params: dict[str, torch.Tensor] | None,
-         retrain_start: TrainerState | None = None) -> bytes:
+         starts: list[TrainerState | None] | None = None) -> bytes:
     tensors = _trainer_tensors(trainer, "")
-    if retrain_start is not None:
-        # only weights, masks and velocity are taken from it (TrainerState.adopt)
-        tensors.update(_trainer_tensors(retrain_start, "start/"))
+    for i, start in enumerate(starts or []):
+        if start is not None:  # only weights, masks, velocity and thresholds are taken from it
+            tensors.update(_trainer_tensors(start, f"start{i}/"))
     for name, t in (best_params or {}).items():
         tensors[f"best/{name}"] = t.detach().to("cpu").contiguous()
     tensors["batch_rng"] = trainer.batch_rng.to("cpu").contiguous()
     header = {"format": FORMAT, "thresholds": trainer.thresholds, "iteration": trainer.iteration,
               "coin_rng": trainer.coin_rng, "progress": progress.__dict__,
-              "start_thresholds": retrain_start.thresholds if retrain_start is not None else None}
+              "start_thresholds": [st.thresholds if st is not None else None for st in starts or []]}
     return safetensors.torch.save(tensors, metadata={_KEY: json.dumps(header)})
 
 
 def load(data: bytes) -> tuple[TrainerState, Progress, dict[str, torch.Tensor] | None,
-                             TrainerState | None]:
+                             list[TrainerState | None]]:
     from core.safetensors_header import HeaderLimits, read_header
 
     # our own bytes: four tensors per model tensor, so the upload limits do not apply
@@ -78,12 +81,11 @@ def load(data: bytes) -> tuple[TrainerState, Progress, dict[str, torch.Tensor] |
         iteration=int(header["iteration"]), batch_rng=tensors["batch_rng"],
         coin_rng=header["coin_rng"])
     best = group("best") or None
-    start = None
-    if group("start/w"):
-        start = TrainerState(
-            weights=group("start/w"), masks={k: v.float() for k, v in group("start/m").items()},
-            velocity=group("start/v"),
-            thresholds={k: float(v) for k, v in header["start_thresholds"].items()},
-            iteration=state.iteration,
-            batch_rng=state.batch_rng, coin_rng=state.coin_rng)
-    return state, Progress(**header["progress"]), best, start
+    starts: list[TrainerState | None] = []
+    for i, thresholds in enumerate(header.get("start_thresholds") or []):
+        prefix = f"start{i}/"
+        starts.append(None if thresholds is None else TrainerState(
+            weights=group(prefix + "w"), masks={k: v.float() for k, v in group(prefix + "m").items()},
+            velocity=group(prefix + "v"), thresholds={k: float(v) for k, v in thresholds.items()},
+            iteration=state.iteration, batch_rng=state.batch_rng, coin_rng=state.coin_rng))
+    return state, Progress(**header["progress"]), best, starts

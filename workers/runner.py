@@ -165,7 +165,10 @@ def run(sessions: sessionmaker[Session], lease: Lease, settings: Settings, devic
         sha = blobs.put(s, data)
         compact_sha = blobs.put(s, compact[0]) if compact is not None else None
         old_state = s.scalar(select(Job.state_sha256).where(Job.id == lease.job_id))
+        # trials_total was planned at admission as an upper bound (olmp may need fewer retraining
+        # attempts): a finished job's total is what it recorded
         update_job(s, lease, status="succeeded", stage="done", best=best, reference=result.reference,
+                   trials_total=Job.trials_done,
                    test_accuracy=result.test_accuracy, checkpoint_sha256=sha, finished_at=utcnow(),
                    lease_expires_at=None, error=None, state_sha256=None,
                    compact_sha256=compact_sha)

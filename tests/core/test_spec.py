@@ -43,3 +43,12 @@ def test_pareto_optimizers_and_parallel_trials_belong_to_training_methods() -> N
         with pytest.raises(ValidationError, match=needle):
             JobSpec.model_validate({**BASE, "method": "magnitude", **extra})
         assert JobSpec.model_validate({**BASE, "method": "sgl", **extra}).method == "sgl"
+
+
+def test_olmp_rounds_search_on_a_validation_subset_unless_the_spec_says() -> None:
+    from core.spec import OLMP_SEARCH_SUBSET, search_subset
+
+    olmp = {**BASE, "method": "olmp", "optimizer": "ncs", "budget": {"trials": 300}}
+    assert search_subset(JobSpec.model_validate(olmp)) == OLMP_SEARCH_SUBSET == 1000
+    assert search_subset(JobSpec.model_validate({**olmp, "search": {"validation_subset": 400}})) == 400
+    assert search_subset(JobSpec.model_validate(BASE)) is None  # magnitude: the whole split

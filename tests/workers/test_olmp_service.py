@@ -76,17 +76,22 @@ def test_an_olmp_job_reports_rounds_and_its_checkpoint_reproduces_its_figures(
     client, ids = api
     job = _olmp(client, ids)
     total = planned_trials(JobSpec.model_validate({**job["spec"]}))
-    assert job["progress"]["trials_total"] == total == 16 + 1 + 2 + 3
+    # planned: every retraining attempt (two, three scorings each)
+    assert job["progress"]["trials_total"] == total == 16 + 1 + 2 + 2 * 3
     assert _run_worker(settings) == 1
     done = client.get(f"/v1/jobs/{job['id']}").json()
     assert done["status"] == "succeeded", done["error"]
-    assert done["progress"]["trials_done"] == total and done["progress"]["fraction"] == 1.0
+    # a finished job's total is what it recorded: one attempt if the first ended within δ
+    recorded = done["progress"]["trials_done"]
+    assert recorded in (total - 3, total) and done["progress"]["trials_total"] == recorded
+    assert done["progress"]["fraction"] == 1.0
 
     trials = all_trials(client, job["id"])
-    assert [t["number"] for t in trials] == list(range(total))
+    assert [t["number"] for t in trials] == list(range(recorded))
     stages = [(t["stage"], t["round"]) for t in trials]
+    attempts = [("retrain", 2)] * 3 + ([("retrain", 3)] * 3 if recorded == total else [])
     assert stages == ([("reference", 0)] + [("search", 0)] * 8 + [("adjust", 0)]
-                      + [("search", 1)] * 8 + [("adjust", 1)] + [("retrain", 2)] * 3)
+                      + [("search", 1)] * 8 + [("adjust", 1)] + attempts)
 
     best = done["best"]
     assert best["stage"] in ("adjust", "retrain") and best["accuracy_drop"] <= 0.02
