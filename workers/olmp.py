@@ -302,7 +302,7 @@ class OlmpSearch:
             self._checkpoint()
 
         # resumed while retraining: the attempt's weights were adopted before the state was saved
-        while True:
+        while o.retrain_iterations > 0:
             self.trainer.freeze()  # idempotent
             self.trainer.retrain_schedule(p.attempt_start, o.retrain_iterations, o.retrain_lr,
                                           o.retrain_anneal)

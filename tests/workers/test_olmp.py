@@ -226,3 +226,12 @@ def test_a_job_resumed_from_saved_state_ends_exactly_like_the_uninterrupted_one(
     assert second.test_accuracy == result.test_accuracy
     for n, t in result.pruned.params.items():
         assert torch.equal(t, second.pruned.params[n])
+
+
+def test_a_schedule_without_retraining_reports_an_adjusted_model(
+        small_model_weights: bytes, small_arrays: dict[str, np.ndarray]) -> None:
+    recorder = StateRecorder()
+    result = _run(small_model_weights, small_arrays, recorder,
+                  _spec(olmp={**SCHEDULE, "rounds": 2, "retrain_iterations": 0}))
+    assert {t.stage for t in recorder.written} == {"reference", "search", "adjust"}
+    assert result.best.stage in ("reference", "adjust") and result.best.feasible
