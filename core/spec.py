@@ -132,7 +132,7 @@ class OlmpOptions(BaseModel):
     lr_power: float = Field(0.75, ge=0, le=10)
     prune_below: float = Field(0.9, gt=0, le=1, description="a kept weight under this × T is pruned")
     restore_above: float = Field(1.1, ge=1, le=10,
-                                 description="a pruned weight over this × T comes back")
+                                 description="a pruned weight at or over this × T comes back")
     refresh_gamma: float = Field(
         1e-4, ge=0, le=1, description="masks are refreshed with probability 1/(1 + γ·iteration)")
 
