@@ -143,7 +143,7 @@ BAD_DATASETS = [
     ("half a validation split", npz_bytes(_arrays(x_val=np.zeros((3, 1, 28, 28), np.float32))),
      "both x_val and y_val"),
     ("object arrays (pickle)", npz_bytes({**_arrays(), "y_train": np.array([object()] * 50)}),
-     "must be numeric"),
+     "member 'y_train.npy' must be a numeric array"),
     ("pickle file", _pickle_payload(), "not a safetensors file"),
     ("zip bomb", _zip_bomb(), "expands to"),
 ]
