@@ -248,8 +248,9 @@ def main() -> None:
             plan = {**plans[arch], **({"budget": args.budget} if args.budget else {})}
             ref_path, ref_test = reference(arch, plan["iterations"], device, cfg)
             weights = ref_path.read_bytes()
-            ref_error = (None if args.tune else
-                         test_error(plain_model(arch, safetensors.torch.load(weights)), splits.x_test, splits.y_test))
+            ref_net = plain_model(arch, safetensors.torch.load(weights))  # the bench's own file
+            ref_error = None if args.tune else test_error(ref_net, splits.x_test, splits.y_test)
+            ref_val_error = test_error(ref_net, splits.x_val, splits.y_val)
             rows = []
             for run in run_jobs(arch, weights, plan, runs, overrides, args.device, Path(tmp)):
                 done, best = run["job"], run["job"]["best"]
@@ -260,8 +261,6 @@ def main() -> None:
                 kept = {n: int(torch.count_nonzero(state[n])) for n in sorted(state)}
                 # the validation drop, recomputed here from the download on the same split
                 val_error = test_error(net, splits.x_val, splits.y_val)
-                ref_val_error = test_error(plain_model(arch, safetensors.torch.load(weights)),
-                                           splits.x_val, splits.y_val)
                 val_drop = (val_error - ref_val_error) / 100.0
                 row = {"optimizer": run["optimizer"], "seed": run["seed"], "job_id": done["id"],
                        "compression_ratio": total / nonzero, "weights_ratio": best["weights_ratio"],
