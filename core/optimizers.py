@@ -10,11 +10,5 @@ MULTI_OBJECTIVE = ("optuna:nsgaii",)
 OPTIMIZERS: tuple[str, ...] = (
     tuple(f"nevergrad:{n}" for n in NEVERGRAD) + tuple(f"optuna:{n}" for n in OPTUNA) + ("ncs",)
 )
-# magnitude: one-shot per-layer thresholds. olmp: OLMP's prune-and-adjust pipeline (thresholds
-# searched every few thousand iterations of masked training whose pruned weights may recover).
-# l0, sgl: every trial is a training run with a regularizer whose per-layer strengths are searched
-# (hard-concrete L0 gates, Louizos et al. 2018; l0 sparse group lasso, MobilePrune 2022).
-METHODS: tuple[str, ...] = ("magnitude", "olmp", "l0", "sgl")
-TRAINING_METHODS = ("l0", "sgl")
 # Optimizers of one scalar objective: every method takes these.
 SCALAR_OPTIMIZERS: tuple[str, ...] = tuple(o for o in OPTIMIZERS if o not in MULTI_OBJECTIVE)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from core.optimizers import METHODS, MULTI_OBJECTIVE, OPTIMIZERS, TRAINING_METHODS
+from core import methods
+from core.optimizers import MULTI_OBJECTIVE, OPTIMIZERS
 
 MAX_TRIALS = 100_000
 MAX_PARALLEL = 64
@@ -117,10 +117,16 @@ class OlmpOptions(BaseModel):
         description="validation drop the adjusted model of the first retraining attempt may have "
         "(retrain_from = smallest): retraining with frozen masks wins accuracy back")
     retrain_attempts: int = Field(
-        2, ge=1, le=5,
+        4, ge=1, le=8,
         description="retrainings at most: attempt i starts from the smallest adjusted model within "
         "retrain_drop·(1 − i/retrain_attempts), and runs only if the attempts before it did not "
         "end within max_accuracy_drop")
+    confirm_fraction: float = Field(
+        1 / 3, ge=0, lt=1,
+        description="share of the validation split held out from every decision that steers the "
+        "job (round searches, adjusted and retraining scorings, where retraining starts): the end "
+        "of a retraining attempt is within δ only if it is within δ on these images, and that "
+        "drop is the one reported (0: no hold-out; the attempt's last scoring decides)")
     search_span: float = Field(
         2.0, gt=0, le=8,
         description="how far below each layer's current keep ratio (log10) a round may search")
@@ -200,8 +206,7 @@ class JobSpec(BaseModel):
     @field_validator("method")
     @classmethod
     def _method(cls, v: str) -> str:
-        if v not in METHODS:
-            raise ValueError(f"unknown method {v!r}; choose one of {list(METHODS)}")
+        methods.get(v)  # an unknown name raises, listing the known ones
         return v
 
     @field_validator("optimizer")
@@ -220,58 +225,26 @@ class JobSpec(BaseModel):
 
     @model_validator(mode="after")
     def _method_fits(self) -> JobSpec:
-        if self.optimizer in MULTI_OBJECTIVE and self.method not in TRAINING_METHODS:
+        info = methods.get(self.method)
+        if self.optimizer in MULTI_OBJECTIVE and not info.multi_objective:
             raise ValueError(f"optimizer {self.optimizer} returns a Pareto front and serves only "
-                             f"methods {list(TRAINING_METHODS)}")
-        if self.budget.parallel > 1 and self.method not in TRAINING_METHODS:
-            raise ValueError(f"budget.parallel applies to methods {list(TRAINING_METHODS)} (each "
-                             f"trial a training run); method {self.method} scores in populations")
+                             f"methods {[n for n in methods.names() if methods.get(n).multi_objective]}")
+        if self.budget.parallel > 1 and info.trials != "distributed":
+            raise ValueError(f"budget.parallel applies to methods "
+                             f"{list(methods.with_trials('distributed'))} (each trial a training "
+                             f"run); method {self.method} scores in populations")
+        if info.rules is not None:
+            info.rules(self)
         return self
-
-    @model_validator(mode="after")
-    def _olmp_budget(self) -> JobSpec:
-        if self.method == "olmp" and self.budget.trials < self.olmp.rounds:
-            raise ValueError(f"budget.trials ({self.budget.trials}) must be at least olmp.rounds "
-                             f"({self.olmp.rounds}): every round searches")
-        return self
-
-
-def search_drop(spec: JobSpec) -> float:
-    """The one-shot accuracy drop an OLMP round's search may accept."""
-    if spec.olmp.search_drop is not None:
-        return spec.olmp.search_drop
-    return max(spec.max_accuracy_drop, DEFAULT_SEARCH_DROP)
 
 
 def search_subset(spec: JobSpec) -> int | None:
     """Validation samples a job's candidates are scored on (None: the whole split)."""
     if spec.search.validation_subset is not None:
         return spec.search.validation_subset
-    return OLMP_SEARCH_SUBSET if spec.method == "olmp" else None
-
-
-def round_trials(spec: JobSpec) -> list[int]:
-    """Search trials of each OLMP round: the budget shared out, earlier rounds taking the rest."""
-    rounds = spec.olmp.rounds
-    base, extra = divmod(spec.budget.trials, rounds)
-    return [base + (1 if r < extra else 0) for r in range(rounds)]
-
-
-def retrain_levels(spec: JobSpec) -> list[float]:
-    """The adjusted-model tolerance of each OLMP retraining attempt, loosest first."""
-    o = spec.olmp
-    if o.retrain_from == "last":
-        return [math.inf]
-    return [o.retrain_drop * (1 - i / o.retrain_attempts) for i in range(o.retrain_attempts)]
+    return methods.get(spec.method).validation_subset
 
 
 def planned_trials(spec: JobSpec) -> int:
-    """Trials a job records at most: its search budget, plus OLMP's scorings of whole models (the
-    reference, one after each round's adjusting, and per retraining attempt one every
-    `evaluate_every` iterations and one at its end). An OLMP job whose first retraining ends
-    within δ records fewer; a finished job's total is what it recorded."""
-    if spec.method != "olmp":
-        return spec.budget.trials
-    o = spec.olmp
-    per_attempt = -(-o.retrain_iterations // o.evaluate_every)
-    return spec.budget.trials + 1 + o.rounds + len(retrain_levels(spec)) * per_attempt
+    """Trials a job records at most (progress.trials_total at admission)."""
+    return methods.get(spec.method).planned(spec)

@@ -4,7 +4,7 @@ choose method, optimizer, δ, budget and seed.
 A submission goes through the API's own validation (core.spec.JobSpec, service.uploads,
 service.admission) and gets the API's messages, each shown next to the field it names. Nothing is
 written unless everything passes; then the model, the dataset and the job go in one transaction.
-The lists offered come from the code (core.optimizers, the architecture registry), never copies.
+The lists offered come from the code (core.methods, core.optimizers, the architecture registry), never copies.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.datastructures import FormData, UploadFile
 
-from core import optimizers
+from core import methods, optimizers
 from core.architectures import Architecture, get_architecture, registry
 from core.errors import DatasetUnavailable, InvalidInput
 from core.settings import Settings
@@ -79,7 +79,7 @@ def _choices(session: Session, principal: Principal) -> dict[str, Any]:
     owner = principal.owner_filter()
     return {
         "architectures": sorted(registry().values(), key=lambda a: a.name),
-        "methods": optimizers.METHODS,  # read at each render: methods are added as the code grows
+        "methods": methods.names(),  # read at each render: methods are added as the code grows
         "optimizers": optimizers.OPTIMIZERS,
         "builtins": BUILTIN_DATASETS,
         "models": records.list_models(session, owner),

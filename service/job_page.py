@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 from sqlalchemy.orm import Session
 
-from core.stages import STEERING_STAGES
+from core.stages import steering
 from service import charts
 from service.job_figures import (
     convergence,
@@ -121,7 +121,7 @@ def context(session: Session, job: Job, state: TableState, now: datetime) -> dic
         "best": best,
         "best_round": next((p.round for p in points if best and p.number == best["trial_number"]),
                            None),
-        "steering": sorted(STEERING_STAGES.get(method, ())),
+        "steering": sorted(steering(method)),
         "reference": doc["reference"],
         "multi_round": len(job_rounds) > 1,
         "rounds": job_rounds,

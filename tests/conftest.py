@@ -117,17 +117,41 @@ def settings(app_db_url: str, tmp_path: Path) -> Settings:
 
 # -- small real data and a small real model -------------------------------------------------
 
-@pytest.fixture(scope="session")
-def small_arrays(mnist_dir: Path) -> dict[str, np.ndarray]:
+def load_small_arrays(datasets_dir: Path = DATASETS_DIR) -> dict[str, np.ndarray]:
     """A slice of MNIST with its own validation split: quick to score, still real."""
     from core import mnist
 
-    m = mnist.load(mnist_dir)
+    m = mnist.load(datasets_dir)
     return {
         "x_train": m.x_train[:4000], "y_train": m.y_train[:4000],
         "x_val": m.x_train[50000:51000], "y_val": m.y_train[50000:51000],
         "x_test": m.x_test[:2000], "y_test": m.y_test[:2000],
     }
+
+
+def train_small_model(arrays: dict[str, np.ndarray]) -> bytes:
+    """LeNet-300-100 trained for 2 epochs on 4,000 images (about 90 % accurate)."""
+    import safetensors.torch
+    import torch
+
+    from workers.data import split_arrays
+    from workers.training import train
+
+    splits = split_arrays(arrays, {})
+    params, result = train("lenet-300-100", splits, epochs=2, seed=0, device=torch.device("cpu"))
+    assert result.val_accuracy > 0.8
+    return safetensors.torch.save({k: v.contiguous() for k, v in params.items()})
+
+
+def small_inputs() -> tuple[bytes, bytes]:
+    """(weights, dataset .npz) of the small model and data, outside pytest (tests/golden)."""
+    arrays = load_small_arrays()
+    return train_small_model(arrays), npz_bytes(arrays)
+
+
+@pytest.fixture(scope="session")
+def small_arrays(mnist_dir: Path) -> dict[str, np.ndarray]:
+    return load_small_arrays(mnist_dir)
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -143,14 +167,4 @@ def small_dataset_npz(small_arrays: dict[str, np.ndarray]) -> bytes:
 
 @pytest.fixture(scope="session")
 def small_model_weights(small_arrays: dict[str, np.ndarray]) -> bytes:
-    """LeNet-300-100 trained for 2 epochs on 4,000 images (about 90 % accurate)."""
-    import safetensors.torch
-    import torch
-
-    from workers.data import split_arrays
-    from workers.training import train
-
-    splits = split_arrays(small_arrays, {})
-    params, result = train("lenet-300-100", splits, epochs=2, seed=0, device=torch.device("cpu"))
-    assert result.val_accuracy > 0.8
-    return safetensors.torch.save({k: v.contiguous() for k, v in params.items()})
+    return train_small_model(small_arrays)

@@ -15,8 +15,13 @@ Trials, numbered in the order they happen:
              attempt's tolerance, masks frozen; every `evaluate_every` iterations the model is
              scored on the full split. A later attempt, from a model with less drop, runs only if
              the one before did not end within δ.
-The job's best is the end of a retraining attempt that is within δ; when none is, the smallest
-feasible model among the reference and the adjusted and retraining scorings (`preferred`). One-shot
+  confirm    attempt i's end, scored once more on the validation images held out from all of the
+             above (`olmp.confirm_fraction`, a third by default): the attempt is within δ only if
+             it is within δ there.
+The job's best is the end of a retraining attempt confirmed within δ on the hold-out; when none is,
+the reference. Without a hold-out (confirm_fraction 0), the end of an attempt within δ on the
+whole split, and when none is, the smallest feasible model among the reference and the adjusted
+and retraining scorings (`preferred`). One-shot
 search candidates steer the thresholds but are never reported as the result (their accuracy is what
 a search selected for).
 
@@ -39,7 +44,9 @@ import torch
 from torch import nn
 
 from core.architectures import Architecture
-from core.spec import JobSpec, retrain_levels, round_trials, search_drop, search_subset
+from core.methods.olmp import retrain_levels, round_trials, search_drop
+from core.spec import JobSpec, search_subset
+from core.splits import confirmation_positions
 from workers import olmp_state, optimizers
 from workers.data import Splits
 from workers.evaluation import Evaluator, accuracy
@@ -52,7 +59,7 @@ from workers.search import (
     SearchResult,
     TrialLoop,
     better,
-    validation_subset,
+    seeded_subset,
 )
 from workers.surgery import MaskedTrainer, SolverConfig, TrainerState, keep_fractions, log_keep
 
@@ -106,10 +113,22 @@ class OlmpSearch:
         self.lower = math.log10(spec.search.min_keep_ratio)
         self.trainer = MaskedTrainer(model, params, [*self.masked, *self.tied.values()],
                                      splits.x_train, splits.y_train, solver_config(spec), spec.seed)
-        self.x_score, self.y_score = validation_subset(splits, search_subset(spec), spec.seed)
         mode = spec.search.evaluation
-        self.subset = self.y_score.shape[0] < splits.y_val.shape[0]
-        self.full_scorer = Evaluator(model, splits.x_val, splits.y_val, mode=mode)
+        # whole models are scored on the steering part of the validation split; the end of a
+        # retraining attempt is confirmed on the held-out part, which nothing else ever sees
+        self.x_steer, self.y_steer = splits.x_val, splits.y_val
+        self.confirm_scorer: Evaluator | None = None
+        if spec.olmp.confirm_fraction > 0:
+            steer, held = (torch.from_numpy(i).to(splits.y_val.device) for i in
+                           confirmation_positions(int(splits.y_val.shape[0]),
+                                                  spec.olmp.confirm_fraction))
+            self.x_steer, self.y_steer = splits.x_val[steer], splits.y_val[steer]
+            self.x_confirm, self.y_confirm = splits.x_val[held], splits.y_val[held]
+            self.confirm_scorer = Evaluator(model, self.x_confirm, self.y_confirm, mode=mode)
+        self.x_score, self.y_score = seeded_subset(self.x_steer, self.y_steer, search_subset(spec),
+                                                   spec.seed)
+        self.subset = self.y_score.shape[0] < self.y_steer.shape[0]
+        self.full_scorer = Evaluator(model, self.x_steer, self.y_steer, mode=mode)
         self.scorer = (Evaluator(model, self.x_score, self.y_score, mode=mode) if self.subset
                        else self.full_scorer)
         self.levels = retrain_levels(spec)
@@ -135,22 +154,29 @@ class OlmpSearch:
         self.recorder.check()
         p, o = self.progress, self.spec.olmp
         number = p.number
-        round_ = p.round + (p.attempt if stage == "retrain" else 0)
+        round_ = p.round + (p.attempt if stage in ("retrain", "confirm") else 0)
         pruned = self._pruned_model()
         stored = self.recorder.replay(number)
         if stored is not None:
             e = stored
         else:
             start = time.perf_counter()
-            acc = self.full_scorer.accuracies([pruned.params])[0]
+            scorer, ref = ((self.confirm_scorer, self.reference_confirm) if stage == "confirm"
+                           else (self.full_scorer, self.reference_full))
+            assert scorer is not None
+            acc = scorer.accuracies([pruned.params])[0]
             candidate = log_keep(keep_fractions(self.trainer), self.masked, LOG_FLOOR)
-            e = self.candidates.evaluated(number, stage, candidate, pruned, acc, self.reference_full,
-                                          int(self.splits.y_val.shape[0]),
+            e = self.candidates.evaluated(number, stage, candidate, pruned, acc, ref,
+                                          int(scorer.y.shape[0]),
                                           (time.perf_counter() - start) * 1e3, round_)
         assert p.finals is not None and p.starts is not None
-        if stage == "retrain" and p.phase_done == o.retrain_iterations:
+        ends = stage == "retrain" and p.phase_done == o.retrain_iterations
+        if stage == "confirm" or (ends and self.confirm_scorer is None):
             p.finals.append(number)
-        if e.feasible and preferred(e, self.best, set(p.finals)):
+        # with a hold-out, only what it confirmed (and the reference) can be handed back: every
+        # other scoring is of a model that steered the job on the very images it was scored on
+        eligible = (self.confirm_scorer is None or stage in ("confirm", "reference"))
+        if e.feasible and eligible and preferred(e, self.best, set(p.finals)):
             self.best = e
             self.best_params = {k: v.detach().clone() for k, v in pruned.params.items()}
             p.best_thresholds = dict(self.trainer.thresholds)
@@ -276,12 +302,19 @@ class OlmpSearch:
     # -- the whole job -----------------------------------------------------------------------
     def run(self) -> SearchResult:
         o = self.spec.olmp
-        self.reference_full = accuracy(self.model, self.initial, self.splits.x_val, self.splits.y_val)
+        self.reference_full = accuracy(self.model, self.initial, self.x_steer, self.y_steer)
         self.reference_scored = (accuracy(self.model, self.initial, self.x_score, self.y_score)
                                  if self.subset else self.reference_full)
         reference = {"val_accuracy": self.reference_full, "total_parameters": self.total,
                      "scored_val_accuracy": self.reference_scored,
-                     "scored_on": int(self.y_score.shape[0])}
+                     "scored_on": int(self.y_score.shape[0]),
+                     "steered_on": int(self.y_steer.shape[0])}
+        self.reference_confirm = self.reference_full
+        if self.confirm_scorer is not None:
+            self.reference_confirm = accuracy(self.model, self.initial, self.x_confirm,
+                                              self.y_confirm)
+            reference |= {"confirm_val_accuracy": self.reference_confirm,
+                          "confirmed_on": int(self.y_confirm.shape[0])}
         self.recorder.set_reference(reference)
         if self._resume is not None:
             self._restore(self._resume)
@@ -307,6 +340,9 @@ class OlmpSearch:
             self.trainer.retrain_schedule(p.attempt_start, o.retrain_iterations, o.retrain_lr,
                                           o.retrain_anneal)
             self._train(o.retrain_iterations, evaluate_every=o.evaluate_every)
+            if self.confirm_scorer is not None and len(p.finals or []) <= p.attempt:
+                self._evaluate("confirm")
+                self._checkpoint()
             assert p.finals
             if (self.best is not None and self.best.number == p.finals[-1]) \
                     or p.attempt + 1 >= len(self._ladder()):
@@ -325,9 +361,12 @@ class OlmpSearch:
         pruned = PrunedModel(params=params, kept=kept, nonzero=nonzero, total=self.total)
         # Every figure reported comes from the checkpoint itself (on CPU identical to the trial;
         # after a resume on CUDA, whose kernels are not all deterministic, it may differ slightly).
-        val = accuracy(self.model, params, self.splits.x_val, self.splits.y_val)
+        x, y, ref = ((self.x_confirm, self.y_confirm, self.reference_confirm)
+                     if self.best.stage == "confirm" else (self.x_steer, self.y_steer,
+                                                            self.reference_full))
+        val = accuracy(self.model, params, x, y)
         best = self.candidates.evaluated(self.best.number, self.best.stage, self.best.candidate,
-                                         pruned, val, self.reference_full, self.best.scored_on,
+                                         pruned, val, ref, self.best.scored_on,
                                          self.best.duration_ms, self.best.round)
         best = dataclasses.replace(best, feasible=self.best.feasible)
         test_accuracy = accuracy(self.model, params, self.splits.x_test, self.splits.y_test)

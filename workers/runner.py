@@ -11,8 +11,8 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from core import methods
 from core.architectures import Architecture
-from core.optimizers import TRAINING_METHODS
 from core.settings import Settings
 from core.spec import JobSpec
 from store import blobs, records, trial_queue
@@ -23,10 +23,9 @@ from workers import checkpoint, compaction, zoo
 from workers.data import Splits
 from workers.evaluation import accuracy
 from workers.job_inputs import JobInputs, read_job_inputs
-from workers.olmp import OlmpSearch
-from workers.search import Evaluated, MagnitudeSearch, SearchResult
+from workers.methods import MethodJob, load
+from workers.search import Evaluated, SearchResult
 from workers.stopping import Stop
-from workers.training_search import TrainingSearch
 
 log = logging.getLogger(__name__)
 
@@ -137,16 +136,10 @@ def run(sessions: sessionmaker[Session], lease: Lease, settings: Settings, devic
 
     torch.manual_seed(spec.seed)
     recorder = DbRecorder(sessions, lease, stored, should_stop)
-    result: SearchResult
-    if spec.method == "olmp":
-        result = OlmpSearch(arch, model, params, splits, spec, recorder, state,
-                            state_seconds=settings.state_seconds).run()
-    elif spec.method in TRAINING_METHODS:
-        result = TrainingSearch(arch, model, params, splits, spec, recorder, sessions=sessions,
-                                lease=lease, settings=settings, device=device,
-                                should_stop=should_stop).run()
-    else:
-        result = MagnitudeSearch(arch, model, params, splits, spec, recorder).run()
+    job = MethodJob(arch=arch, model=model, params=params, splits=splits, spec=spec,
+                    recorder=recorder, state=state, settings=settings, sessions=sessions,
+                    lease=lease, device=device, should_stop=should_stop)
+    result = load(spec.method).run(job)
 
     manifest = manifest_for(result, arch_name=arch.name, arch_config=dict(arch.config),
                             dataset_summary=dataset_summary, spec=spec, job_id=lease.job_id,
@@ -155,7 +148,7 @@ def run(sessions: sessionmaker[Session], lease: Lease, settings: Settings, devic
     data = checkpoint.build(result.pruned.params, manifest)
     best = {**result.best.best_doc(), "test_accuracy": result.test_accuracy}
     compact = None
-    if spec.method in TRAINING_METHODS:
+    if "compact" in methods.get(spec.method).artifacts:
         compact = compact_checkpoint(arch, model, result, manifest, splits)
         if compact is not None:
             best["compact"] = compact[1]

@@ -213,12 +213,17 @@ class TrialLoop:
 
 def validation_subset(splits: Splits, subset: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The validation samples candidates are scored on: a seeded subset, or the whole split."""
-    n_val = splits.y_val.shape[0]
-    if subset is None or subset >= n_val:
-        return splits.x_val, splits.y_val
+    return seeded_subset(splits.x_val, splits.y_val, subset, seed)
+
+
+def seeded_subset(x: torch.Tensor, y: torch.Tensor, subset: int | None,
+                  seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    n = y.shape[0]
+    if subset is None or subset >= n:
+        return x, y
     gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(n_val, generator=gen)[:subset].sort().values.to(splits.y_val.device)
-    return splits.x_val[idx], splits.y_val[idx]
+    idx = torch.randperm(n, generator=gen)[:subset].sort().values.to(y.device)
+    return x[idx], y[idx]
 
 
 class MagnitudeSearch:

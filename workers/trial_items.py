@@ -31,7 +31,8 @@ from workers import pruning
 from workers.data import Splits
 from workers.heartbeat import Heartbeat
 from workers.job_inputs import read_job_inputs
-from workers.regularized import TrialOutcome, run_trial
+from workers.methods import load_distributed
+from workers.regularized import TrialOutcome
 from workers.stopping import ItemLost, Stop
 
 log = logging.getLogger(__name__)
@@ -133,9 +134,9 @@ def _train(sessions: sessionmaker[Session], lease: trial_queue.ItemLease, settin
 
     start = time.perf_counter()
     # Each trial's own seed: the job's seed and its number (same spec, same trials, on any worker)
-    outcome = run_trial(spec.method, ctx.arch, ctx.reference, ctx.splits, options,
-                        lease.candidate, seed=spec.seed * 100_003 + lease.number,
-                        device=device, report=report, check=check)
+    outcome = load_distributed(spec.method).train_trial(
+        ctx.arch, ctx.reference, ctx.splits, spec, lease.candidate,
+        seed=spec.seed * 100_003 + lease.number, device=device, report=report, check=check)
     duration_ms = (time.perf_counter() - start) * 1e3
     data = safetensors.torch.save({k: v.detach().to("cpu").contiguous()
                                    for k, v in outcome.params.items()})

@@ -273,11 +273,12 @@ def test_the_form_queues_the_job_the_api_would_and_reuses_uploads(world: World) 
 
 
 def test_the_form_offers_what_the_code_registers(world: World) -> None:
+    from core import methods
     from core.architectures import registry
-    from core.optimizers import METHODS, OPTIMIZERS
+    from core.optimizers import OPTIMIZERS
 
     html = world.browser("alice").get("/jobs/new").text
-    expected = {"method": list(METHODS), "optimizer": list(OPTIMIZERS),
+    expected = {"method": list(methods.names()), "optimizer": list(OPTIMIZERS),
                 "architecture": sorted(registry())}
     for select, names in expected.items():
         block = re.search(rf'<select id="{select}".*?</select>', html, re.S)

@@ -20,7 +20,7 @@ from workers.olmp import OlmpSearch
 from workers.search import Evaluated, SearchResult
 
 SCHEDULE = {"rounds": 3, "adjust_iterations": 60, "retrain_iterations": 120, "evaluate_every": 50,
-            "search_drop": 0.03, "retrain_drop": 0.015}
+            "search_drop": 0.03, "retrain_drop": 0.015, "retrain_attempts": 2}
 
 
 class StateRecorder:
@@ -84,7 +84,8 @@ def test_trials_follow_the_schedule_round_by_round(full_run: tuple[StateRecorder
     spec = _spec()
     # every retraining attempt planned; a job whose first attempt ends within δ records fewer
     assert [t.number for t in trials] == list(range(len(trials)))
-    assert len(trials) <= planned_trials(spec) == 24 + 1 + 3 + 2 * 3
+    # per attempt: scorings at 50, 100 and 120 iterations, then its end on the hold-out
+    assert len(trials) <= planned_trials(spec) == 24 + 1 + 3 + 2 * (3 + 1)
     assert trials[0].stage == "reference" and trials[0].accuracy_drop == 0.0
     # per round: its share of the search budget (8 each), then the adjusted model
     for r in range(3):
@@ -94,7 +95,14 @@ def test_trials_follow_the_schedule_round_by_round(full_run: tuple[StateRecorder
     assert len(retrain) == 3  # at 50, 100 and 120
     # masks are frozen while retraining: the size stays put
     assert len({t.nonzero for t in retrain}) == 1
-    assert all(t.scored_on == 1000 for t in trials if t.stage != "search")
+    # a third of the 1,000 validation images is held out: every whole model is scored on the
+    # rest, and only an attempt's end on the held-out third, once, right after its last scoring
+    assert all(t.scored_on == 667 for t in trials if t.stage not in ("search", "confirm"))
+    confirms = [t for t in trials if t.stage == "confirm"]
+    assert confirms and all(t.scored_on == 333 for t in confirms)
+    for c in confirms:
+        assert trials[c.number - 1].stage == "retrain" and trials[c.number - 1].round == c.round
+        assert trials[c.number - 1].nonzero == c.nonzero
 
 
 def test_the_best_is_a_trained_model_within_delta_and_the_checkpoint_says_so(
@@ -102,23 +110,24 @@ def test_the_best_is_a_trained_model_within_delta_and_the_checkpoint_says_so(
         small_arrays: dict[str, np.ndarray]) -> None:
     recorder, result = full_run
     best = result.best
-    assert best.stage in ("adjust", "retrain") and best.feasible
+    assert best.stage in ("adjust", "retrain", "confirm") and best.feasible
     assert best.accuracy_drop is not None and best.accuracy_drop <= 0.02
     assert best.compression_ratio is not None and best.compression_ratio > 1.5
-    # the end of a retraining attempt within δ beats every other model; none: the smallest feasible
-    ends = [t for t in recorder.written if t.stage == "retrain" and t.feasible
-            and t is [u for u in recorder.written if u.stage == "retrain" and u.round == t.round][-1]]
-    if ends:
-        assert best.number == ends[0].number
-    else:
-        trained = [t for t in recorder.written if t.stage != "search" and t.feasible]
-        assert best.nonzero == min(t.nonzero for t in trained if t.nonzero is not None)
-    # the figures come from the checkpoint's own tensors
+    # the end of a retraining attempt confirmed within δ on the hold-out beats every other model
+    ends = [t for t in recorder.written if t.stage == "confirm" and t.feasible]
+    assert ends, "no attempt was confirmed: the test shows nothing"
+    assert best.number == ends[0].number and best.stage == "confirm"
+    # the figures come from the checkpoint's own tensors, on the images the drop is reported on:
+    # the held-out third (numpy's default_rng(1) permutation of the validation positions)
     params = result.pruned.params
     assert sum(int(torch.count_nonzero(t)) for t in params.values()) == best.nonzero
     splits = split_arrays(small_arrays, {})
     model = zoo.build(get_architecture("lenet-300-100")).eval()
-    assert accuracy(model, params, splits.x_val, splits.y_val) == best.val_accuracy
+    held = torch.from_numpy(np.sort(np.random.default_rng(1).permutation(1000)[:333]))
+    steer = torch.from_numpy(np.setdiff1d(np.arange(1000), held.numpy()))
+    x, y = ((splits.x_val[held], splits.y_val[held]) if best.stage == "confirm"
+            else (splits.x_val[steer], splits.y_val[steer]))
+    assert accuracy(model, params, x, y) == best.val_accuracy
     assert accuracy(model, params, splits.x_test, splits.y_test) == result.test_accuracy
     # feasible means δ (2 %) everywhere; a round's search steers by its own tolerance (3 %),
     # measured against the model the round starts from (the previous round's adjusted model)
@@ -154,7 +163,8 @@ def test_retraining_freezes_the_smallest_adjusted_mask_within_each_attempt_s_tol
     # end within δ, from the smallest within half that
     got = attempts(recorder.written)
     assert {t.nonzero for t in got[0]} == {start(recorder.written, 0.015).nonzero}
-    assert (1 in got) == (not got[0][-1].feasible)
+    confirmed = {t.round - 3: t for t in recorder.written if t.stage == "confirm"}
+    assert (1 in got) == (not confirmed[0].feasible)
     # rounds that prune past δ with no adjusting, and a retraining too gentle to win it back: the
     # first attempt fails, and the second starts from a model with less drop
     strict = StateRecorder()
@@ -163,13 +173,25 @@ def test_retraining_freezes_the_smallest_adjusted_mask_within_each_attempt_s_tol
                                             "search_span": 4, "retrain_lr": 1e-7,
                                             "retrain_drop": 0.06}))
     got = attempts(strict.written)
-    assert not got[0][-1].feasible and set(got) == {0, 1}
+    confirmed = {t.round - 3: t for t in strict.written if t.stage == "confirm"}
+    assert not confirmed[0].feasible and set(got) == set(confirmed) == {0, 1}
     assert {t.nonzero for t in got[0]} == {start(strict.written, 0.06).nonzero}
     assert {t.nonzero for t in got[1]} == {start(strict.written, 0.03).nonzero}
     assert start(strict.written, 0.06).number != start(strict.written, 0.03).number
-    # neither ended within δ = 0: the smallest feasible model of any other kind is the fallback
-    feasible = [t for t in strict.written if t.feasible and t.stage != "search"]
-    assert fallback.best.number == min(feasible, key=lambda t: (t.nonzero, t.number)).number
+    # neither was confirmed within δ = 0: no other model (each steered the job on the images it
+    # was scored on, and adjusted ones within δ there exist) is handed back, only the reference
+    assert any(t.feasible for t in strict.written if t.stage in ("adjust", "retrain"))
+    assert fallback.best.stage == "reference" and fallback.best.number == 0
+    # without a hold-out, the smallest feasible model of any other kind is the fallback
+    loose = StateRecorder()
+    fallback = _run(small_model_weights, small_arrays, loose,
+         _spec(max_accuracy_drop=0.0, olmp={**SCHEDULE, "adjust_iterations": 0, "search_drop": 0.3,
+                                            "search_span": 4, "retrain_lr": 1e-7,
+                                            "retrain_drop": 0.06, "confirm_fraction": 0}))
+    ends = [t for t in loose.written if t.stage == "retrain"]
+    if not any(t.feasible for t in ends[-1:]):
+        feasible = [t for t in loose.written if t.feasible and t.stage != "search"]
+        assert fallback.best.number == min(feasible, key=lambda t: (t.nonzero, t.number)).number
 
 
 def test_biases_are_pruned_with_their_layer_s_threshold(
@@ -235,3 +257,24 @@ def test_a_schedule_without_retraining_reports_an_adjusted_model(
                   _spec(olmp={**SCHEDULE, "rounds": 2, "retrain_iterations": 0}))
     assert {t.stage for t in recorder.written} == {"reference", "search", "adjust"}
     assert result.best.stage in ("reference", "adjust") and result.best.feasible
+
+
+def test_without_a_hold_out_the_end_of_an_attempt_decides_on_the_whole_split(
+        small_model_weights: bytes, small_arrays: dict[str, np.ndarray]) -> None:
+    recorder = StateRecorder()
+    result = _run(small_model_weights, small_arrays, recorder,
+                  _spec(olmp={**SCHEDULE, "confirm_fraction": 0}))
+    trials = recorder.written
+    assert "confirm" not in {t.stage for t in trials}
+    assert all(t.scored_on == 1000 for t in trials if t.stage != "search")
+    assert len(trials) <= planned_trials(_spec(olmp={**SCHEDULE, "confirm_fraction": 0})) == 34
+    end = [t for t in trials if t.stage == "retrain" and t.round == 3][-1]
+    if end.feasible:
+        assert result.best.number == end.number
+
+
+def test_a_hold_out_that_leaves_nothing_to_steer_on_fails_the_job_with_a_message(
+        small_model_weights: bytes, small_arrays: dict[str, np.ndarray]) -> None:
+    with pytest.raises(ValueError, match="1,000-image validation split leaves 1,000 images held out and 0 to steer on"):
+        _run(small_model_weights, small_arrays, StateRecorder(),
+             _spec(olmp={**SCHEDULE, "confirm_fraction": 0.9996}))

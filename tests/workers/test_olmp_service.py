@@ -31,7 +31,7 @@ from workers.loop import Worker
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEDULE = {"rounds": 2, "adjust_iterations": 300, "retrain_iterations": 300, "evaluate_every": 100,
-            "search_drop": 0.05}
+            "search_drop": 0.05, "retrain_attempts": 2}
 
 
 @pytest.fixture
@@ -76,29 +76,37 @@ def test_an_olmp_job_reports_rounds_and_its_checkpoint_reproduces_its_figures(
     client, ids = api
     job = _olmp(client, ids)
     total = planned_trials(JobSpec.model_validate({**job["spec"]}))
-    # planned: every retraining attempt (two, three scorings each)
-    assert job["progress"]["trials_total"] == total == 16 + 1 + 2 + 2 * 3
+    # planned: every retraining attempt (two, three scorings each and its end on the hold-out)
+    assert job["progress"]["trials_total"] == total == 16 + 1 + 2 + 2 * 4
     assert _run_worker(settings) == 1
     done = client.get(f"/v1/jobs/{job['id']}").json()
     assert done["status"] == "succeeded", done["error"]
     # a finished job's total is what it recorded: one attempt if the first ended within δ
     recorded = done["progress"]["trials_done"]
-    assert recorded in (total - 3, total) and done["progress"]["trials_total"] == recorded
+    assert recorded in (total - 4, total) and done["progress"]["trials_total"] == recorded
     assert done["progress"]["fraction"] == 1.0
 
     trials = all_trials(client, job["id"])
     assert [t["number"] for t in trials] == list(range(recorded))
     stages = [(t["stage"], t["round"]) for t in trials]
-    attempts = [("retrain", 2)] * 3 + ([("retrain", 3)] * 3 if recorded == total else [])
+    attempts = ([("retrain", 2)] * 3 + [("confirm", 2)]
+                + ([("retrain", 3)] * 3 + [("confirm", 3)] if recorded == total else []))
     assert stages == ([("reference", 0)] + [("search", 0)] * 8 + [("adjust", 0)]
                       + [("search", 1)] * 8 + [("adjust", 1)] + attempts)
 
     best = done["best"]
-    assert best["stage"] in ("adjust", "retrain") and best["accuracy_drop"] <= 0.02
+    assert best["stage"] in ("adjust", "retrain", "confirm") and best["accuracy_drop"] <= 0.02
     assert best["compression_ratio"] > 1.5, best
     chosen = trials[best["trial_number"]]
     assert chosen["feasible"] and chosen["metrics"]["nonzero"] == best["nonzero"]
-    assert chosen["metrics"]["scored_on"] == 1000  # a trained model, on the full validation split
+    # a trained model: confirmed on the held-out third of the validation split, or (no attempt
+    # confirmed) scored on the two thirds that steer the job; the reference on both says so
+    ref = done["reference"]
+    assert (ref["steered_on"], ref["confirmed_on"]) == (667, 333)
+    on_held_out = best["stage"] == "confirm"
+    assert chosen["metrics"]["scored_on"] == (333 if on_held_out else 667)
+    ref_val = ref["confirm_val_accuracy"] if on_held_out else ref["val_accuracy"]
+    assert ref_val - best["val_accuracy"] == pytest.approx(best["accuracy_drop"])
 
     r = client.get(f"/v1/jobs/{job['id']}/checkpoint")
     assert r.status_code == 200
@@ -111,7 +119,9 @@ def test_an_olmp_job_reports_rounds_and_its_checkpoint_reproduces_its_figures(
     with torch.no_grad():
         val = net(torch.from_numpy(small_arrays["x_val"])).argmax(1)
         test = net(torch.from_numpy(small_arrays["x_test"])).argmax(1)
-    val_acc = float((val == torch.from_numpy(small_arrays["y_val"])).float().mean())
+    held = np.sort(np.random.default_rng(1).permutation(1000)[:333])
+    rows = held if on_held_out else np.setdiff1d(np.arange(1000), held)
+    val_acc = float((val[rows] == torch.from_numpy(small_arrays["y_val"][rows])).float().mean())
     test_acc = float((test == torch.from_numpy(small_arrays["y_test"])).float().mean())
     assert val_acc == pytest.approx(best["val_accuracy"], abs=1e-6)
     assert test_acc == pytest.approx(done["test_accuracy"], abs=1e-6)

@@ -1,0 +1,54 @@
+"""A method is two files: its registry entry and its worker module. A test-only method registered
+here runs a whole job through the API, the queue and a real worker, and nothing else was edited."""
+
+from __future__ import annotations
+
+import safetensors.torch
+import torch
+from fastapi.testclient import TestClient
+
+from core import methods
+from core.settings import Settings
+from service.app import create_app
+from tests.helpers import bearer, make_token, submit, upload_dataset, upload_model
+from tests.helpers import trials as all_trials
+from tests.workers import uniform_method
+from workers.loop import Worker
+
+
+def test_a_method_registered_by_a_test_runs_a_job_end_to_end(
+        settings: Settings, small_model_weights: bytes, small_dataset_npz: bytes) -> None:
+    methods.register(uniform_method.INFO)
+    assert "test-uniform" in methods.names()
+    with TestClient(create_app(settings), headers=bearer(make_token(settings.database_url))) as client:
+        ids = {"model_id": upload_model(client, small_model_weights)["id"],
+               "dataset_id": upload_dataset(client, small_dataset_npz)["id"]}
+        # the dashboard's form offers it, read from the registry
+        assert "test-uniform" in client.get("/jobs/new").text
+        job = submit(client, **ids, method="test-uniform", max_accuracy_drop=0.05,
+                     budget={"trials": 5})
+        assert job["progress"]["trials_total"] == 5  # budget.trials: the entry plans no other
+        assert Worker(settings, name="w").serve(exit_when_idle=True) == 1
+        done = client.get(f"/v1/jobs/{job['id']}").json()
+        assert done["status"] == "succeeded", done["error"]
+        trials = all_trials(client, job["id"])
+        assert [t["stage"] for t in trials] == ["uniform"] * 5
+        assert [t["candidate"][0] for t in trials] == list(uniform_method.LOG_RATIOS)
+        best = done["best"]
+        assert best["stage"] == "uniform" and best["accuracy_drop"] <= 0.05
+        assert best["compression_ratio"] > 1.5  # 40 % of every tensor is within 5 points here
+        state = safetensors.torch.load(client.get(f"/v1/jobs/{job['id']}/checkpoint").content)
+        assert sum(int(torch.count_nonzero(t)) for t in state.values()) == best["nonzero"]
+
+
+def test_an_unknown_method_is_a_422_that_lists_the_registered_ones(
+        settings: Settings, small_model_weights: bytes, small_dataset_npz: bytes) -> None:
+    with TestClient(create_app(settings), headers=bearer(make_token(settings.database_url))) as client:
+        ids = {"model_id": upload_model(client, small_model_weights)["id"],
+               "dataset_id": upload_dataset(client, small_dataset_npz)["id"]}
+        r = client.post("/v1/jobs", json={**ids, "method": "nope", "max_accuracy_drop": 0.01,
+                                          "budget": {"trials": 5}})
+        assert r.status_code == 422
+        assert "unknown method 'nope'" in r.text
+        for name in ("magnitude", "olmp", "l0", "sgl"):
+            assert name in r.text

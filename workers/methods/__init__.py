@@ -1,0 +1,63 @@
+"""The `Method` protocol every compression method implements, and the loader the runner and the
+trial items reach methods through (core.methods names the module of each). Nothing outside a
+method's own modules imports it."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+import torch
+from sqlalchemy.orm import Session, sessionmaker
+from torch import nn
+
+from core import methods
+from core.architectures import Architecture
+from core.settings import Settings
+from core.spec import JobSpec
+from store.queue import Lease
+from workers.data import Splits
+from workers.search import SearchResult
+
+
+@dataclass(frozen=True)
+class MethodJob:
+    """Everything a method's run gets: the claimed job's model, data and spec, where its trials go
+    (`recorder`: replay, write, check, flush; with `save_state` for methods that keep training
+    state), and what distributed methods need to queue trial items."""
+
+    arch: Architecture
+    model: nn.Module
+    params: dict[str, torch.Tensor]
+    splits: Splits
+    spec: JobSpec
+    recorder: Any
+    state: bytes | None
+    settings: Settings
+    sessions: sessionmaker[Session]
+    lease: Lease
+    device: torch.device
+    should_stop: Callable[[], None]
+
+
+class Method(Protocol):
+    def run(self, job: MethodJob) -> SearchResult: ...
+
+
+class DistributedMethod(Method, Protocol):
+    def train_trial(self, arch: Architecture, reference: dict[str, torch.Tensor], splits: Splits,
+                    spec: JobSpec, candidate: Sequence[float], *, seed: int, device: torch.device,
+                    report: Callable[[int, float], bool], check: Callable[[], None]) -> Any: ...
+
+
+def load(name: str) -> Method:
+    return cast(Method, importlib.import_module(methods.get(name).worker))
+
+
+def load_distributed(name: str) -> DistributedMethod:
+    info = methods.get(name)
+    if info.trials != "distributed":
+        raise ValueError(f"method {name} does not run distributed trials")
+    return cast(DistributedMethod, importlib.import_module(info.worker))

@@ -1,0 +1,33 @@
+"""What methods `l0` and `sgl` share: distributed training trials (workers.training_search queues
+them, workers.trial_items runs each) of one of workers.regularized's regularizers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from core.architectures import Architecture
+from core.spec import JobSpec
+from workers.data import Splits
+from workers.methods import MethodJob
+from workers.regularized import TrialOutcome, run_trial
+from workers.search import SearchResult
+from workers.training_search import TrainingSearch
+
+
+@dataclass(frozen=True)
+class Regularized:
+    regularizer: str
+
+    def run(self, job: MethodJob) -> SearchResult:
+        return TrainingSearch(job.arch, job.model, job.params, job.splits, job.spec, job.recorder,
+                              sessions=job.sessions, lease=job.lease, settings=job.settings,
+                              device=job.device, should_stop=job.should_stop).run()
+
+    def train_trial(self, arch: Architecture, reference: dict[str, torch.Tensor], splits: Splits,
+                    spec: JobSpec, candidate: Sequence[float], *, seed: int, device: torch.device,
+                    report: Callable[[int, float], bool], check: Callable[[], None]) -> TrialOutcome:
+        return run_trial(self.regularizer, arch, reference, splits, spec.regularization, candidate,
+                         seed=seed, device=device, report=report, check=check)

@@ -1,0 +1,7 @@
+"""Method `sgl` (core.methods.sgl): training trials under workers.regularized's `sgl` regularizer."""
+
+from workers.methods.regularization import Regularized
+
+_METHOD = Regularized("sgl")
+run = _METHOD.run
+train_trial = _METHOD.train_trial
