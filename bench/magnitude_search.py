@@ -3,7 +3,7 @@
     .venv/bin/python bench/magnitude_search.py [--arch lenet-300-100] [--trials 300] [--delta 0.005]
 
 Trains (or reuses) the zoo reference model, then for each optimizer runs the worker's own search
-(`workers.search.MagnitudeSearch`, no service around it) and, as the baseline measured in the same
+(`workers.methods.magnitude.MagnitudeSearch`, no service around it) and, as the baseline measured in the same
 run, scans one keep ratio shared by every layer over the same number of evaluations. Prints a table
 and writes bench/results/magnitude_search_<arch>.json.
 """
@@ -30,12 +30,13 @@ from core.optimizers import OPTIMIZERS  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from core.spec import JobSpec  # noqa: E402
 from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION  # noqa: E402
-from workers import device as devices  # noqa: E402
-from workers import zoo  # noqa: E402
-from workers.data import builtin_arrays, split_arrays  # noqa: E402
-from workers.evaluation import accuracy  # noqa: E402
-from workers.masking import MagnitudePruner  # noqa: E402
-from workers.search import Evaluated, MagnitudeSearch  # noqa: E402
+from workers.methods.magnitude import MagnitudeSearch  # noqa: E402
+from workers.models import zoo  # noqa: E402
+from workers.models.masking import MagnitudePruner  # noqa: E402
+from workers.runtime import device as devices  # noqa: E402
+from workers.runtime.data import builtin_arrays, split_arrays  # noqa: E402
+from workers.runtime.evaluation import accuracy  # noqa: E402
+from workers.search.trials import Evaluated  # noqa: E402
 
 DEFAULT_OPTIMIZERS = ["nevergrad:NGOpt", "nevergrad:CMA", "nevergrad:OnePlusOne",
                       "nevergrad:TwoPointsDE", "optuna:tpe", "optuna:cmaes"]
@@ -85,7 +86,7 @@ def main() -> None:
     arch = get_architecture(args.arch)
     ref_path = args.reference or ROOT / "var" / "bench" / f"{args.arch}.safetensors"
     if not ref_path.exists():
-        from workers.training import train_builtin
+        from workers.models.reference_training import train_builtin
 
         print(f"training the {args.arch} reference → {ref_path}", flush=True)
         train_builtin(args.arch, "mnist", cfg.datasets_dir, epochs=12, seed=0, device=device, out=ref_path)

@@ -47,10 +47,10 @@ from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION  # noqa:
 from service.app import create_app  # noqa: E402
 from store import tokens  # noqa: E402
 from store.db import make_engine, make_sessionmaker, transaction, upgrade  # noqa: E402
-from workers import device as devices  # noqa: E402
-from workers.data import builtin_arrays, split_arrays  # noqa: E402
-from workers.loop import Worker  # noqa: E402
-from workers.training import train_builtin  # noqa: E402
+from workers.jobs.loop import Worker  # noqa: E402
+from workers.models.reference_training import train_builtin  # noqa: E402
+from workers.runtime import device as devices  # noqa: E402
+from workers.runtime.data import builtin_arrays, split_arrays  # noqa: E402
 
 OPTIMIZERS = ["ncs", "nevergrad:NGOpt", "nevergrad:CMA", "optuna:tpe"]
 # (method, ratio, test error %, reference test error %) as published on each model

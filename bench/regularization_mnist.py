@@ -39,9 +39,9 @@ from safetensors import safe_open  # noqa: E402
 from core import zoo as core_zoo  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION  # noqa: E402
-from workers import device as devices  # noqa: E402
-from workers import zoo  # noqa: E402
-from workers.data import builtin_arrays, split_arrays  # noqa: E402
+from workers.models import zoo  # noqa: E402
+from workers.runtime import device as devices  # noqa: E402
+from workers.runtime.data import builtin_arrays, split_arrays  # noqa: E402
 
 # (method, ratio, test error %, structure) as published
 PUBLISHED = {

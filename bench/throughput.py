@@ -40,12 +40,12 @@ from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION  # noqa:
 from service.app import create_app  # noqa: E402
 from store import tokens  # noqa: E402
 from store.db import make_engine, make_sessionmaker, transaction, upgrade  # noqa: E402
-from workers import device as devices  # noqa: E402
-from workers import zoo  # noqa: E402
-from workers.data import builtin_arrays, split_arrays  # noqa: E402
-from workers.evaluation import Evaluator, dense_flops  # noqa: E402
-from workers.loop import Worker  # noqa: E402
-from workers.masking import MagnitudePruner, log_ratios_to_keep  # noqa: E402
+from workers.jobs.loop import Worker  # noqa: E402
+from workers.models import zoo  # noqa: E402
+from workers.models.masking import MagnitudePruner, log_ratios_to_keep  # noqa: E402
+from workers.runtime import device as devices  # noqa: E402
+from workers.runtime.data import builtin_arrays, split_arrays  # noqa: E402
+from workers.runtime.evaluation import Evaluator, dense_flops  # noqa: E402
 
 BUDGETS = {"lenet-300-100": (200, 600), "lenet-5": (32, 96)}
 

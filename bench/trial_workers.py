@@ -34,7 +34,7 @@ def reference_weights(workdir: Path) -> bytes:
     if not path.exists():
         import torch
 
-        from workers.training import train_builtin
+        from workers.models.reference_training import train_builtin
 
         print("training the LeNet-300-100 reference (2 epochs) …", flush=True)
         train_builtin("lenet-300-100", "mnist", Settings().datasets_dir, recipe="onecycle", epochs=2,

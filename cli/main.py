@@ -65,8 +65,8 @@ def _require_worker_extra(command: str) -> None:
 
 def _worker(args: argparse.Namespace, cfg: Settings) -> int:
     _require_worker_extra("worker")
-    from workers.gpu_slots import NoFreeGpu
-    from workers.loop import Worker
+    from workers.jobs.loop import Worker
+    from workers.runtime.gpu_slots import NoFreeGpu
 
     try:
         worker = Worker(cfg, name=args.name)
@@ -155,8 +155,8 @@ def _up(args: argparse.Namespace, cfg: Settings) -> int:
 
 def _zoo_train(args: argparse.Namespace, cfg: Settings) -> int:
     _require_worker_extra("zoo train")
-    from workers import device as devices
-    from workers.training import train_builtin
+    from workers.models.reference_training import train_builtin
+    from workers.runtime import device as devices
 
     dev = devices.pick(args.device or cfg.device)
     length = (f"{args.iterations} iterations" if args.recipe == "caffe" else f"{args.epochs} epochs")

@@ -1,4 +1,4 @@
-"""Optimizer names a job may ask for (the implementations live in workers.optimizers)."""
+"""Optimizer names a job may ask for (the implementations live in workers.search.optimizers)."""
 
 NEVERGRAD = ("NGOpt", "CMA", "OnePlusOne", "TwoPointsDE", "PSO", "DE", "RandomSearch")
 OPTUNA = ("tpe", "cmaes", "random", "nsgaii")

@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     # Worker
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # Workers that share a machine's GPUs take one each by a lock in this directory (see
-    # workers/gpu_slots.py); unset, "auto" and "cuda" mean the first GPU.
+    # workers/runtime/gpu_slots.py); unset, "auto" and "cuda" mean the first GPU.
     gpu_lock_dir: Path | None = None
     # Multi-round methods (olmp) save their training state at most this often (and when draining):
     # a worker killed mid-job costs at most about this much training.

@@ -114,13 +114,18 @@ class OlmpOptions(BaseModel):
         "(see retrain_drop; its weights and masks as they were then), or the last round's")
     retrain_drop: float = Field(
         0.008, ge=0, lt=1,
-        description="validation drop the adjusted model of the first retraining attempt may have "
-        "(retrain_from = smallest): retraining with frozen masks wins accuracy back")
+        description="validation drop (on the steering part) an adjusted model may have to be "
+        "where retraining starts (retrain_from = smallest): retraining with frozen masks wins "
+        "accuracy back")
     retrain_attempts: int = Field(
-        4, ge=1, le=8,
-        description="retrainings at most: attempt i starts from the smallest adjusted model within "
-        "retrain_drop·(1 − i/retrain_attempts), and runs only if the attempts before it did not "
-        "end within max_accuracy_drop")
+        6, ge=1, le=12,
+        description="retrainings at most; each runs only if the attempt before it was not "
+        "confirmed within max_accuracy_drop, from a larger model (see retrain_step)")
+    retrain_step: float = Field(
+        1.25, gt=1, le=10,
+        description="attempts start from the smallest adjusted model (within retrain_drop) of "
+        "successive size classes, powers of this factor in compression ratio: each attempt's model "
+        "is about this much larger than the one before")
     confirm_fraction: float = Field(
         1 / 3, ge=0, lt=1,
         description="share of the validation split held out from every decision that steers the "

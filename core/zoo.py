@@ -1,7 +1,7 @@
-"""The built-in architectures, as tensor tables (the torch modules live in workers.zoo).
+"""The built-in architectures, as tensor tables (the torch modules live in workers.models.zoo).
 
 Both built-in families can be described at other widths: `lenet_300_100` and `lenet_5` make the
-table of a narrower model, such as `workers.compaction` produces from a structurally pruned one.
+table of a narrower model, such as `workers.models.compaction` produces from a structurally pruned one.
 A resized architecture keeps the family's builder; its config carries what the builder needs:
 
 * ``"widths"``: the builder's keyword arguments (layer name → output units / filters), present only
@@ -79,7 +79,7 @@ def lenet_300_100(fc1: int = 300, fc2: int = 100,
             Tensor("fc3.weight", (10, fc2), "linear"),
             Tensor("fc3.bias", (10,), "bias"),
         ),
-        builder="workers.zoo:LeNet300100",
+        builder="workers.models.zoo:LeNet300100",
         config=config,
     )
 
@@ -106,7 +106,7 @@ def lenet_5(conv1: int = 20, conv2: int = 50, fc1: int = 500) -> Architecture:
             Tensor("fc2.weight", (10, fc1), "linear"),
             Tensor("fc2.bias", (10,), "bias"),
         ),
-        builder="workers.zoo:LeNet5",
+        builder="workers.models.zoo:LeNet5",
         config=config,
     )
 

@@ -134,8 +134,8 @@ def train_small_model(arrays: dict[str, np.ndarray]) -> bytes:
     import safetensors.torch
     import torch
 
-    from workers.data import split_arrays
-    from workers.training import train
+    from workers.models.reference_training import train
+    from workers.runtime.data import split_arrays
 
     splits = split_arrays(arrays, {})
     params, result = train("lenet-300-100", splits, epochs=2, seed=0, device=torch.device("cpu"))

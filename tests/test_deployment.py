@@ -97,7 +97,7 @@ def test_workers_scale_reserve_gpus_and_drain_within_the_grace_period() -> None:
     (gpu,) = worker["deploy"]["resources"]["reservations"]["devices"]
     assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
     # Compose gives every replica of a one-GPU reservation the same GPU: replicas see them all
-    # and take one each by a lock in a volume they share (workers/gpu_slots.py).
+    # and take one each by a lock in a volume they share (workers/runtime/gpu_slots.py).
     assert gpu["count"] == "all"
     lock_dir = worker["environment"]["THRESHER_GPU_LOCK_DIR"]
     volume = next(v.split(":")[0] for v in worker["volumes"] if v.split(":")[1] == lock_dir)

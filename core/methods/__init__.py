@@ -27,7 +27,7 @@ class MethodInfo:
     # the module implementing workers.methods.Method (its `run`, and `train_trial` when distributed)
     worker: str
     # population: the method scores candidates itself, in batches; distributed: every trial is a
-    # work item any worker may claim (leases, fencing, pruners; workers.trial_items)
+    # work item any worker may claim (leases, fencing, pruners; workers.jobs.trial_items)
     trials: Literal["population", "distributed"] = "population"
     # takes optimizers that return a Pareto front (core.optimizers.MULTI_OBJECTIVE)
     multi_objective: bool = False

@@ -4,8 +4,6 @@ its schedule in the spec's `olmp` options, and the arithmetic of that schedule t
 
 from __future__ import annotations
 
-import math
-
 from core.methods import MethodInfo
 from core.spec import DEFAULT_SEARCH_DROP, OLMP_SEARCH_SUBSET, JobSpec
 
@@ -24,12 +22,9 @@ def round_trials(spec: JobSpec) -> list[int]:
     return [base + (1 if r < extra else 0) for r in range(rounds)]
 
 
-def retrain_levels(spec: JobSpec) -> list[float]:
-    """The adjusted-model tolerance of each retraining attempt, loosest first."""
-    o = spec.olmp
-    if o.retrain_from == "last":
-        return [math.inf]
-    return [o.retrain_drop * (1 - i / o.retrain_attempts) for i in range(o.retrain_attempts)]
+def retrain_attempts(spec: JobSpec) -> int:
+    """Retraining attempts a job may make."""
+    return spec.olmp.retrain_attempts if spec.olmp.retrain_from == "smallest" else 1
 
 
 def planned_trials(spec: JobSpec) -> int:
@@ -42,7 +37,7 @@ def planned_trials(spec: JobSpec) -> int:
     per_attempt = -(-o.retrain_iterations // o.evaluate_every)
     if per_attempt and o.confirm_fraction > 0:
         per_attempt += 1  # the attempt's end scored on the hold-out
-    return spec.budget.trials + 1 + o.rounds + len(retrain_levels(spec)) * per_attempt
+    return spec.budget.trials + 1 + o.rounds + retrain_attempts(spec) * per_attempt
 
 
 def rules(spec: JobSpec) -> None:

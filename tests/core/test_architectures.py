@@ -57,7 +57,7 @@ def test_operator_architecture_from_an_entry_point(tmp_path: Path) -> None:
     code = textwrap.dedent('''
         import sys
         from core.architectures import registry
-        from workers.zoo import build
+        from workers.models.zoo import build
         arch = registry()["tiny-mlp"]
         model = build(arch)
         print(arch.total_parameters, sorted(registry()))

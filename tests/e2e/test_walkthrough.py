@@ -22,9 +22,9 @@ from safetensors import safe_open
 
 from core import mnist
 from core.architectures import get_architecture
-from workers import zoo
-from workers.evaluation import accuracy
-from workers.masking import MagnitudePruner
+from workers.models import zoo
+from workers.models.masking import MagnitudePruner
+from workers.runtime.evaluation import accuracy
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

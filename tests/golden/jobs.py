@@ -26,7 +26,7 @@ from core.settings import Settings
 from service.app import create_app
 from tests.helpers import bearer, make_token, submit, upload_dataset, upload_model
 from tests.helpers import trials as all_trials
-from workers.loop import Worker
+from workers.jobs.loop import Worker
 
 HERE = Path(__file__).resolve().parent
 REG = {"epochs": 2, "finetune_epochs": 1, "pruner": "none", "train_subset": 1000}

@@ -13,11 +13,11 @@ from torch.func import functional_call
 from core import zoo as core_zoo
 from core.architectures import Architecture, Tensor, get_architecture
 from core.spec import RegularizationOptions
-from workers import zoo
-from workers.compaction import NotCompactable, compact, cpu_speedup, zero_dead_units
-from workers.data import split_arrays
-from workers.evaluation import accuracy
-from workers.regularized import run_trial
+from workers.methods.regularized import run_trial
+from workers.models import zoo
+from workers.models.compaction import NotCompactable, compact, cpu_speedup, zero_dead_units
+from workers.runtime.data import split_arrays
+from workers.runtime.evaluation import accuracy
 
 
 def logits(arch: Architecture, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:

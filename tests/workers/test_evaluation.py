@@ -8,9 +8,9 @@ import safetensors.torch
 import torch
 
 from core.architectures import get_architecture
-from workers import zoo
-from workers.evaluation import Evaluator, accuracy, dense_flops
-from workers.masking import MagnitudePruner
+from workers.models import zoo
+from workers.models.masking import MagnitudePruner
+from workers.runtime.evaluation import Evaluator, accuracy, dense_flops
 
 
 @pytest.mark.parametrize("arch_name", ["lenet-300-100", "lenet-5"])

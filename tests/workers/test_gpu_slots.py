@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 HOLDER = ("import sys\n"
           "from pathlib import Path\n"
-          "from workers.gpu_slots import claim\n"
+          "from workers.runtime.gpu_slots import claim\n"
           "print(claim(Path(sys.argv[1]), int(sys.argv[2])), flush=True)\n"
           "sys.stdin.read()  # hold the GPU until the test closes our stdin\n")
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from workers.group_prox import as_groups, prox, prox_rows
+from workers.methods.group_prox import as_groups, prox, prox_rows
 
 
 def objective(y: np.ndarray, v: np.ndarray, tl: float, te: float) -> float:

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from workers import hard_concrete as hc
+from workers.methods import hard_concrete as hc
 
 
 def test_expected_l0_matches_monte_carlo_sampling() -> None:

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from core.architectures import get_architecture
-from workers import zoo
-from workers.masking import MagnitudePruner, log_ratios_to_keep
+from workers.models import zoo
+from workers.models.masking import MagnitudePruner, log_ratios_to_keep
 
 
 @pytest.fixture

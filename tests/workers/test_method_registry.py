@@ -13,7 +13,7 @@ from service.app import create_app
 from tests.helpers import bearer, make_token, submit, upload_dataset, upload_model
 from tests.helpers import trials as all_trials
 from tests.workers import uniform_method
-from workers.loop import Worker
+from workers.jobs.loop import Worker
 
 
 def test_a_method_registered_by_a_test_runs_a_job_end_to_end(

@@ -7,8 +7,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from workers import optimizers
-from workers.ncs import NCSOptimizer, bhattacharyya
+from workers.search import optimizers
+from workers.search.ncs import NCSOptimizer, bhattacharyya
 
 DIMS = 10
 BUDGET = 5000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,14 +14,16 @@ import torch
 
 from core.architectures import get_architecture
 from core.spec import JobSpec, planned_trials
-from workers import olmp_state, zoo
-from workers.data import split_arrays
-from workers.evaluation import accuracy
-from workers.olmp import OlmpSearch
-from workers.search import Evaluated, SearchResult
+from workers.methods import olmp_state
+from workers.methods.olmp_search import OlmpSearch
+from workers.models import zoo
+from workers.runtime.data import split_arrays
+from workers.runtime.evaluation import accuracy
+from workers.search.trials import Evaluated, SearchResult
 
 SCHEDULE = {"rounds": 3, "adjust_iterations": 60, "retrain_iterations": 120, "evaluate_every": 50,
             "search_drop": 0.03, "retrain_drop": 0.015, "retrain_attempts": 2}
+# (4 retraining attempts at most by default, from models about 1.25× larger each time)
 
 
 class StateRecorder:
@@ -141,46 +144,57 @@ def test_the_best_is_a_trained_model_within_delta_and_the_checkpoint_says_so(
             current = t.val_accuracy
 
 
-def test_retraining_freezes_the_smallest_adjusted_mask_within_each_attempt_s_tolerance(
+def test_retraining_attempts_start_from_ever_larger_adjusted_models(
         full_run: tuple[StateRecorder, SearchResult], small_model_weights: bytes,
         small_arrays: dict[str, np.ndarray]) -> None:
     recorder, _ = full_run
 
-    def attempts(trials: list[Evaluated]) -> dict[int, list[Evaluated]]:
+    def attempts(trials: list[Evaluated], rounds: int = 3) -> dict[int, list[Evaluated]]:
         out: dict[int, list[Evaluated]] = {}
         for t in trials:
             if t.stage == "retrain":
-                out.setdefault(t.round - 3, []).append(t)
+                out.setdefault(t.round - rounds, []).append(t)
         return out
 
-    def start(trials: list[Evaluated], tolerance: float) -> Evaluated:
+    def size_class(t: Evaluated, step: float) -> int:
+        assert t.nonzero
+        return math.floor(math.log(t.total / t.nonzero) / math.log(step) + 1e-9)
+
+    def starts(trials: list[Evaluated], tolerance: float, step: float) -> list[Evaluated]:
+        """The smallest adjusted model within the tolerance of each size class, highest first."""
         within = [t for t in trials if t.stage == "adjust" and t.accuracy_drop is not None
                   and t.accuracy_drop <= tolerance]
         assert within, "no adjusted model within the tolerance: the test shows nothing"
-        return min(within, key=lambda t: (t.nonzero, t.number))
+        best: dict[int, Evaluated] = {}
+        for t in within:
+            c = size_class(t, step)
+            if c not in best or (t.nonzero or 0) < (best[c].nonzero or 0):
+                best[c] = t
+        return [best[c] for c in sorted(best, reverse=True)]
 
-    # attempt 0: the smallest within retrain_drop (1.5 %); a second one only if the first did not
-    # end within δ, from the smallest within half that
+    # attempt 0: the smallest within retrain_drop (1.5 %); a second one only if the first was not
+    # confirmed within δ
     got = attempts(recorder.written)
-    assert {t.nonzero for t in got[0]} == {start(recorder.written, 0.015).nonzero}
+    assert {t.nonzero for t in got[0]} == {starts(recorder.written, 0.015, 1.25)[0].nonzero}
     confirmed = {t.round - 3: t for t in recorder.written if t.stage == "confirm"}
     assert (1 in got) == (not confirmed[0].feasible)
-    # rounds that prune past δ with no adjusting, and a retraining too gentle to win it back: the
-    # first attempt fails, and the second starts from a model with less drop
+    # rounds that prune past δ with no adjusting, and a retraining too gentle to win it back:
+    # every attempt fails, each from the smallest model of the next size class down (steps of 2×)
     strict = StateRecorder()
     fallback = _run(small_model_weights, small_arrays, strict,
-         _spec(max_accuracy_drop=0.0, olmp={**SCHEDULE, "adjust_iterations": 0, "search_drop": 0.3,
-                                            "search_span": 4, "retrain_lr": 1e-7,
-                                            "retrain_drop": 0.06}))
-    got = attempts(strict.written)
-    confirmed = {t.round - 3: t for t in strict.written if t.stage == "confirm"}
-    assert not confirmed[0].feasible and set(got) == set(confirmed) == {0, 1}
-    assert {t.nonzero for t in got[0]} == {start(strict.written, 0.06).nonzero}
-    assert {t.nonzero for t in got[1]} == {start(strict.written, 0.03).nonzero}
-    assert start(strict.written, 0.06).number != start(strict.written, 0.03).number
+         _spec(max_accuracy_drop=0.0, olmp={**SCHEDULE, "rounds": 4, "adjust_iterations": 0,
+                                            "search_drop": 0.3, "search_span": 4,
+                                            "retrain_lr": 1e-7, "retrain_drop": 0.06,
+                                            "retrain_step": 2.0}))
+    got = attempts(strict.written, rounds=4)
+    ladder = starts(strict.written, 0.06, 2.0)[:2]
+    assert len(ladder) == 2, "the schedule made one size class only: the test shows nothing"
+    confirmed = {t.round - 4: t for t in strict.written if t.stage == "confirm"}
+    assert not any(c.feasible for c in confirmed.values()) and set(got) == set(confirmed) == {0, 1}
+    assert [{t.nonzero for t in got[i]} for i in (0, 1)] == [{s.nonzero} for s in ladder]
+    assert size_class(ladder[0], 2.0) > size_class(ladder[1], 2.0)
     # neither was confirmed within δ = 0: no other model (each steered the job on the images it
-    # was scored on, and adjusted ones within δ there exist) is handed back, only the reference
-    assert any(t.feasible for t in strict.written if t.stage in ("adjust", "retrain"))
+    # was scored on) is handed back, only the reference
     assert fallback.best.stage == "reference" and fallback.best.number == 0
     # without a hold-out, the smallest feasible model of any other kind is the fallback
     loose = StateRecorder()

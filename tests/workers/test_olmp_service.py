@@ -27,7 +27,7 @@ from service.app import create_app
 from store.models import Blob, Job
 from tests.helpers import bearer, make_token, submit, upload_dataset, upload_model
 from tests.helpers import trials as all_trials
-from workers.loop import Worker
+from workers.jobs.loop import Worker
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEDULE = {"rounds": 2, "adjust_iterations": 300, "retrain_iterations": 300, "evaluate_every": 100,

@@ -11,9 +11,10 @@ import safetensors.torch
 
 from core.architectures import get_architecture
 from core.spec import JobSpec
-from workers import zoo
-from workers.data import split_arrays
-from workers.search import Evaluated, MagnitudeSearch
+from workers.methods.magnitude import MagnitudeSearch
+from workers.models import zoo
+from workers.runtime.data import split_arrays
+from workers.search.trials import Evaluated
 
 
 class ListRecorder:

@@ -8,9 +8,9 @@ import safetensors.torch
 import torch
 
 from core.architectures import get_architecture
-from workers import zoo
-from workers.data import split_arrays
-from workers.surgery import MaskedTrainer, SolverConfig, hysteresis
+from workers.models import zoo
+from workers.runtime.data import split_arrays
+from workers.runtime.masked_sgd import MaskedTrainer, SolverConfig, hysteresis
 
 
 def test_hysteresis_prunes_below_0_9_t_restores_above_1_1_t_and_keeps_the_band() -> None:

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from workers.data import split_arrays
-from workers.training import train_caffe
+from workers.models.reference_training import train_caffe
+from workers.runtime.data import split_arrays
 
 ROOT = Path(__file__).resolve().parents[2]
 

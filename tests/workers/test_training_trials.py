@@ -26,7 +26,7 @@ from store.models import Job, TrialItem
 from tests.conftest import make_settings
 from tests.helpers import bearer, make_token, submit, upload_dataset, upload_model
 from tests.processes import Deployment, job, trials, wait_for
-from workers.loop import Worker
+from workers.jobs.loop import Worker
 
 # Two regularized epochs and one of fine-tuning on 4,000 images: a second or two per trial. The
 # learning rate is ten times the default so that gates can close within 80 steps.
@@ -265,7 +265,8 @@ def test_a_worker_killed_mid_trial_costs_only_that_trial_and_every_trial_counts_
         assert [t["number"] for t in solo] == list(range(6))
         for t, ref in zip(solo, got, strict=True):
             assert (t["candidate"], t["pruned"], t["intermediate"]) == (
-                ref["candidate"], ref["pruned"], ref["intermediate"])
+                ref["candidate"], ref["pruned"], ref["intermediate"]), (
+                f"trial {t['number']} (killed: {number} on {victim}; ran on {ref['worker']})")
             assert t["metrics"] == ref["metrics"]
     finally:
         d.close()

@@ -25,7 +25,7 @@ from core.settings import Settings
 from service.app import create_app
 from tests.helpers import bearer, make_token, submit, upload_dataset, upload_model
 from tests.helpers import trials as all_trials
-from workers.loop import Worker
+from workers.jobs.loop import Worker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -242,9 +242,9 @@ def test_a_bad_candidate_is_a_failed_trial_not_a_failed_job(small_model_weights:
                                                           small_arrays: dict[str, np.ndarray]) -> None:
     from core.architectures import get_architecture
     from core.spec import JobSpec
-    from workers import zoo
-    from workers.data import split_arrays
-    from workers.search import MagnitudeSearch
+    from workers.methods.magnitude import MagnitudeSearch
+    from workers.models import zoo
+    from workers.runtime.data import split_arrays
 
     arch = get_architecture("lenet-300-100")
     spec = JobSpec.model_validate({"model_id": "m", "dataset_id": "d", "max_accuracy_drop": 0.01,

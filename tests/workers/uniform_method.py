@@ -6,10 +6,10 @@ worker module (this file's `run`, the workers.methods.Method protocol)."""
 from __future__ import annotations
 
 from core.methods import MethodInfo
-from workers.evaluation import accuracy
-from workers.masking import MagnitudePruner
 from workers.methods import MethodJob
-from workers.search import CandidateScorer, Evaluated, SearchResult, better
+from workers.models.masking import MagnitudePruner
+from workers.runtime.evaluation import accuracy
+from workers.search.trials import CandidateScorer, Evaluated, SearchResult, better
 
 INFO = MethodInfo(name="test-uniform", summary="the same keep ratio in every layer (a test)",
                   worker=__name__)

@@ -18,8 +18,8 @@ from core.architectures import Architecture
 from core.settings import Settings
 from core.spec import JobSpec
 from store.queue import Lease
-from workers.data import Splits
-from workers.search import SearchResult
+from workers.runtime.data import Splits
+from workers.search.trials import SearchResult
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Method `l0` (core.methods.l0): training trials under workers.regularized's `l0` regularizer."""
+"""Method `l0` (core.methods.l0): training trials under workers.methods.regularized's `l0` regularizer."""
 
 from workers.methods.regularization import Regularized
 

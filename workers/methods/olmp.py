@@ -1,11 +1,11 @@
-"""Method `olmp` (core.methods.olmp): OLMP's prune-and-adjust pipeline of workers.olmp, with its
+"""Method `olmp` (core.methods.olmp): OLMP's prune-and-adjust pipeline of workers.methods.olmp_search, with its
 training state saved to the job and resumed from it."""
 
 from __future__ import annotations
 
 from workers.methods import MethodJob
-from workers.olmp import OlmpSearch
-from workers.search import SearchResult
+from workers.methods.olmp_search import OlmpSearch
+from workers.search.trials import SearchResult
 
 
 def run(job: MethodJob) -> SearchResult:

@@ -1,5 +1,5 @@
-"""What methods `l0` and `sgl` share: distributed training trials (workers.training_search queues
-them, workers.trial_items runs each) of one of workers.regularized's regularizers."""
+"""What methods `l0` and `sgl` share: distributed training trials (workers.methods.regularization_search queues
+them, workers.jobs.trial_items runs each) of one of workers.methods.regularized's regularizers."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import torch
 
 from core.architectures import Architecture
 from core.spec import JobSpec
-from workers.data import Splits
 from workers.methods import MethodJob
-from workers.regularized import TrialOutcome, run_trial
-from workers.search import SearchResult
-from workers.training_search import TrainingSearch
+from workers.methods.regularization_search import TrainingSearch
+from workers.methods.regularized import TrialOutcome, run_trial
+from workers.runtime.data import Splits
+from workers.search.trials import SearchResult
 
 
 @dataclass(frozen=True)

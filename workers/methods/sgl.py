@@ -1,4 +1,4 @@
-"""Method `sgl` (core.methods.sgl): training trials under workers.regularized's `sgl` regularizer."""
+"""Method `sgl` (core.methods.sgl): training trials under workers.methods.regularized's `sgl` regularizer."""
 
 from workers.methods.regularization import Regularized
 

@@ -24,9 +24,9 @@ from store import queue, trial_queue
 from store.db import check_schema, make_engine, make_sessionmaker, transaction
 from store.queue import Lease, LeaseLost
 from store.reconnect import Backoff, describe, is_unavailable, retrying, wait_for_database
-from workers import device as devices
-from workers import runner, trial_items
-from workers.heartbeat import Heartbeat
+from workers.jobs import runner, trial_items
+from workers.runtime import device as devices
+from workers.runtime.heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
 

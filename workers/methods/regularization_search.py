@@ -1,13 +1,13 @@
 """Methods l0 and sgl: the job's coordinator, searching per-layer regularization strengths.
 
-Every trial is a training run (workers.regularized), queued as a work item that any worker may
+Every trial is a training run (workers.methods.regularized), queued as a work item that any worker may
 claim (store.trial_queue). The coordinator is the worker holding the job's lease; the optimizer
 lives only here and is rebuilt from the database after a crash. It works in batches of
 `budget.parallel`: it asks that many candidates, queues them, works on them itself alongside the
 other workers, and tells the optimizer all of them, in trial order, once the last has finished.
 Batches make the search independent of how many workers run it and in what order they finish:
 same spec and seed, same trials (and pruners only compare with earlier batches, see
-workers.pruning).
+workers.search.trial_pruners).
 
 Resuming: finished batches are stored trials. A new coordinator asks the same candidates again,
 tells the stored outcomes back and finds the current batch's items where the last one left them.
@@ -39,12 +39,12 @@ from store import blobs, trial_queue
 from store.models import TrialItem
 from store.queue import Lease
 from store.reconnect import retrying
-from workers import optimizers
-from workers.data import Splits
-from workers.evaluation import accuracy
-from workers.masking import PrunedModel
-from workers.search import FAILED_OBJECTIVE, Evaluated, Recorder, SearchResult, better
-from workers.trial_items import JobContext, share_context, work_on
+from workers.jobs.trial_items import JobContext, share_context, work_on
+from workers.models.masking import PrunedModel
+from workers.runtime.data import Splits
+from workers.runtime.evaluation import accuracy
+from workers.search import optimizers
+from workers.search.trials import FAILED_OBJECTIVE, Evaluated, Recorder, SearchResult, better
 
 log = logging.getLogger(__name__)
 

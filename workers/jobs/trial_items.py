@@ -27,13 +27,13 @@ from store import blobs, trial_queue
 from store.models import Trial
 from store.queue import LeaseLost
 from store.reconnect import describe, is_unavailable, retrying
-from workers import pruning
-from workers.data import Splits
-from workers.heartbeat import Heartbeat
-from workers.job_inputs import read_job_inputs
+from workers.jobs.inputs import read_job_inputs
 from workers.methods import load_distributed
-from workers.regularized import TrialOutcome
-from workers.stopping import ItemLost, Stop
+from workers.methods.regularized import TrialOutcome
+from workers.runtime.data import Splits
+from workers.runtime.heartbeat import Heartbeat
+from workers.runtime.stopping import ItemLost, Stop
+from workers.search import trial_pruners
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +77,12 @@ def job_context(sessions: sessionmaker[Session], job_id: str, settings: Settings
     return ctx
 
 
-def finished_trials(s: Session, job_id: str, before: int) -> list[pruning.Finished]:
+def finished_trials(s: Session, job_id: str, before: int) -> list[trial_pruners.Finished]:
     rows = s.execute(select(Trial.number, Trial.intermediate, Trial.val_accuracy, Trial.pruned,
                             Trial.error)
                      .where(Trial.job_id == job_id, Trial.number < before)
                      .order_by(Trial.number)).all()
-    return [pruning.Finished(number=n, intermediate=list(inter or []),
+    return [trial_pruners.Finished(number=n, intermediate=list(inter or []),
                              value=None if (pruned or err) else acc, pruned=bool(pruned),
                              failed=err is not None)
             for n, inter, acc, pruned, err in rows]
@@ -116,7 +116,7 @@ def _train(sessions: sessionmaker[Session], lease: trial_queue.ItemLease, settin
     batch_start = lease.batch * spec.budget.parallel
     finished = retrying(sessions, lambda s: finished_trials(s, lease.job_id, batch_start),
                         what=f"reading the finished trials of job {lease.job_id}", write=False)
-    pruner = pruning.TrialPruner(options.pruner, seed=spec.seed, epochs=options.epochs,
+    pruner = trial_pruners.TrialPruner(options.pruner, seed=spec.seed, epochs=options.epochs,
                                  finished=finished, number=lease.number)
     seen: list[float] = []
 

@@ -13,7 +13,7 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from workers.surgery import TrainerState
+from workers.runtime.masked_sgd import TrainerState
 
 FORMAT = "thresher-olmp-state/1"
 _KEY = "olmp_state"

@@ -2,7 +2,7 @@
 per-layer strengths the optimizer chose, prune what the regularizer zeroed, fine-tune the rest.
 
 `l0` (Louizos et al. 2018): every prunable weight is multiplied by hard-concrete gates
-(`workers.hard_concrete`), one per weight or one per input neuron / output filter. Adam trains the
+(`workers.methods.hard_concrete`), one per weight or one per input neuron / output filter. Adam trains the
 weights and the gates' log α on
 
     mean batch cross-entropy + Σ_layers λ_l · E[non-zero weights of layer l],
@@ -13,7 +13,7 @@ per expected surviving *weight* at either granularity, so a λ means the same at
 are fine-tuned with the zeros frozen.
 
 `sgl` (ℓ0 sparse group lasso, MobilePrune's schedule shortened): each Adam step is followed by the
-proximal step of t·(λ_l Σ_groups ‖w_g‖₂ + η_l ‖w‖₀) per layer (`workers.group_prox`), which zeroes
+proximal step of t·(λ_l Σ_groups ‖w_g‖₂ + η_l ‖w‖₀) per layer (`workers.methods.group_prox`), which zeroes
 whole groups and single weights exactly; after `epochs` the zero pattern is frozen and the rest
 fine-tuned. λ and η are in the units of l0's λ, next to the mean batch cross-entropy: η is the
 loss per non-zero weight, λ the loss per unit of group norm per √(group size) (each group's norm is
@@ -43,10 +43,11 @@ from torch.func import functional_call
 
 from core.architectures import Architecture, Tensor
 from core.spec import RegularizationOptions
-from workers import compaction, group_prox, zoo
-from workers import hard_concrete as hc
-from workers.data import Splits
-from workers.evaluation import accuracy
+from workers.methods import group_prox
+from workers.methods import hard_concrete as hc
+from workers.models import compaction, zoo
+from workers.runtime.data import Splits
+from workers.runtime.evaluation import accuracy
 
 METHODS = ("l0", "sgl")
 CHECK_EVERY = 50  # batches between calls of `check` (cancel / lease loss)

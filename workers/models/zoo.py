@@ -57,7 +57,7 @@ class LeNet5(nn.Module):
 
 
 # Builders of the families core.zoo describes at any width (the others take no arguments).
-RESIZABLE = frozenset({"workers.zoo:LeNet300100", "workers.zoo:LeNet5"})
+RESIZABLE = frozenset({"workers.models.zoo:LeNet300100", "workers.models.zoo:LeNet5"})
 
 
 def builder_kwargs(arch: Architecture) -> dict[str, Any]:

@@ -30,9 +30,9 @@ import torch
 from core import zoo as core_zoo
 from core.architectures import Architecture
 from core.zoo import LENET_5_POOLED, MNIST_PIXELS
-from workers import zoo
+from workers.models import zoo
 
-SUPPORTED = {"workers.zoo:LeNet300100": "lenet-300-100", "workers.zoo:LeNet5": "lenet-5"}
+SUPPORTED = {"workers.models.zoo:LeNet300100": "lenet-300-100", "workers.models.zoo:LeNet5": "lenet-5"}
 
 
 class NotCompactable(ValueError):

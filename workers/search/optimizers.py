@@ -106,7 +106,7 @@ def make(name: str, *, start: np.ndarray, lower: float, upper: float, seed: int,
     library, _, algo = name.partition(":")
     opt: AskTell
     if name == "ncs":
-        from workers.ncs import NCSOptimizer
+        from workers.search.ncs import NCSOptimizer
 
         # NCS's first parent is the start point itself.
         return NCSOptimizer(start, lower, upper, seed, budget, population)

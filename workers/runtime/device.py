@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from workers import gpu_slots
+from workers.runtime import gpu_slots
 
 
 def pick(setting: str = "auto", gpu_lock_dir: Path | None = None) -> torch.device:
-    """`gpu_lock_dir`: where workers sharing a machine's GPUs take one each (workers.gpu_slots);
+    """`gpu_lock_dir`: where workers sharing a machine's GPUs take one each (workers.runtime.gpu_slots);
     it applies when the setting names no GPU index ("auto" or "cuda")."""
     if setting == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -2,7 +2,7 @@
 
 Layer-wise magnitude pruning whose per-layer thresholds are set by a derivative-free search under
 the accuracy constraint, alternated with training that lets pruned weights recover (Dynamic
-Network Surgery masks, workers.surgery), then retraining with the masks frozen.
+Network Surgery masks, workers.runtime.masked_sgd), then retraining with the masks frozen.
 
 Trials, numbered in the order they happen:
   reference  the unpruned model on the full validation split (always feasible: the fallback best);
@@ -44,15 +44,23 @@ import torch
 from torch import nn
 
 from core.architectures import Architecture
-from core.methods.olmp import retrain_levels, round_trials, search_drop
+from core.methods.olmp import retrain_attempts, round_trials, search_drop
 from core.spec import JobSpec, search_subset
 from core.splits import confirmation_positions
-from workers import olmp_state, optimizers
-from workers.data import Splits
-from workers.evaluation import Evaluator, accuracy
-from workers.masking import MagnitudePruner, PrunedModel, log_ratios_to_keep
-from workers.olmp_state import Progress
-from workers.search import (
+from workers.methods import olmp_state
+from workers.methods.olmp_state import Progress
+from workers.models.masking import MagnitudePruner, PrunedModel, log_ratios_to_keep
+from workers.runtime.data import Splits
+from workers.runtime.evaluation import Evaluator, accuracy
+from workers.runtime.masked_sgd import (
+    MaskedTrainer,
+    SolverConfig,
+    TrainerState,
+    keep_fractions,
+    log_keep,
+)
+from workers.search import optimizers
+from workers.search.trials import (
     CandidateScorer,
     Evaluated,
     Recorder,
@@ -61,7 +69,6 @@ from workers.search import (
     better,
     seeded_subset,
 )
-from workers.surgery import MaskedTrainer, SolverConfig, TrainerState, keep_fractions, log_keep
 
 CHUNK = 100  # iterations between checks for cancel / drain / lease loss
 LOG_FLOOR = -12.0  # log10 keep ratio reported for a layer pruned away entirely
@@ -131,13 +138,13 @@ class OlmpSearch:
         self.full_scorer = Evaluator(model, self.x_steer, self.y_steer, mode=mode)
         self.scorer = (Evaluator(model, self.x_score, self.y_score, mode=mode) if self.subset
                        else self.full_scorer)
-        self.levels = retrain_levels(spec)
+        self.slots = retrain_attempts(spec)
         self.progress = Progress(round=0, phase="search", phase_done=0, number=0, best=None,
-                                 best_thresholds=None, starts=[None] * len(self.levels), finals=[])
+                                 best_thresholds=None, starts=[None] * self.slots, finals=[])
         self.best: Evaluated | None = None
         self.best_params: dict[str, torch.Tensor] | None = None
         # per retraining attempt, the smallest adjusted model within its tolerance
-        self.starts: list[TrainerState | None] = [None] * len(self.levels)
+        self.starts: list[TrainerState | None] = [None] * self.slots
         self._round: list[Evaluated] = []
         self.trials = TrialLoop(recorder, self._round.extend, lambda: self.best)
         self._last_save = time.monotonic()
@@ -180,12 +187,9 @@ class OlmpSearch:
             self.best = e
             self.best_params = {k: v.detach().clone() for k, v in pruned.params.items()}
             p.best_thresholds = dict(self.trainer.thresholds)
-        if stage == "adjust" and e.nonzero is not None and e.accuracy_drop is not None:
-            for i, level in enumerate(self.levels):
-                here = p.starts[i]
-                if e.accuracy_drop <= level and (here is None or e.nonzero < here["nonzero"]):
-                    self.starts[i] = self.trainer.state()
-                    p.starts[i] = {"number": e.number, "nonzero": e.nonzero}
+        if (stage == "adjust" and e.nonzero and e.accuracy_drop is not None
+                and e.accuracy_drop <= o.retrain_drop and o.retrain_from == "smallest"):
+            self._offer_start(e)
         if stored is None:
             self.recorder.write([e], trials_done=number + 1, stage=stage, best=self.best)
         self.progress.number = number + 1
@@ -267,7 +271,7 @@ class OlmpSearch:
 
     def _restore(self, data: bytes) -> None:
         state, progress, best_params, starts = olmp_state.load(data)
-        self.starts = starts or [None] * len(self.levels)
+        self.starts = starts or [None] * self.slots
         self.trainer.load(state, frozen=False)
         self.progress = progress
         if progress.best is not None:
@@ -277,19 +281,38 @@ class OlmpSearch:
                             if best_params is not None else None)
 
     # -- retraining attempts -----------------------------------------------------------------
+    def _offer_start(self, e: Evaluated) -> None:
+        """Keep adjusted model `e` (within retrain_drop) as a retraining start if it is the
+        smallest of its size class: classes are powers of retrain_step in compression ratio, and
+        only the `retrain_attempts` classes of the highest ratios are kept, so that each attempt
+        after the first starts from a model about retrain_step× larger than the one before."""
+        p, o = self.progress, self.spec.olmp
+        assert p.starts is not None and e.nonzero
+        size_class = math.floor(math.log(e.total / e.nonzero) / math.log(o.retrain_step) + 1e-9)
+        kept = [(m, st) for m, st in zip(p.starts, self.starts, strict=True)
+                if m is not None and st is not None]
+        same = [i for i, (m, _) in enumerate(kept) if m["class"] == size_class]
+        entry = ({"number": e.number, "nonzero": e.nonzero, "class": size_class},
+                 self.trainer.state())
+        if same:
+            if e.nonzero >= kept[same[0]][0]["nonzero"]:
+                return
+            kept[same[0]] = entry
+        elif len(kept) < self.slots or size_class > min(m["class"] for m, _ in kept):
+            kept.append(entry)
+        else:
+            return
+        kept = sorted(kept, key=lambda ms: -ms[0]["class"])[:self.slots]
+        p.starts = [m for m, _ in kept] + [None] * (self.slots - len(kept))
+        self.starts = [st for _, st in kept] + [None] * (self.slots - len(kept))
+
     def _ladder(self) -> list[TrainerState | None]:
-        """The models retraining attempts start from, in order: each level's smallest adjusted
-        model, once each (None: the model as the rounds left it)."""
+        """The models retraining attempts start from, in order: the smallest adjusted model of
+        each kept size class, highest ratio first (None: the model as the rounds left it)."""
         if self.spec.olmp.retrain_from == "last":
             return [None]
-        assert self.progress.starts is not None
-        seen: set[int] = set()
-        out: list[TrainerState | None] = []
-        for meta, state in zip(self.progress.starts, self.starts, strict=True):
-            if meta is not None and state is not None and meta["number"] not in seen:
-                seen.add(meta["number"])
-                out.append(state)
-        return out or [None]
+        out = [st for st in self.starts if st is not None]
+        return list(out) or [None]
 
     def _start_attempt(self) -> None:
         """Back to the attempt's adjusted model, weights and masks as they were after its round;

@@ -10,7 +10,7 @@ remains to pick k ∈ {0, …, n} (k = 0 is y = 0, objective ½‖v‖²). Sorti
 taking cumulative sums of squares gives every candidate k of every group in one pass.
 
 Groups (see `as_groups`): the columns of a linear weight (the input neurons) and the output filters
-of a convolution, the same structure `workers.hard_concrete` gates per neuron.
+of a convolution, the same structure `workers.methods.hard_concrete` gates per neuron.
 """
 
 from __future__ import annotations

@@ -18,10 +18,10 @@ from torch import nn
 from core.architectures import get_architecture
 from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION
 from core.zoo import CAFFE_ITERATIONS, TRAINING_RECIPES
-from workers import zoo
-from workers.data import Splits, builtin_arrays, split_arrays
-from workers.evaluation import accuracy
-from workers.surgery import MaskedTrainer, SolverConfig
+from workers.models import zoo
+from workers.runtime.data import Splits, builtin_arrays, split_arrays
+from workers.runtime.evaluation import accuracy
+from workers.runtime.masked_sgd import MaskedTrainer, SolverConfig
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,14 @@ from store import blobs, records, trial_queue
 from store.models import Job, utcnow
 from store.queue import Lease, update_job
 from store.reconnect import retrying
-from workers import checkpoint, compaction, zoo
-from workers.data import Splits
-from workers.evaluation import accuracy
-from workers.job_inputs import JobInputs, read_job_inputs
+from workers.jobs import checkpoint
+from workers.jobs.inputs import JobInputs, read_job_inputs
 from workers.methods import MethodJob, load
-from workers.search import Evaluated, SearchResult
-from workers.stopping import Stop
+from workers.models import compaction, zoo
+from workers.runtime.data import Splits
+from workers.runtime.evaluation import accuracy
+from workers.runtime.stopping import Stop
+from workers.search.trials import Evaluated, SearchResult
 
 log = logging.getLogger(__name__)
 

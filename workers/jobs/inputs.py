@@ -16,7 +16,7 @@ from core.settings import Settings
 from core.spec import JobSpec
 from store import blobs
 from store.models import Dataset, Job, Model
-from workers.data import Splits, load_splits
+from workers.runtime.data import Splits, load_splits
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Models as torch: the architecture builders, magnitude masks, compaction, reference training."""

@@ -1,0 +1,1 @@
+"""Where a worker's computation runs: devices and GPU slots, heartbeats, stop signals, a job's data as tensors, scoring, masked SGD."""

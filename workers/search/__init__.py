@@ -1,0 +1,1 @@
+"""The search engine: trial records and loops, the optimizers (nevergrad, optuna, NCS), optuna's trial pruners."""
