@@ -34,6 +34,7 @@ run: $(STAMP)
 test: $(STAMP) $(CHROMIUM)
 	$(BIN)/ruff check core store service workers cli migrations tests bench
 	$(BIN)/mypy core store service workers cli
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	@# The same suite again on PostgreSQL where one is reachable (the slow SQLite walkthrough and
 	@# zoo training are not repeated).
@@ -47,6 +48,7 @@ test: $(STAMP) $(CHROMIUM)
 lint: $(STAMP)
 	$(BIN)/ruff check core store service workers cli migrations tests bench
 	$(BIN)/mypy core store service workers cli
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python bench/magnitude_search.py

@@ -12,7 +12,8 @@ import torch
 
 from core.architectures import get_architecture
 from core.spec import RegularizationOptions
-from workers.methods.regularized import TrialOutcome, run_trial
+from workers.methods import TrialOutcome
+from workers.methods.regularized import run_trial
 from workers.runtime.data import Splits, split_arrays
 
 ARCH = get_architecture("lenet-300-100")

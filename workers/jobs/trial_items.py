@@ -28,8 +28,7 @@ from store.models import Trial
 from store.queue import LeaseLost
 from store.reconnect import describe, is_unavailable, retrying
 from workers.jobs.inputs import read_job_inputs
-from workers.methods import load_distributed
-from workers.methods.regularized import TrialOutcome
+from workers.methods import TrialOutcome, load_distributed
 from workers.runtime.data import Splits
 from workers.runtime.heartbeat import Heartbeat
 from workers.runtime.stopping import ItemLost, Stop

@@ -42,6 +42,20 @@ class MethodJob:
     should_stop: Callable[[], None]
 
 
+@dataclass
+class TrialOutcome:
+    """What one distributed trial hands back to the job (workers.jobs.trial_items stores it)."""
+
+    params: dict[str, torch.Tensor]  # full-shape state dict, pruned entries exactly 0 (on CPU)
+    val_accuracy: float  # on the FULL validation split, after fine-tuning (stopped: last epoch's)
+    nonzero: int  # over ALL tensors of the model (biases included), like core.metrics
+    total: int
+    kept: dict[str, int]  # non-zeros per prunable tensor
+    intermediate: list[float]  # val accuracy after each epoch (what trial pruners see)
+    pruned_at: int | None  # epoch index at which `report` asked to stop, else None
+    groups_kept: dict[str, int]  # neurons/filters left per prunable tensor (structure)
+
+
 class Method(Protocol):
     def run(self, job: MethodJob) -> SearchResult: ...
 
@@ -49,7 +63,8 @@ class Method(Protocol):
 class DistributedMethod(Method, Protocol):
     def train_trial(self, arch: Architecture, reference: dict[str, torch.Tensor], splits: Splits,
                     spec: JobSpec, candidate: Sequence[float], *, seed: int, device: torch.device,
-                    report: Callable[[int, float], bool], check: Callable[[], None]) -> Any: ...
+                    report: Callable[[int, float], bool],
+                    check: Callable[[], None]) -> TrialOutcome: ...
 
 
 def load(name: str) -> Method:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -43,7 +42,7 @@ from torch.func import functional_call
 
 from core.architectures import Architecture, Tensor
 from core.spec import RegularizationOptions
-from workers.methods import group_prox
+from workers.methods import TrialOutcome, group_prox
 from workers.methods import hard_concrete as hc
 from workers.models import compaction, zoo
 from workers.runtime.data import Splits
@@ -55,18 +54,6 @@ CHECK_EVERY = 50  # batches between calls of `check` (cancel / lease loss)
 # gate closes at log α ≈ −2.4, over 3 000 Adam steps at lr 1e-3, more than a short trial has.
 GATE_LR_SCALE = 10.0
 _ADAM_EPS = 1e-8
-
-
-@dataclass
-class TrialOutcome:
-    params: dict[str, torch.Tensor]  # full-shape state dict, pruned entries exactly 0 (on CPU)
-    val_accuracy: float  # on the FULL validation split, after fine-tuning (stopped: last epoch's)
-    nonzero: int  # over ALL tensors of the model (biases included), like core.metrics
-    total: int
-    kept: dict[str, int]  # non-zeros per prunable tensor
-    intermediate: list[float]  # val accuracy after each regularized epoch (what pruners see)
-    pruned_at: int | None  # epoch index at which `report` asked to stop, else None
-    groups_kept: dict[str, int]  # neurons/filters left per prunable tensor (structure)
 
 
 def strengths_needed(method: str, arch: Architecture) -> int:
