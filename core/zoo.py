@@ -131,9 +131,9 @@ def from_config(name: str, config: Mapping[str, object]) -> Architecture:
         if indices is not None and (isinstance(indices, str | bytes)
                                     or not isinstance(indices, Sequence)):
             raise ValueError(f"architecture {name}: config 'input_indices' must be a list")
-        arch = lenet_300_100(**kwargs, input_indices=indices)  # type: ignore[arg-type]
+        arch = lenet_300_100(**kwargs, input_indices=indices)
     else:
-        arch = lenet_5(**kwargs)  # type: ignore[arg-type]
+        arch = lenet_5(**kwargs)
     if arch.name != name:
         raise ValueError(f"architecture {name}: its config describes {arch.name}")
     return arch

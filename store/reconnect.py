@@ -68,7 +68,7 @@ class Backoff:
     def next_delay(self) -> float:
         base = min(self.cap, self.first * 2 ** self.failures)
         self.failures += 1
-        return base * random.uniform(0.75, 1.25)
+        return float(base * random.uniform(0.75, 1.25))
 
     def reset(self) -> None:
         self.failures = 0

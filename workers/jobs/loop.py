@@ -27,6 +27,7 @@ from store.reconnect import Backoff, describe, is_unavailable, retrying, wait_fo
 from workers.jobs import runner, trial_items
 from workers.runtime import device as devices
 from workers.runtime.heartbeat import Heartbeat
+from workers.runtime.stopping import Stop
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +123,11 @@ class Worker:
 
         def should_stop() -> None:
             if self.draining.is_set():
-                raise runner.Stop()
+                raise Stop()
 
         try:
             trial_items.work_on(self.sessions, item, self.settings, self.device, should_stop)
-        except runner.Stop:
+        except Stop:
             log.info("trial %d of job %s handed back to the queue", item.number, item.job_id)
         except LeaseLost:  # the trial was taken from us (cancelled, or re-leased after a freeze)
             log.info("trial %d of job %s is no longer ours; dropped", item.number, item.job_id)
@@ -153,13 +154,13 @@ class Worker:
             if beat.lost.is_set():
                 raise LeaseLost(lease.job_id)
             if self.draining.is_set():
-                raise runner.Stop()
+                raise Stop()
 
         try:
             runner.run(self.sessions, lease, cfg, self.device, should_stop)
         except LeaseLost:
             log.info("job %s is no longer ours (cancelled or re-leased); dropped", lease.job_id)
-        except runner.Stop:
+        except Stop:
             log.info("job %s handed back to the queue", lease.job_id)
             self._finish(lambda s: queue.release(s, lease))
         except PERMANENT as exc:

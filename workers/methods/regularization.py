@@ -10,9 +10,9 @@ import torch
 
 from core.architectures import Architecture
 from core.spec import JobSpec
-from workers.methods import MethodJob
+from workers.methods import MethodJob, TrialOutcome
 from workers.methods.regularization_search import TrainingSearch
-from workers.methods.regularized import TrialOutcome, run_trial
+from workers.methods.regularized import run_trial
 from workers.runtime.data import Splits
 from workers.search.trials import SearchResult
 

@@ -162,7 +162,7 @@ class _Trial:
                 loss = self.loss(gated(lambda la: hc.sample(la, self.noise)), xb, yb)
                 for name, la in log_alpha.items():
                     loss = loss + strength[name] * weight_of_gate[name] * hc.prob_nonzero(la).sum()
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
             with torch.no_grad():
                 current = {k: v.detach() for k, v in gated(hc.deterministic).items()}
@@ -185,7 +185,7 @@ class _Trial:
             for xb, yb in self.batches.epoch():
                 self.batches.tick()
                 opt.zero_grad(set_to_none=True)
-                self.loss(self.weights, xb, yb).backward()
+                self.loss(self.weights, xb, yb).backward()  # type: ignore[no-untyped-call]
                 opt.step()
                 with torch.no_grad():
                     for t, w, lam, eta in layers:
@@ -207,7 +207,7 @@ class _Trial:
             for xb, yb in self.batches.epoch():
                 self.batches.tick()
                 opt.zero_grad(set_to_none=True)
-                self.loss(weights, xb, yb).backward()
+                self.loss(weights, xb, yb).backward()  # type: ignore[no-untyped-call]
                 for name, m in masks.items():
                     grad = weights[name].grad
                     if grad is not None:

@@ -37,7 +37,8 @@ class LeNet300100(nn.Module):
         x = x.flatten(1)
         if self.input_indices is not None:
             x = x.index_select(1, self.input_indices)
-        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+        out: torch.Tensor = self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+        return out
 
 
 class LeNet5(nn.Module):
@@ -53,7 +54,8 @@ class LeNet5(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = nn.functional.max_pool2d(self.conv1(x), 2)
         x = nn.functional.max_pool2d(self.conv2(x), 2)
-        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+        out: torch.Tensor = self.fc2(torch.relu(self.fc1(x.flatten(1))))
+        return out
 
 
 # Builders of the families core.zoo describes at any width (the others take no arguments).

@@ -69,7 +69,8 @@ class Evaluator:
         self._per_sample: int | None = None
 
         def predict(params: dict[str, torch.Tensor], xb: torch.Tensor) -> torch.Tensor:
-            return functional_call(model, params, (xb,)).argmax(dim=1)
+            out: torch.Tensor = functional_call(model, params, (xb,)).argmax(dim=1)
+            return out
 
         self._predict = vmap(predict, in_dims=(0, None))
 

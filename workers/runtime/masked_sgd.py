@@ -42,7 +42,7 @@ class SolverConfig:
     refresh_gamma: float = 1e-4  # masks refreshed with probability 1 / (1 + γ·iteration)
 
     def learning_rate(self, iteration: int) -> float:
-        return self.lr * (1.0 + self.lr_gamma * iteration) ** (-self.lr_power)
+        return float(self.lr * (1.0 + self.lr_gamma * iteration) ** (-self.lr_power))
 
     def refresh_probability(self, iteration: int) -> float:
         return 1.0 / (1.0 + self.refresh_gamma * iteration)
@@ -71,7 +71,7 @@ class _StraightThrough(torch.autograd.Function):
     """Value W⊙M, gradient straight through to W: one multiplication forward, none backward."""
 
     @staticmethod
-    def forward(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return weight * mask
 
     @staticmethod
@@ -79,7 +79,7 @@ class _StraightThrough(torch.autograd.Function):
         pass
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad, None
 
 
@@ -185,8 +185,8 @@ class MaskedTrainer:
             eff = {k: (self.w[k] * self.m[k] if k in self.m else self.w[k]) for k in self.names}
         else:
             # value W⊙M, gradient straight through to every weight
-            eff = {k: (_StraightThrough.apply(self.w[k], self.m[k]) if k in self.m else self.w[k])
-                   for k in self.names}
+            eff = {k: (_StraightThrough.apply(self.w[k], self.m[k])  # type: ignore[no-untyped-call]
+                       if k in self.m else self.w[k]) for k in self.names}
         eff.update(self.buffers)
         xb, yb = self.x.index_select(0, self._idx), self.y.index_select(0, self._idx)
         loss = self._loss(functional_call(self.model, eff, (xb,)), yb)
@@ -207,7 +207,7 @@ class MaskedTrainer:
         """Record `_step` as a CUDA graph; the warm-up steps it needs are undone."""
         saved = [t.detach().clone() for t in (*self.w.values(), *self.v.values())]
         try:
-            side = torch.cuda.Stream()
+            side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(3):

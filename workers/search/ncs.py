@@ -39,7 +39,8 @@ def bhattacharyya(m1: np.ndarray, s1: float, m2: np.ndarray, s2: float) -> float
     var = (s1 * s1 + s2 * s2) / 2.0
     d = m1.shape[0]
     diff = m1 - m2
-    return float(diff @ diff) / (8.0 * var) + 0.5 * d * (math.log(var) - math.log(s1) - math.log(s2))
+    return float(float(diff @ diff) / (8.0 * var)
+                 + 0.5 * d * (math.log(var) - math.log(s1) - math.log(s2)))
 
 
 @dataclass

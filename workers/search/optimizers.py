@@ -72,7 +72,7 @@ class OptunaOptimizer:
         }
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # experimental-feature warnings (multivariate TPE)
-            self._study = optuna.create_study(direction="minimize", sampler=samplers[name]())
+            self._study = optuna.create_study(direction="minimize", sampler=samplers[name]())  # type: ignore[no-untyped-call]
         self._dist: dict[str, optuna.distributions.BaseDistribution] = {
             f"x{i:03d}": optuna.distributions.FloatDistribution(lower, upper) for i in range(dims)}
         self._pending: list[Any] = []
@@ -133,7 +133,8 @@ class Shifted:
     def ask(self) -> np.ndarray:
         z = self.inner.ask()
         self._pending.append(z)
-        return np.clip(self.origin + z, self.lower, self.upper)
+        out: np.ndarray = np.clip(self.origin + z, self.lower, self.upper)
+        return out
 
     def tell(self, x: np.ndarray, loss: float) -> None:
         self.inner.tell(self._pending.pop(0), loss)
