@@ -132,6 +132,10 @@ class OlmpOptions(BaseModel):
         "job (round searches, adjusted and retraining scorings, where retraining starts): the end "
         "of a retraining attempt is within δ only if it is within δ on these images, and that "
         "drop is the one reported (0: no hold-out; the attempt's last scoring decides)")
+    search_resample: bool = Field(
+        False,
+        description="score each round's one-shot candidates on a fresh seeded subset of the "
+        "steering images (search.validation_subset of them) rather than the same subset every round")
     search_span: float = Field(
         2.0, gt=0, le=8,
         description="how far below each layer's current keep ratio (log10) a round may search")

@@ -1,14 +1,7 @@
 """Method `sgl`: every trial trains the model under MobilePrune's ℓ0 sparse group lasso (2022),
-per-layer λ and η searched (workers.methods.sgl); options in `regularization`."""
+per-layer λ and η searched (workers.methods.sgl)."""
 
-from core.methods import MethodInfo
+from core.methods.regularization import regularized
 
-METHOD = MethodInfo(
-    name="sgl",
-    summary="training trials under an ℓ0 sparse group lasso, per-layer λ and η searched",
-    worker="workers.methods.sgl",
-    trials="distributed",
-    multi_objective=True,
-    artifacts=("pruned", "compact"),
-    rank=3,
-)
+METHOD = regularized("sgl", "training trials under an ℓ0 sparse group lasso, per-layer λ and η "
+                     "searched", rank=3)

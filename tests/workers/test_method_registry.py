@@ -3,6 +3,7 @@ here runs a whole job through the API, the queue and a real worker, and nothing 
 
 from __future__ import annotations
 
+import pytest
 import safetensors.torch
 import torch
 from fastapi.testclient import TestClient
@@ -25,18 +26,24 @@ def test_a_method_registered_by_a_test_runs_a_job_end_to_end(
                "dataset_id": upload_dataset(client, small_dataset_npz)["id"]}
         # the dashboard's form offers it, read from the registry
         assert "test-uniform" in client.get("/jobs/new").text
-        job = submit(client, **ids, method="test-uniform", max_accuracy_drop=0.05,
-                     budget={"trials": 5})
-        assert job["progress"]["trials_total"] == 5  # budget.trials: the entry plans no other
+        job = submit(client, **ids, method="test-uniform", optimizer="optuna:tpe",
+                     max_accuracy_drop=0.05, budget={"trials": 12})
+        assert job["progress"]["trials_total"] == 12  # budget.trials: the entry plans no other
         assert Worker(settings, name="w").serve(exit_when_idle=True) == 1
         done = client.get(f"/v1/jobs/{job['id']}").json()
         assert done["status"] == "succeeded", done["error"]
         trials = all_trials(client, job["id"])
-        assert [t["stage"] for t in trials] == ["uniform"] * 5
-        assert [t["candidate"][0] for t in trials] == list(uniform_method.LOG_RATIOS)
+        assert [t["stage"] for t in trials] == ["uniform"] * 12
+        # an integer variable: stored and read back as integers, the start (100 %) first
+        assert trials[0]["candidate"] == [100]
+        assert all(type(t["candidate"][0]) is int and 1 <= t["candidate"][0] <= 100
+                   for t in trials)
+        assert len({t["candidate"][0] for t in trials}) > 3
         best = done["best"]
         assert best["stage"] == "uniform" and best["accuracy_drop"] <= 0.05
         assert best["compression_ratio"] > 1.5  # 40 % of every tensor is within 5 points here
+        assert best["keep_ratios"]["fc1.weight"] == pytest.approx(
+            trials[best["trial_number"]]["candidate"][0] / 100, abs=0.01)
         state = safetensors.torch.load(client.get(f"/v1/jobs/{job['id']}/checkpoint").content)
         assert sum(int(torch.count_nonzero(t)) for t in state.values()) == best["nonzero"]
 

@@ -204,11 +204,18 @@ class OlmpSearch:
         pruner = MagnitudePruner(self.arch, {**self.trainer.w, **self.trainer.buffers},
                                  spec.search.prune_biases, tie_biases=spec.olmp.prune_biases)
         steer = search_drop(spec)
+        images, reference = self.scorer, self.reference_scored
+        if spec.olmp.search_resample and self.subset:
+            # a fresh subset of the steering part each round: no image steers every round
+            x, y = seeded_subset(self.x_steer, self.y_steer, search_subset(spec),
+                                 round_seed(spec.seed, round_) + 1)
+            images = Evaluator(self.model, x, y, mode=spec.search.evaluation)
+            reference = accuracy(self.model, self.initial, x, y)
         if spec.olmp.search_against == "current":
             # acc(candidate) ≥ acc(current model) − search_drop, with drops still reported
             # against the reference: the tolerance moves by what the current model has lost
-            current = self.scorer.accuracies([self.trainer.masked_params()])[0]
-            steer += self.reference_scored - current
+            current = images.accuracies([self.trainer.masked_params()])[0]
+            steer += reference - current
         scorer = CandidateScorer(pruner, spec.max_accuracy_drop, steer)
         origin = np.array(log_keep(keep_fractions(self.trainer), self.masked, self.lower))
         span = spec.olmp.search_span
@@ -220,7 +227,7 @@ class OlmpSearch:
             return optimizers.Shifted(inner, origin, self.lower, 0.0)
 
         def score(number: int, xs: Sequence[Sequence[float]]) -> list[Evaluated]:
-            return scorer.score(number, "search", xs, self.reference_scored, self.scorer, round_)
+            return scorer.score(number, "search", xs, reference, images, round_)
 
         self._round.clear()
         self.progress.number = self.trials.optimize(build, first, first + n_trials,
