@@ -15,9 +15,9 @@ Trials, numbered in the order they happen:
              attempt's tolerance, masks frozen; every `evaluate_every` iterations the model is
              scored on the full split. A later attempt, from a model with less drop, runs only if
              the one before did not end within δ.
-  confirm    attempt i's end, scored once more on the validation images held out from all of the
-             above (`olmp.confirm_fraction`, a third by default): the attempt is within δ only if
-             it is within δ there.
+  confirm    attempt i's end, if within δ on the steering images, scored once more on the
+             validation images held out from all of the above (`olmp.confirm_fraction`, a third by
+             default): the attempt is within δ only if it is within δ on both.
 The job's best is the end of a retraining attempt confirmed within δ on the hold-out; when none is,
 the reference. Without a hold-out (confirm_fraction 0), the end of an attempt within δ on the
 whole split, and when none is, the smallest feasible model among the reference and the adjusted
@@ -179,6 +179,10 @@ class OlmpSearch:
         assert p.finals is not None and p.starts is not None
         ends = stage == "retrain" and p.phase_done == o.retrain_iterations
         if stage == "confirm" or (ends and self.confirm_scorer is None):
+            p.finals.append(number)
+        elif ends and not e.feasible:
+            # over δ on the steering images already: the attempt ends here, unconfirmed (a model
+            # must be within δ on every validation image that may judge it)
             p.finals.append(number)
         # with a hold-out, only what it confirmed (and the reference) can be handed back: every
         # other scoring is of a model that steered the job on the very images it was scored on

@@ -85,7 +85,7 @@ class TrainingSearch:
     def _to_unit(self, x: Sequence[float]) -> np.ndarray:
         return np.array([(v - lo) / (hi - lo) for v, (lo, hi) in zip(x, self.boxes, strict=True)])
 
-    def _build(self) -> Any:
+    def _build(self) -> optimizers.AskTell:
         start = np.full(len(self.boxes), 0.5)  # the middle of every box
         if self.spec.optimizer in MULTI_OBJECTIVE:
             return optimizers.ParetoOptimizer(start, 0.0, 1.0, self.spec.seed, self.spec.budget.trials)
@@ -93,15 +93,13 @@ class TrainingSearch:
                                seed=self.spec.seed, budget=self.spec.budget.trials,
                                population=self.spec.budget.parallel)
 
-    def _tell(self, opt: Any, x: np.ndarray, e: Evaluated, *, foreign: bool = False) -> None:
-        if isinstance(opt, optimizers.ParetoOptimizer):
+    def _tell(self, opt: optimizers.AskTell, x: np.ndarray, e: Evaluated, *,
+              foreign: bool = False) -> None:
+        loss: Any = e.objective
+        if opt.objectives == 2:  # a Pareto front of size against accuracy
             kept = math.log10(max(e.nonzero or e.total, 1) / e.total) if e.error is None else 0.0
-            values = (kept, e.accuracy_drop if e.accuracy_drop is not None else 1.0)
-            (opt.tell_foreign_values if foreign else opt.tell_values)(x, values)
-        elif foreign:
-            opt.tell_foreign(x, e.objective)
-        else:
-            opt.tell(x, e.objective)
+            loss = (kept, e.accuracy_drop if e.accuracy_drop is not None else 1.0)
+        (opt.tell_foreign if foreign else opt.tell)(x, loss)
 
     # -- one finished item → one trial -------------------------------------------------------
     def _evaluated(self, item: TrialItem, reference: float) -> Evaluated:

@@ -55,6 +55,8 @@ class _Generation:
 class NCSOptimizer:
     """NCS over the box [lower, upper]^d; the first parent is `start`."""
 
+    objectives = 1
+
     def __init__(self, start: np.ndarray, lower: float, upper: float, seed: int, budget: int,
                  population: int, *, sigma: float | None = None, r: float = 0.99,
                  epoch: int | None = None) -> None:

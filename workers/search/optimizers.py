@@ -12,13 +12,21 @@ log = logging.getLogger(__name__)
 
 
 class AskTell(Protocol):
+    """Every optimizer: `ask` a point, `tell` it its loss (one float, or one per objective for
+    `objectives` > 1), `suggest` a point to ask, and `tell_foreign` a point it did not ask (a
+    replayed or another process's trial)."""
+
+    objectives: int
+
     def ask(self) -> np.ndarray: ...
-    def tell(self, x: np.ndarray, loss: float) -> None: ...
+    def tell(self, x: np.ndarray, loss: Any) -> None: ...
     def suggest(self, x: np.ndarray) -> None: ...
-    def tell_foreign(self, x: np.ndarray, loss: float) -> None: ...
+    def tell_foreign(self, x: np.ndarray, loss: Any) -> None: ...
 
 
 class NevergradOptimizer:
+    objectives = 1
+
     def __init__(self, name: str, start: np.ndarray, lower: float, upper: float, seed: int,
                  budget: int, population: int) -> None:
         with warnings.catch_warnings():
@@ -58,6 +66,8 @@ class NevergradOptimizer:
 
 
 class OptunaOptimizer:
+    objectives = 1
+
     def __init__(self, name: str, start: np.ndarray, lower: float, upper: float, seed: int) -> None:
         import optuna
 
@@ -126,6 +136,8 @@ class Shifted:
     OLMP's rounds search near each layer's current keep ratio; the layers sit at different ratios,
     so a box of offsets is well conditioned where one shared box of absolute ratios is not."""
 
+    objectives = 1
+
     def __init__(self, inner: AskTell, origin: np.ndarray, lower: float, upper: float) -> None:
         self.inner, self.origin, self.lower, self.upper = inner, np.asarray(origin, float), lower, upper
         self._pending: list[np.ndarray] = []
@@ -151,6 +163,8 @@ class ParetoOptimizer:
     fraction and the accuracy drop. Its population is a third of the budget (at least 4, at most
     optuna's default 50), so a small budget still sees a few generations."""
 
+    objectives = 2
+
     def __init__(self, start: np.ndarray, lower: float, upper: float, seed: int, budget: int) -> None:
         import optuna
 
@@ -174,10 +188,14 @@ class ParetoOptimizer:
         self._pending.append(trial)
         return np.array([trial.params[k] for k in self._dist], dtype=float)
 
-    def tell_values(self, x: np.ndarray, values: tuple[float, float]) -> None:
-        self._study.tell(self._pending.pop(0), list(values))
+    def tell(self, x: np.ndarray, loss: Any) -> None:
+        """`loss`: (log10 kept fraction, accuracy drop)."""
+        self._study.tell(self._pending.pop(0), [float(v) for v in loss])
 
-    def tell_foreign_values(self, x: np.ndarray, values: tuple[float, float]) -> None:
+    def suggest(self, x: np.ndarray) -> None:
+        self._study.enqueue_trial(dict(zip(self._dist, map(float, x), strict=True)))
+
+    def tell_foreign(self, x: np.ndarray, loss: Any) -> None:
         params = dict(zip(self._dist, map(float, x), strict=True))
         self._study.add_trial(self._optuna.trial.create_trial(
-            params=params, distributions=self._dist, values=list(values)))
+            params=params, distributions=self._dist, values=[float(v) for v in loss]))
