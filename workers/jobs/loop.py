@@ -45,6 +45,8 @@ class Worker:
         check_schema(self.engine)  # refuse to start on a schema that is behind
         self.sessions = make_sessionmaker(self.engine)
         self.device = devices.pick(settings.device, settings.gpu_lock_dir)
+        # what the trials of the job last worked on start from (one job at a time)
+        self.trial_contexts = trial_items.TrialContexts()
         self.draining = threading.Event()
 
     # -- signals ---------------------------------------------------------------------------
@@ -126,7 +128,8 @@ class Worker:
                 raise Stop()
 
         try:
-            trial_items.work_on(self.sessions, item, self.settings, self.device, should_stop)
+            trial_items.work_on(self.sessions, item, self.settings, self.device, should_stop,
+                                self.trial_contexts)
         except Stop:
             log.info("trial %d of job %s handed back to the queue", item.number, item.job_id)
         except LeaseLost:  # the trial was taken from us (cancelled, or re-leased after a freeze)
@@ -157,7 +160,7 @@ class Worker:
                 raise Stop()
 
         try:
-            runner.run(self.sessions, lease, cfg, self.device, should_stop)
+            runner.run(self.sessions, lease, cfg, self.device, should_stop, self.trial_contexts)
         except LeaseLost:
             log.info("job %s is no longer ours (cancelled or re-leased); dropped", lease.job_id)
         except Stop:

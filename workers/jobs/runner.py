@@ -21,6 +21,7 @@ from store.queue import Lease, update_job
 from store.reconnect import retrying
 from workers.jobs import checkpoint
 from workers.jobs.inputs import JobInputs, read_job_inputs
+from workers.jobs.trial_items import TrialContexts
 from workers.methods import MethodJob, load
 from workers.models import compaction, zoo
 from workers.runtime.data import Splits
@@ -123,7 +124,7 @@ def _load(s: Session, lease: Lease,
 
 
 def run(sessions: sessionmaker[Session], lease: Lease, settings: Settings, device: torch.device,
-        should_stop: Any) -> None:
+        should_stop: Any, contexts: TrialContexts | None = None) -> None:
     got, stored, state = retrying(sessions, lambda s: _load(s, lease, settings),
                                   what=f"loading job {lease.job_id}")
     spec, dataset_summary = got.spec, got.dataset_summary
@@ -139,7 +140,8 @@ def run(sessions: sessionmaker[Session], lease: Lease, settings: Settings, devic
     recorder = DbRecorder(sessions, lease, stored, should_stop)
     job = MethodJob(arch=arch, model=model, params=params, splits=splits, spec=spec,
                     recorder=recorder, state=state, settings=settings, sessions=sessions,
-                    lease=lease, device=device, should_stop=should_stop)
+                    lease=lease, device=device, should_stop=should_stop,
+                    contexts=contexts if contexts is not None else TrialContexts())
     result = load(spec.method).run(job)
 
     manifest = manifest_for(result, arch_name=arch.name, arch_config=dict(arch.config),

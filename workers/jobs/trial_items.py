@@ -1,4 +1,5 @@
-"""Running one claimed trial work item (methods l0, sgl): a training run that any worker may do.
+"""Running one claimed trial work item of a distributed method (its `train_trial`, reached
+through the registry): a training run that any worker may do.
 
 The worker keeps the item's lease alive from a heartbeat thread, writes the trial's validation
 accuracy after every epoch (what the dashboard shows and what pruners of later trials compare
@@ -48,32 +49,32 @@ class JobContext:
     splits: Splits
 
 
-_cache: dict[str, JobContext] = {}
+class TrialContexts:
+    """What the trials of a job start from, loaded once per worker and job. A worker holds one
+    job's context at a time (MNIST-sized splits are cheap to reload); the job's coordinator
+    shares what it has loaded already, so the trials it trains itself read nothing again."""
 
+    def __init__(self) -> None:
+        self._held: tuple[str, JobContext] | None = None
 
-def _key(job_id: str, device: torch.device) -> str:
-    return f"{job_id}@{device}"
+    @staticmethod
+    def _key(job_id: str, device: torch.device) -> str:
+        return f"{job_id}@{device}"
 
+    def share(self, ctx: JobContext, device: torch.device) -> None:
+        self._held = (self._key(ctx.job_id, device), ctx)
 
-def share_context(ctx: JobContext, device: torch.device) -> None:
-    """What a job's coordinator has loaded already, for the trials it trains itself (no second
-    read of the weights and data)."""
-    _cache.clear()
-    _cache[_key(ctx.job_id, device)] = ctx
-
-
-def job_context(sessions: sessionmaker[Session], job_id: str, settings: Settings,
-                device: torch.device) -> JobContext:
-    key = _key(job_id, device)
-    if key in _cache:
-        return _cache[key]
-
-    got = retrying(sessions, lambda s: read_job_inputs(s, job_id, settings),
-                   what=f"loading the inputs of job {job_id}", write=False)
-    ctx = JobContext(job_id=job_id, spec=got.spec, arch=got.arch(), reference=got.params(device),
-                     splits=got.splits(settings, device))
-    share_context(ctx, device)  # one job's data at a time: MNIST-sized splits are cheap to reload
-    return ctx
+    def get(self, sessions: sessionmaker[Session], job_id: str, settings: Settings,
+            device: torch.device) -> JobContext:
+        key = self._key(job_id, device)
+        if self._held is not None and self._held[0] == key:
+            return self._held[1]
+        got = retrying(sessions, lambda s: read_job_inputs(s, job_id, settings),
+                       what=f"loading the inputs of job {job_id}", write=False)
+        ctx = JobContext(job_id=job_id, spec=got.spec, arch=got.arch(),
+                         reference=got.params(device), splits=got.splits(settings, device))
+        self.share(ctx, device)
+        return ctx
 
 
 def finished_trials(s: Session, job_id: str, before: int) -> list[trial_pruners.Finished]:
@@ -95,7 +96,8 @@ def outcome_document(outcome: TrialOutcome, duration_ms: float) -> dict[str, Any
 
 
 def run_item(sessions: sessionmaker[Session], lease: trial_queue.ItemLease, settings: Settings,
-             device: torch.device, should_stop: Callable[[], None]) -> None:
+             device: torch.device, should_stop: Callable[[], None],
+             contexts: TrialContexts) -> None:
     """Train the item's trial and store its outcome. Raises LeaseLost when the item or its job is
     no longer ours, and whatever `should_stop` raises (a draining worker)."""
     # the lease is kept alive from the claim on: loading a large dataset must not cost the trial
@@ -103,20 +105,23 @@ def run_item(sessions: sessionmaker[Session], lease: trial_queue.ItemLease, sett
                      settings.heartbeat_seconds, f"trial {lease.number} of job {lease.job_id}")
     beat.start()
     try:
-        _train(sessions, lease, settings, device, should_stop, beat)
+        _train(sessions, lease, settings, device, should_stop, beat, contexts)
     finally:
         beat.stop()
 
 
 def _train(sessions: sessionmaker[Session], lease: trial_queue.ItemLease, settings: Settings,
-           device: torch.device, should_stop: Callable[[], None], beat: Heartbeat) -> None:
-    ctx = job_context(sessions, lease.job_id, settings, device)
-    spec, options = ctx.spec, ctx.spec.regularization
+           device: torch.device, should_stop: Callable[[], None], beat: Heartbeat,
+           contexts: TrialContexts) -> None:
+    ctx = contexts.get(sessions, lease.job_id, settings, device)
+    spec = ctx.spec
+    method = load_distributed(spec.method)
     batch_start = lease.batch * spec.budget.parallel
     finished = retrying(sessions, lambda s: finished_trials(s, lease.job_id, batch_start),
                         what=f"reading the finished trials of job {lease.job_id}", write=False)
-    pruner = trial_pruners.TrialPruner(options.pruner, seed=spec.seed, epochs=options.epochs,
-                                 finished=finished, number=lease.number)
+    kind, epochs = method.trial_pruner(spec)
+    pruner = trial_pruners.TrialPruner(kind, seed=spec.seed, epochs=epochs, finished=finished,
+                                       number=lease.number)
     seen: list[float] = []
 
     def check() -> None:
@@ -133,7 +138,7 @@ def _train(sessions: sessionmaker[Session], lease: trial_queue.ItemLease, settin
 
     start = time.perf_counter()
     # Each trial's own seed: the job's seed and its number (same spec, same trials, on any worker)
-    outcome = load_distributed(spec.method).train_trial(
+    outcome = method.train_trial(
         ctx.arch, ctx.reference, ctx.splits, spec, lease.candidate,
         seed=spec.seed * 100_003 + lease.number, device=device, report=report, check=check)
     duration_ms = (time.perf_counter() - start) * 1e3
@@ -152,7 +157,8 @@ def _train(sessions: sessionmaker[Session], lease: trial_queue.ItemLease, settin
 
 
 def work_on(sessions: sessionmaker[Session], lease: trial_queue.ItemLease, settings: Settings,
-            device: torch.device, should_stop: Callable[[], None]) -> None:
+            device: torch.device, should_stop: Callable[[], None],
+            contexts: TrialContexts) -> None:
     """Run a claimed item and record how it ended: done, retried later with backoff, or given up
     after `max_attempts`. What `should_stop` raises (draining, the coordinator's job lost) hands the
     item back uncounted and propagates."""
@@ -162,7 +168,7 @@ def work_on(sessions: sessionmaker[Session], lease: trial_queue.ItemLease, setti
             s, lease, "its workers were lost", max_attempts=settings.max_attempts, delay_seconds=0))
         return
     try:
-        run_item(sessions, lease, settings, device, should_stop)
+        run_item(sessions, lease, settings, device, should_stop, contexts)
     except ItemLost:
         log.info("%s is no longer ours (re-leased, or its job stopped); dropped", what)
     except (LeaseLost, Stop):

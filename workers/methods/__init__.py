@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,6 +20,9 @@ from core.spec import JobSpec
 from store.queue import Lease
 from workers.runtime.data import Splits
 from workers.search.trials import SearchResult
+
+if TYPE_CHECKING:
+    from workers.jobs.trial_items import TrialContexts
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class MethodJob:
     lease: Lease
     device: torch.device
     should_stop: Callable[[], None]
+    # the worker's loaded trial contexts: a distributed method's coordinator shares its own
+    contexts: TrialContexts
 
 
 @dataclass
@@ -61,6 +66,11 @@ class Method(Protocol):
 
 
 class DistributedMethod(Method, Protocol):
+    def trial_pruner(self, spec: JobSpec) -> tuple[str, int]:
+        """The trial pruner a job's trials use (none | median | hyperband) and over how many
+        epochs they report."""
+        ...
+
     def train_trial(self, arch: Architecture, reference: dict[str, torch.Tensor], splits: Splits,
                     spec: JobSpec, candidate: Sequence[float], *, seed: int, device: torch.device,
                     report: Callable[[int, float], bool],

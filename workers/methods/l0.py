@@ -5,3 +5,4 @@ from workers.methods.regularization import Regularized
 _METHOD = Regularized("l0")
 run = _METHOD.run
 train_trial = _METHOD.train_trial
+trial_pruner = _METHOD.trial_pruner

@@ -24,7 +24,11 @@ class Regularized:
     def run(self, job: MethodJob) -> SearchResult:
         return TrainingSearch(job.arch, job.model, job.params, job.splits, job.spec, job.recorder,
                               sessions=job.sessions, lease=job.lease, settings=job.settings,
-                              device=job.device, should_stop=job.should_stop).run()
+                              device=job.device, should_stop=job.should_stop,
+                              contexts=job.contexts).run()
+
+    def trial_pruner(self, spec: JobSpec) -> tuple[str, int]:
+        return spec.regularization.pruner, spec.regularization.epochs
 
     def train_trial(self, arch: Architecture, reference: dict[str, torch.Tensor], splits: Splits,
                     spec: JobSpec, candidate: Sequence[float], *, seed: int, device: torch.device,

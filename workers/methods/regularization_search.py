@@ -39,7 +39,7 @@ from store import blobs, trial_queue
 from store.models import TrialItem
 from store.queue import Lease
 from store.reconnect import retrying
-from workers.jobs.trial_items import JobContext, share_context, work_on
+from workers.jobs.trial_items import JobContext, TrialContexts, work_on
 from workers.models.masking import PrunedModel
 from workers.runtime.data import Splits
 from workers.runtime.evaluation import accuracy
@@ -68,12 +68,14 @@ class TrainingSearch:
     def __init__(self, arch: Architecture, model: nn.Module, params: dict[str, torch.Tensor],
                  splits: Splits, spec: JobSpec, recorder: Recorder, *,
                  sessions: sessionmaker[Session], lease: Lease, settings: Settings,
-                 device: torch.device, should_stop: Callable[[], None]) -> None:
+                 device: torch.device, should_stop: Callable[[], None],
+                 contexts: TrialContexts) -> None:
         self.arch, self.model, self.params, self.splits, self.spec = arch, model, params, splits, spec
         self.recorder, self.sessions, self.lease, self.settings = recorder, sessions, lease, settings
         self.device, self.should_stop = device, should_stop
-        share_context(JobContext(job_id=lease.job_id, spec=spec, arch=arch, reference=params,
-                                 splits=splits), device)
+        self.contexts = contexts
+        contexts.share(JobContext(job_id=lease.job_id, spec=spec, arch=arch, reference=params,
+                                  splits=splits), device)
         self.boxes = strength_boxes(spec, arch)
         self.sizes = {t.name: t.numel for t in arch.prunable}
         self.results: list[Evaluated] = []
@@ -147,7 +149,8 @@ class TrainingSearch:
                 s, self.lease.worker, self.settings.lease_seconds, job_id=job),
                 what=f"claiming a trial of job {job}")
             if claimed is not None:
-                work_on(self.sessions, claimed, self.settings, self.device, self.should_stop)
+                work_on(self.sessions, claimed, self.settings, self.device, self.should_stop,
+                        self.contexts)
             else:
                 time.sleep(poll)
 
