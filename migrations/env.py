@@ -13,6 +13,14 @@ def run_migrations_online() -> None:
     assert url, "sqlalchemy.url is set by store.db"
     engine = make_engine(url)
     with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # Batch mode rebuilds a table to drop a column (copy, DROP, rename). With foreign keys
+            # enforced, that DROP would cascade into every row that references the table (a job's
+            # trials, artifacts). The pragma only takes effect outside a transaction; the keys
+            # are checked once the migration is done. (Set on the driver's connection: every
+            # SQLAlchemy transaction starts with an explicit BEGIN, see store.db.)
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
         context.configure(
             connection=connection,
             target_metadata=Base.metadata,
@@ -21,6 +29,12 @@ def run_migrations_online() -> None:
         )
         with context.begin_transaction():
             context.run_migrations()
+        if sqlite:
+            broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+            connection.commit()
+            if broken:
+                raise RuntimeError(f"the migration left rows whose foreign keys point nowhere: "
+                                   f"{broken[:5]}")
     engine.dispose()
 
 

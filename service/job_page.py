@@ -107,7 +107,8 @@ def context(session: Session, job: Job, state: TableState, now: datetime) -> dic
     page_rows, table_total = records.list_trials(
         session, job.id, offset=(state.page - 1) * PAGE_SIZE, limit=PAGE_SIZE, sort=state.sort,
         descending=state.desc, stage=state.stage)
-    checkpoint = session.get(Blob, job.checkpoint_sha256) if job.checkpoint_sha256 else None
+    pruned = next((a for a in job.artifacts if a.format == "pruned"), None)
+    checkpoint = session.get(Blob, pruned.blob_sha256) if pruned is not None else None
     return {
         "job": doc,
         "version": version(job),

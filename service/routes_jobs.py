@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
@@ -100,22 +100,23 @@ def cancel_job(job_id: str, session: WriteSession,
 def download_checkpoint(
     job_id: str, request: Request, session: Session = Depends(db),
     principal: Principal = Depends(current_principal),
-    format: Literal["pruned", "compact"] = Query(
-        "pruned", description="pruned: the model's own shapes with zeros; compact: where whole "
-        "neurons or filters were pruned (methods l0, sgl), smaller dense shapes and their "
-        "architecture config in the manifest"),
+    format: str = Query(
+        "pruned", max_length=40,
+        description="which of the job's downloads (its document's `artifacts`): pruned, the "
+        "model's own shapes with zeros; compact, where whole neurons or filters were pruned "
+        "(methods l0, sgl), smaller dense shapes and their architecture config in the manifest"),
 ) -> StreamingResponse:
     job = get_owned(session, Job, job_id, principal, "job")
-    if job.status != "succeeded" or job.checkpoint_sha256 is None:
+    if job.status != "succeeded" or not job.artifacts:
         raise ApiError(409, "conflict", f"job {job_id} is {job.status}; the checkpoint is available "
                                         "once it has succeeded")
-    sha = job.checkpoint_sha256
-    if format == "compact":
-        if job.compact_sha256 is None:
-            raise ApiError(409, "conflict", f"job {job_id} has no compact checkpoint: no whole "
-                                            "neuron or filter was pruned (methods l0 and sgl prune "
-                                            "them; l0 with regularization.granularity 'neuron')")
-        sha = job.compact_sha256
+    offered = {a.format: a for a in job.artifacts}
+    if format not in offered:
+        extra = (" (no whole neuron or filter was pruned: methods l0 and sgl prune them; l0 with "
+                 "regularization.granularity 'neuron')" if format == "compact" else "")
+        raise ApiError(409, "conflict", f"job {job_id} has no {format!r} checkpoint{extra}; it "
+                                        f"offers {sorted(offered)}")
+    sha = offered[format].blob_sha256
     blob = session.get(Blob, sha)
     assert blob is not None
     factory = request.app.state.sessions

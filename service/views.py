@@ -46,6 +46,10 @@ def job_doc(j: Job) -> dict[str, Any]:
         },
         "best": j.best,
         "test_accuracy": j.test_accuracy,
+        # the downloads it offers: GET /v1/jobs/{id}/checkpoint?format=<format>
+        "artifacts": [{"format": a.format, "architecture": a.architecture,
+                       "architecture_config": a.architecture_config, "sha256": a.blob_sha256}
+                      for a in j.artifacts],
         "error": j.error,
         "attempt": j.attempt,
         "worker": j.lease_owner if j.status == "running" else None,

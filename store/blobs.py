@@ -11,7 +11,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from store.models import Blob, BlobChunk, Dataset, Job, Model, Trial, TrialItem, utcnow
+from store.models import Artifact, Blob, BlobChunk, Dataset, Job, Model, Trial, TrialItem, utcnow
 
 CHUNK_SIZE = 1024 * 1024
 
@@ -77,8 +77,8 @@ def delete_if_unreferenced(session: Session, sha: str) -> bool:
     """Drop a blob nothing points at any more (a replaced training state); True if it went."""
     referenced = session.scalar(select(or_(
         exists().where(Model.weights_sha256 == sha), exists().where(Dataset.blob_sha256 == sha),
-        exists().where(Job.checkpoint_sha256 == sha), exists().where(Job.state_sha256 == sha),
-        exists().where(Job.compact_sha256 == sha), exists().where(Trial.params_sha256 == sha),
+        exists().where(Artifact.blob_sha256 == sha), exists().where(Job.state_sha256 == sha),
+        exists().where(Trial.params_sha256 == sha),
         exists().where(TrialItem.params_sha256 == sha))))
     if referenced:
         return False

@@ -21,7 +21,7 @@ from sqlalchemy import (
     false,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 
@@ -112,11 +112,8 @@ class Job(Base):
     reference: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     best: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     test_accuracy: Mapped[float | None] = mapped_column(Float)
-    checkpoint_sha256: Mapped[str | None] = mapped_column(String(64), ForeignKey("blob.sha256"))
     # Resumable training state of multi-round methods (weights, masks, optimizer state, RNG).
     state_sha256: Mapped[str | None] = mapped_column(String(64), ForeignKey("blob.sha256"))
-    # Methods l0/sgl with whole neurons or filters pruned: the checkpoint with smaller dense shapes.
-    compact_sha256: Mapped[str | None] = mapped_column(String(64), ForeignKey("blob.sha256"))
     error: Mapped[str | None] = mapped_column(Text)
     # lease and fencing (DESIGN §4)
     lease_owner: Mapped[str | None] = mapped_column(String(200))
@@ -128,6 +125,9 @@ class Job(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # the downloads a finished job offers (written with the job's result, read with the job)
+    artifacts: Mapped[list[Artifact]] = relationship(lazy="selectin", order_by="Artifact.id",
+                                                     viewonly=True)
 
 
 class Trial(Base):
@@ -218,3 +218,21 @@ class Token(Base):
     admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+
+
+class Artifact(Base):
+    """One download a finished job offers: its format (`pruned`: the uploaded architecture with
+    zeros; `compact`: smaller dense shapes; a method may add its own), the architecture and config
+    its family's builder rebuilds it from, and the safetensors blob (whose manifest says the same)."""
+
+    __tablename__ = "artifact"
+    __table_args__ = (UniqueConstraint("job_id", "format", name="uq_artifact_job_format"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(36), ForeignKey("job.id", ondelete="CASCADE"),
+                                        index=True)
+    format: Mapped[str] = mapped_column(String(40))
+    architecture: Mapped[str] = mapped_column(String(100))
+    architecture_config: Mapped[dict[str, Any]]
+    blob_sha256: Mapped[str] = mapped_column(String(64), ForeignKey("blob.sha256"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

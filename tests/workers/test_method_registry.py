@@ -44,7 +44,13 @@ def test_a_method_registered_by_a_test_runs_a_job_end_to_end(
         assert best["compression_ratio"] > 1.5  # 40 % of every tensor is within 5 points here
         assert best["keep_ratios"]["fc1.weight"] == pytest.approx(
             trials[best["trial_number"]]["candidate"][0] / 100, abs=0.01)
-        state = safetensors.torch.load(client.get(f"/v1/jobs/{job['id']}/checkpoint").content)
+        # the downloads it offers are its artifacts: the registry entry names only "pruned"
+        checkpoint = client.get(f"/v1/jobs/{job['id']}/checkpoint")
+        assert [(a["format"], a["architecture"], a["sha256"]) for a in done["artifacts"]] == [
+            ("pruned", "lenet-300-100", checkpoint.headers["X-Checkpoint-SHA256"])]
+        r = client.get(f"/v1/jobs/{job['id']}/checkpoint", params={"format": "compact"})
+        assert r.status_code == 409 and "it offers ['pruned']" in r.json()["detail"]
+        state = safetensors.torch.load(checkpoint.content)
         assert sum(int(torch.count_nonzero(t)) for t in state.values()) == best["nonzero"]
 
 

@@ -16,7 +16,7 @@ from core.architectures import Architecture
 from core.settings import Settings
 from core.spec import JobSpec
 from store import blobs, records, trial_queue
-from store.models import Job, utcnow
+from store.models import Artifact, Job, utcnow
 from store.queue import Lease, update_job
 from store.reconnect import retrying
 from workers.jobs import checkpoint
@@ -156,18 +156,23 @@ def run(sessions: sessionmaker[Session], lease: Lease, settings: Settings, devic
         if compact is not None:
             best["compact"] = compact[1]
 
+    # (format, architecture, its config, the file) of every download the job offers
+    artifacts = [("pruned", arch.name, dict(arch.config), data)]
+    if compact is not None:
+        artifacts.append(("compact", compact[2], compact[1]["architecture_config"], compact[0]))
+
     def finish(s: Session) -> None:
         trial_queue.delete_items(s, lease)  # their outcomes are trials now (fenced: still ours?)
-        sha = blobs.put(s, data)
-        compact_sha = blobs.put(s, compact[0]) if compact is not None else None
         old_state = s.scalar(select(Job.state_sha256).where(Job.id == lease.job_id))
         # trials_total was planned at admission as an upper bound (olmp may need fewer retraining
         # attempts): a finished job's total is what it recorded
         update_job(s, lease, status="succeeded", stage="done", best=best, reference=result.reference,
                    trials_total=Job.trials_done,
-                   test_accuracy=result.test_accuracy, checkpoint_sha256=sha, finished_at=utcnow(),
-                   lease_expires_at=None, error=None, state_sha256=None,
-                   compact_sha256=compact_sha)
+                   test_accuracy=result.test_accuracy, finished_at=utcnow(),
+                   lease_expires_at=None, error=None, state_sha256=None)
+        for fmt, name, config, blob in artifacts:
+            s.add(Artifact(job_id=lease.job_id, format=fmt, architecture=name,
+                           architecture_config=config, blob_sha256=blobs.put(s, blob)))
         if old_state is not None:
             blobs.delete_if_unreferenced(s, old_state)  # a finished job needs no training state
 
@@ -211,7 +216,8 @@ def manifest_for(result: SearchResult, *, arch_name: str, arch_config: dict[str,
 
 
 def compact_checkpoint(arch: Architecture, model: torch.nn.Module, result: SearchResult,
-                       manifest: dict[str, Any], splits: Splits) -> tuple[bytes, dict[str, Any]] | None:
+                       manifest: dict[str, Any], splits: Splits
+                       ) -> tuple[bytes, dict[str, Any], str] | None:
     """Where whole neurons or filters are zero: the same model with smaller dense shapes, its
     architecture config, its accuracy recomputed on it, and its measured CPU speed-up."""
     try:
@@ -239,4 +245,4 @@ def compact_checkpoint(arch: Architecture, model: torch.nn.Module, result: Searc
                    for t in small_arch.prunable},
         "nonzero": sum(int(torch.count_nonzero(v)) for v in cpu.values()),
         "total": small_arch.total_parameters}
-    return checkpoint.build(cpu, small_manifest), doc
+    return checkpoint.build(cpu, small_manifest), doc, small_arch.name
