@@ -11,10 +11,10 @@ Trials, numbered in the order they happen:
              on a seeded subset of the validation split (`core.spec.search_subset`);
   adjust     round r: the best feasible search candidate's thresholds become the masks, then
              `adjust_iterations` of masked training; the trained model is scored on the full split;
-  retrain    attempt i (round = rounds + i): back to the smallest adjusted model within the
-             attempt's tolerance, masks frozen; every `evaluate_every` iterations the model is
-             scored on the full split. A later attempt, from a model with less drop, runs only if
-             the one before did not end within δ.
+  retrain    attempt i (round = rounds + i): back to the adjusted model the ladder keeps for it
+             (workers.methods.olmp_ladder), masks frozen; every `evaluate_every` iterations the
+             model is scored on the steering images. A later attempt, from a larger model, runs
+             only if none before it was confirmed within δ.
   confirm    attempt i's end, if within δ on the steering images, scored once more on the
              validation images held out from all of the above (`olmp.confirm_fraction`, a third by
              default): the attempt is within δ only if it is within δ on both.
@@ -48,6 +48,7 @@ from core.methods.olmp import retrain_attempts, round_trials, search_drop
 from core.spec import JobSpec, search_subset
 from core.splits import confirmation_positions
 from workers.methods import olmp_state
+from workers.methods.olmp_ladder import offer
 from workers.methods.olmp_state import Progress
 from workers.models.masking import MagnitudePruner, PrunedModel, log_ratios_to_keep
 from workers.runtime.data import Splits
@@ -293,29 +294,12 @@ class OlmpSearch:
 
     # -- retraining attempts -----------------------------------------------------------------
     def _offer_start(self, e: Evaluated) -> None:
-        """Keep adjusted model `e` (within retrain_drop) as a retraining start if it is the
-        smallest of its size class: classes are powers of retrain_step in compression ratio, and
-        only the `retrain_attempts` classes of the highest ratios are kept, so that each attempt
-        after the first starts from a model about retrain_step× larger than the one before."""
         p, o = self.progress, self.spec.olmp
         assert p.starts is not None and e.nonzero
-        size_class = math.floor(math.log(e.total / e.nonzero) / math.log(o.retrain_step) + 1e-9)
-        kept = [(m, st) for m, st in zip(p.starts, self.starts, strict=True)
-                if m is not None and st is not None]
-        same = [i for i, (m, _) in enumerate(kept) if m["class"] == size_class]
-        entry = ({"number": e.number, "nonzero": e.nonzero, "class": size_class},
-                 self.trainer.state())
-        if same:
-            if e.nonzero >= kept[same[0]][0]["nonzero"]:
-                return
-            kept[same[0]] = entry
-        elif len(kept) < self.slots or size_class > min(m["class"] for m, _ in kept):
-            kept.append(entry)
-        else:
-            return
-        kept = sorted(kept, key=lambda ms: -ms[0]["class"])[:self.slots]
-        p.starts = [m for m, _ in kept] + [None] * (self.slots - len(kept))
-        self.starts = [st for _, st in kept] + [None] * (self.slots - len(kept))
+        kept = offer(list(zip(p.starts, self.starts, strict=True)), e.number, e.nonzero, e.total,
+                     o.retrain_step, self.slots, self.trainer.state)
+        if kept is not None:
+            p.starts, self.starts = [m for m, _ in kept], [st for _, st in kept]
 
     def _ladder(self) -> list[TrainerState | None]:
         """The models retraining attempts start from, in order: the smallest adjusted model of
