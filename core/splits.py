@@ -23,14 +23,21 @@ def validation_indices(n_train: int, fraction: float, seed: int) -> tuple[np.nda
 CONFIRMATION_SEED = 1
 
 
-def confirmation_positions(n_val: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Return (steering, confirmation) positions within the validation split, both sorted: the
-    first round(n_val·fraction) of a permutation seeded with CONFIRMATION_SEED are held out. The
-    rule is fixed (not per job) so that anyone can recompute a model's drop on the held-out images
-    from the download: numpy's default_rng(1).permutation(n_val)[:size]."""
+def confirmation_size(n_val: int, fraction: float) -> int:
+    """How many of `n_val` validation images a hold-out of `fraction` keeps back; ValueError when
+    that leaves none held out or none to steer on."""
     size = round(n_val * fraction)
     if not 0 < size < n_val:
         raise ValueError(f"a confirmation hold-out of {fraction:g} of a {n_val:,}-image validation "
                          f"split leaves {size:,} images held out and {n_val - size:,} to steer on")
+    return size
+
+
+def confirmation_positions(n_val: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Return (steering, confirmation) positions within the validation split, both sorted: the
+    first confirmation_size(n_val, fraction) of a permutation seeded with CONFIRMATION_SEED are
+    held out. The rule is fixed (not per job) so that anyone can recompute a model's drop on the
+    held-out images from the download: numpy's default_rng(1).permutation(n_val)[:size]."""
+    size = confirmation_size(n_val, fraction)
     perm = np.random.default_rng(CONFIRMATION_SEED).permutation(n_val)
     return np.sort(perm[size:]), np.sort(perm[:size])

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from core import methods
 from core.architectures import Architecture
 from core.errors import InvalidInput
 from core.settings import Settings
@@ -29,6 +30,12 @@ def check_admission(session: Session, spec: JobSpec, arch: Architecture,
     if subset is not None and subset > n_val:
         raise InvalidInput(f"search.validation_subset {subset} exceeds the dataset's {n_val} "
                            "validation samples", field="search.validation_subset")
+    admit = methods.get(spec.method).admit
+    if admit is not None:
+        try:
+            admit(spec, arch, dataset_summary)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
     active = records.count_active_jobs(session, principal.name)
     if active >= cfg.max_active_jobs:
         raise ApiError(429, "too_many_jobs",

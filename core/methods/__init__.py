@@ -14,9 +14,10 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    from core.architectures import Architecture
     from core.spec import JobSpec
 
 
@@ -40,6 +41,10 @@ class MethodInfo:
     planned_trials: Callable[[JobSpec], int] | None = None
     # further rules on the spec: raise ValueError with a message naming the problem
     rules: Callable[[JobSpec], None] | None = None
+    # the spec against the model's tensor table and the dataset's summary, at admission (a block
+    # count a layer's size does not allow, a hold-out the validation split cannot give): raise
+    # ValueError with a message naming the layer or option; the API answers 422 with it
+    admit: Callable[[JobSpec, Architecture, dict[str, Any]], None] | None = None
     # validation images a job's candidates are scored on when search.validation_subset is unset
     # (None: the whole split)
     validation_subset: int | None = None

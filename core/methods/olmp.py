@@ -4,8 +4,12 @@ its schedule in the spec's `olmp` options, and the arithmetic of that schedule t
 
 from __future__ import annotations
 
+from typing import Any
+
+from core.architectures import Architecture
 from core.methods import MethodInfo
 from core.spec import DEFAULT_SEARCH_DROP, OLMP_SEARCH_SUBSET, JobSpec
+from core.splits import confirmation_size
 
 
 def search_drop(spec: JobSpec) -> float:
@@ -46,6 +50,14 @@ def rules(spec: JobSpec) -> None:
                          f"({spec.olmp.rounds}): every round searches")
 
 
+def admit(spec: JobSpec, arch: Architecture, dataset: dict[str, Any]) -> None:
+    if spec.olmp.confirm_fraction > 0:
+        try:
+            confirmation_size(int(dataset["splits"]["validation"]), spec.olmp.confirm_fraction)
+        except ValueError as exc:
+            raise ValueError(f"olmp.confirm_fraction: {exc}") from None
+
+
 METHOD = MethodInfo(
     name="olmp",
     summary="OLMP: per-layer thresholds searched every round of masked training whose pruned "
@@ -54,6 +66,7 @@ METHOD = MethodInfo(
     steering_stages=frozenset({"search"}),
     planned_trials=planned_trials,
     rules=rules,
+    admit=admit,
     validation_subset=OLMP_SEARCH_SUBSET,
     rank=1,
 )

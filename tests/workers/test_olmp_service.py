@@ -219,3 +219,15 @@ def test_a_worker_killed_while_training_resumes_from_the_saved_state(api, settin
     assert signature(again) == signature(trials)
     ref_done = client.get(f"/v1/jobs/{ref['id']}").json()
     assert ref_done["best"] == done["best"] and ref_done["test_accuracy"] == done["test_accuracy"]
+
+
+def test_a_hold_out_the_validation_split_cannot_give_is_refused_at_admission(
+        api, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    client, ids = api
+    body = {**ids, "method": "olmp", "optimizer": "ncs", "max_accuracy_drop": 0.02,
+            "budget": {"trials": 16}, "olmp": {**SCHEDULE, "confirm_fraction": 0.9996}}
+    r = client.post("/v1/jobs", json=body)
+    assert r.status_code == 422, r.text
+    assert ("olmp.confirm_fraction: a confirmation hold-out of 0.9996 of a 1,000-image validation "
+            "split leaves 1,000 images held out and 0 to steer on") in r.text
+    assert client.get("/v1/jobs").json()["total"] == 0  # nothing was queued
