@@ -46,7 +46,8 @@ def test_pareto_optimizers_and_parallel_trials_belong_to_training_methods() -> N
 
 
 def test_olmp_rounds_search_on_a_validation_subset_unless_the_spec_says() -> None:
-    from core.spec import OLMP_SEARCH_SUBSET, search_subset
+    from core.methods.olmp import OLMP_SEARCH_SUBSET
+    from core.spec import search_subset
 
     olmp = {**BASE, "method": "olmp", "optimizer": "ncs", "budget": {"trials": 300}}
     assert search_subset(JobSpec.model_validate(olmp)) == OLMP_SEARCH_SUBSET == 1000

@@ -12,7 +12,7 @@ from torch.func import functional_call
 
 from core import zoo as core_zoo
 from core.architectures import Architecture, Tensor, get_architecture
-from core.spec import RegularizationOptions
+from core.methods.regularization import RegularizationOptions
 from workers.methods.regularized import run_trial
 from workers.models import zoo
 from workers.models.compaction import NotCompactable, compact, cpu_speedup, zero_dead_units

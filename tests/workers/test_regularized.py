@@ -11,7 +11,7 @@ import safetensors.torch
 import torch
 
 from core.architectures import get_architecture
-from core.spec import RegularizationOptions
+from core.methods.regularization import RegularizationOptions
 from workers.methods import TrialOutcome
 from workers.methods.regularized import run_trial
 from workers.runtime.data import Splits, split_arrays

@@ -41,7 +41,7 @@ from torch import nn
 from torch.func import functional_call
 
 from core.architectures import Architecture, Tensor
-from core.spec import RegularizationOptions
+from core.methods.regularization import RegularizationOptions
 from workers.methods import TrialOutcome, group_prox
 from workers.methods import hard_concrete as hc
 from workers.models import compaction, zoo
