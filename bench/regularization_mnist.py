@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from olmp_mnist import plain_model, reference, service, test_error, write_results  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
-from core import zoo as core_zoo  # noqa: E402
+from core.architectures import from_config  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION  # noqa: E402
 from workers.models import zoo  # noqa: E402
@@ -109,7 +109,7 @@ def run(arch: str, weights: bytes, plan: dict[str, Any], device: str, workdir: P
                 path.write_bytes(compact.content)
                 with safe_open(str(path), "pt") as f:
                     manifest = json.loads(f.metadata()["thresher"])
-                small_arch = core_zoo.from_config(manifest["architecture"], manifest["architecture_config"])
+                small_arch = from_config(manifest["architecture"], manifest["architecture_config"])
                 net = zoo.build(small_arch)
                 net.load_state_dict(safetensors.torch.load(compact.content), strict=False)
                 compact_error = test_error(net.eval(), x_test, y_test)

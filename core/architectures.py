@@ -9,6 +9,7 @@ architectures as Python entry points in the group ``thresher.architectures`` who
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.metadata import entry_points
@@ -75,6 +76,45 @@ class Architecture:
 
 
 @lru_cache(maxsize=1)
+@dataclass(frozen=True)
+class Family:
+    """Architectures described at any size by a config (a compacted or decomposed model's widths,
+    ranks, kept inputs): `table` rebuilds the tensor table from the config a manifest records
+    (ValueError naming what is wrong when the config is not one of the family's), and the
+    family's builder is called with `config=` that config."""
+
+    name: str
+    table: Callable[[Mapping[str, object]], Architecture]
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    _FAMILIES[family.name] = family
+    return family
+
+
+def family_of(arch: Architecture) -> Family | None:
+    """The family an architecture belongs to (its config's "base", else its own name), if any."""
+    registry()  # the built-in families register as their module loads
+    base = arch.config.get("base", arch.name)
+    return _FAMILIES.get(str(base))
+
+
+def from_config(name: str, config: Mapping[str, object]) -> Architecture:
+    """Rebuild an architecture from its name and config, as a manifest records them."""
+    registry()
+    base = config.get("base", name)
+    family = _FAMILIES.get(str(base))
+    if family is None:
+        raise ValueError(f"architecture {name}: not a built-in family ({', '.join(sorted(_FAMILIES))})")
+    arch = family.table(config)
+    if arch.name != name:
+        raise ValueError(f"architecture {name}: its config describes {arch.name}")
+    return arch
+
+
 def registry() -> dict[str, Architecture]:
     """Built-ins first, then installed entry points (a name clash keeps the built-in)."""
     from core import zoo

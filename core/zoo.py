@@ -8,7 +8,8 @@ A resized architecture keeps the family's builder; its config carries what the b
   when a width differs from the family's default, so the built-ins' configs are unchanged;
 * ``"input_indices"`` (LeNet-300-100 only): the flattened pixels fc1 still reads, when some input
   pixels were pruned away; the model still takes whole 28×28 images;
-* ``"base"``: the family's built-in name, so `from_config` can rebuild the table from a manifest.
+* ``"base"``: the family's built-in name, so `core.architectures.from_config` can rebuild the
+  table from a manifest (both register as families).
 
 A resized model's name is the family's name followed by its widths, e.g. ``lenet-300-100-412-120-45``
 (inputs, fc1, fc2) or ``lenet-5-12-31-140`` (conv1, conv2, fc1): distinct shapes never share a
@@ -21,7 +22,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 
-from core.architectures import Architecture, Tensor
+from core.architectures import Architecture, Family, Tensor, register_family
 
 MNIST_PIXELS = 28 * 28
 LENET_300_100_WIDTHS = {"fc1": 300, "fc2": 100}
@@ -111,33 +112,35 @@ def lenet_5(conv1: int = 20, conv2: int = 50, fc1: int = 500) -> Architecture:
     )
 
 
-def from_config(name: str, config: Mapping[str, object]) -> Architecture:
-    """Rebuild a built-in or resized built-in from its name and config (as a manifest records
-    them); raises ValueError for anything else."""
-    base = config.get("base", name)
+def _widths(name: str, config: Mapping[str, object], known: set[str]) -> dict[str, int]:
     widths = config.get("widths", {})
     if not isinstance(widths, Mapping):
         raise ValueError(f"architecture {name}: config 'widths' must be an object")
     kwargs = {str(k): v for k, v in widths.items()}
-    known = {"lenet-300-100": {"fc1", "fc2"}, "lenet-5": {"conv1", "conv2", "fc1"}}
-    if base not in known:
-        raise ValueError(f"architecture {name}: not a built-in family (lenet-300-100, lenet-5)")
-    unknown = sorted(set(kwargs) - known[str(base)])
-    if unknown or not all(isinstance(v, int) and not isinstance(v, bool) for v in kwargs.values()):
-        raise ValueError(f"architecture {name}: config 'widths' takes integer "
-                         f"{sorted(known[str(base)])}, got {dict(kwargs)}")
-    if base == "lenet-300-100":
-        indices = config.get("input_indices")
-        if indices is not None and (isinstance(indices, str | bytes)
-                                    or not isinstance(indices, Sequence)):
-            raise ValueError(f"architecture {name}: config 'input_indices' must be a list")
-        arch = lenet_300_100(**kwargs, input_indices=indices)
-    else:
-        arch = lenet_5(**kwargs)
-    if arch.name != name:
-        raise ValueError(f"architecture {name}: its config describes {arch.name}")
-    return arch
+    if set(kwargs) - known or not all(isinstance(v, int) and not isinstance(v, bool)
+                                      for v in kwargs.values()):
+        raise ValueError(f"architecture {name}: config 'widths' takes integer {sorted(known)}, "
+                         f"got {dict(kwargs)}")
+    return {k: int(v) for k, v in kwargs.items()}  # type: ignore[call-overload,unused-ignore]
 
+
+def lenet_300_100_from_config(config: Mapping[str, object]) -> Architecture:
+    """The family's table for a config as `lenet_300_100` records it."""
+    widths = _widths("lenet-300-100", config, set(LENET_300_100_WIDTHS))
+    indices = config.get("input_indices")
+    if indices is not None and (isinstance(indices, str | bytes)
+                                or not isinstance(indices, Sequence)):
+        raise ValueError("architecture lenet-300-100: config 'input_indices' must be a list")
+    return lenet_300_100(**widths, input_indices=indices)
+
+
+def lenet_5_from_config(config: Mapping[str, object]) -> Architecture:
+    """The family's table for a config as `lenet_5` records it."""
+    return lenet_5(**_widths("lenet-5", config, set(LENET_5_WIDTHS)))
+
+
+register_family(Family("lenet-300-100", lenet_300_100_from_config))
+register_family(Family("lenet-5", lenet_5_from_config))
 
 LENET_300_100 = lenet_300_100()
 LENET_5 = lenet_5()

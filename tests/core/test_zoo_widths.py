@@ -3,7 +3,7 @@ import json
 import pytest
 
 from core import zoo
-from core.architectures import get_architecture
+from core.architectures import from_config, get_architecture
 
 
 def test_default_widths_are_the_builtins_unchanged() -> None:
@@ -27,14 +27,14 @@ def test_resized_tables_names_and_configs() -> None:
     assert b.tensor("fc1.weight").shape == (33, 9 * 16)
     for arch in (a, b):
         config = json.loads(json.dumps(arch.config))
-        assert zoo.from_config(arch.name, config) == arch
-    assert zoo.from_config("lenet-5", {}) == zoo.LENET_5
+        assert from_config(arch.name, config) == arch
+    assert from_config("lenet-5", {}) == zoo.LENET_5
     # a config that names no width the family has is a ValueError, never a TypeError
     for bad in ({"base": "lenet-5", "widths": {"fc3": 5}},
                 {"base": "lenet-5", "widths": {"conv1": "7"}},
                 {"base": "lenet-300-100", "input_indices": "0123"}):
         with pytest.raises(ValueError, match="config"):
-            zoo.from_config("x", bad)
+            from_config("x", bad)
 
 
 def test_bad_widths_and_configs_are_rejected() -> None:
@@ -45,6 +45,6 @@ def test_bad_widths_and_configs_are_rejected() -> None:
     with pytest.raises(ValueError, match="input_indices"):
         zoo.lenet_300_100(input_indices=[784])
     with pytest.raises(ValueError, match="not a built-in family"):
-        zoo.from_config("resnet", {})
+        from_config("resnet", {})
     with pytest.raises(ValueError, match="describes lenet-5-7-9-33"):
-        zoo.from_config("lenet-5", {"base": "lenet-5", "widths": {"conv1": 7, "conv2": 9, "fc1": 33}})
+        from_config("lenet-5", {"base": "lenet-5", "widths": {"conv1": 7, "conv2": 9, "fc1": 33}})

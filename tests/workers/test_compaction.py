@@ -10,8 +10,7 @@ import safetensors.torch
 import torch
 from torch.func import functional_call
 
-from core import zoo as core_zoo
-from core.architectures import Architecture, Tensor, get_architecture
+from core.architectures import Architecture, Tensor, from_config, get_architecture
 from core.methods.regularization import RegularizationOptions
 from workers.methods.regularized import run_trial
 from workers.models import zoo
@@ -60,7 +59,7 @@ def test_lenet_300_100_structured_zeros_compact_to_the_same_logits() -> None:
     assert small.config["input_indices"] == sorted(set(range(784)) - set(dead_pixels.tolist()))
     # the compact architecture is plain data: JSON, rebuilt from name and config
     json.dumps(small.config)
-    assert core_zoo.from_config(small.name, json.loads(json.dumps(small.config))) == small
+    assert from_config(small.name, json.loads(json.dumps(small.config))) == small
     # nothing left to remove: compacting again changes nothing
     again, r = compact(small, q)
     assert again == small and all(torch.equal(r[k], q[k]) for k in q)
@@ -102,7 +101,7 @@ def test_lenet_5_structured_zeros_compact_to_the_same_logits() -> None:
     assert small.tensor("fc1.weight").shape == (298, 38 * 16)
     x = images()
     assert torch.allclose(logits(small, q, x), logits(arch, p, x), atol=1e-5, rtol=0)
-    assert core_zoo.from_config(small.name, small.config) == small
+    assert from_config(small.name, small.config) == small
 
 
 def test_cascade_empties_a_whole_layer_but_keeps_one_unit() -> None:

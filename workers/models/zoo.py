@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from core.architectures import Architecture
-from core.zoo import LENET_5_POOLED, MNIST_PIXELS
+from core.architectures import Architecture, family_of
+from core.zoo import LENET_5_POOLED, LENET_5_WIDTHS, LENET_300_100_WIDTHS, MNIST_PIXELS
 
 
 class LeNet300100(nn.Module):
     """fc1 → ReLU → fc2 → ReLU → fc3; with `input_indices`, fc1 reads only those flattened pixels
     (a compacted model still takes whole images, so it is a drop-in replacement)."""
 
-    def __init__(self, fc1: int = 300, fc2: int = 100,
-                 input_indices: Sequence[int] | None = None) -> None:
+    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         super().__init__()
+        widths = {**LENET_300_100_WIDTHS, **dict((config or {}).get("widths", {}))}
+        fc1, fc2 = int(widths["fc1"]), int(widths["fc2"])
+        input_indices: Sequence[int] | None = (config or {}).get("input_indices")
         self.input_indices: torch.Tensor | None
         if input_indices is None:
             self.input_indices = None
@@ -44,8 +46,10 @@ class LeNet300100(nn.Module):
 class LeNet5(nn.Module):
     """Caffe's LeNet (as in OLMP): no nonlinearity after the convolutions, ReLU after fc1 only."""
 
-    def __init__(self, conv1: int = 20, conv2: int = 50, fc1: int = 500) -> None:
+    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         super().__init__()
+        widths = {**LENET_5_WIDTHS, **dict((config or {}).get("widths", {}))}
+        conv1, conv2, fc1 = int(widths["conv1"]), int(widths["conv2"]), int(widths["fc1"])
         self.conv1 = nn.Conv2d(1, conv1, 5)
         self.conv2 = nn.Conv2d(conv1, conv2, 5)
         self.fc1 = nn.Linear(conv2 * LENET_5_POOLED, fc1)
@@ -58,27 +62,13 @@ class LeNet5(nn.Module):
         return out
 
 
-# Builders of the families core.zoo describes at any width (the others take no arguments).
-RESIZABLE = frozenset({"workers.models.zoo:LeNet300100", "workers.models.zoo:LeNet5"})
-
-
-def builder_kwargs(arch: Architecture) -> dict[str, Any]:
-    """What a builder is called with: the config's widths and input indices (none for the
-    built-ins' default shapes and for operators' architectures, whose factories take no args)."""
-    if arch.builder not in RESIZABLE:  # an operator's config is theirs, not arguments
-        return {}
-    widths = arch.config.get("widths", {})
-    kwargs: dict[str, Any] = dict(widths) if isinstance(widths, dict) else {}
-    if "input_indices" in arch.config:
-        kwargs["input_indices"] = arch.config["input_indices"]
-    return kwargs
-
-
 def build(arch: Architecture) -> nn.Module:
     """Instantiate the architecture's module and check it has exactly the declared tensors."""
     module_name, _, attr = arch.builder.partition(":")
     factory = getattr(importlib.import_module(module_name), attr)
-    model: nn.Module = factory(**builder_kwargs(arch))
+    # a family's builder receives the architecture's config (its widths, kept inputs, ...); an
+    # operator's single architecture is built as it is
+    model: nn.Module = factory(config=arch.config) if family_of(arch) is not None else factory()
     declared = {t.name: t.shape for t in arch.tensors}
     actual = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if declared != actual:
