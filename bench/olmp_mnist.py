@@ -348,7 +348,8 @@ def write_results(bench: str, quick: bool, device: torch.device, figures: dict[s
     the figures."""
     out = ROOT / "bench" / "results" / f"{bench}{'_quick' if quick else ''}_{device.type}.json"
     out.write_text(json.dumps({
-        "command": " ".join(["python", f"bench/{bench}.py", *sys.argv[1:]]),
+        # the script that ran (a tagged results file is still made by bench/olmp_mnist.py)
+        "command": " ".join(["python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
         "machine": {"device": devices.describe(device), "python": platform.python_version(),
                     "torch": torch.__version__},
         **figures}, indent=2, default=float) + "\n")
