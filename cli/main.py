@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from core import builtin_datasets, zoo
 from core.errors import SchemaBehind
 from core.settings import Settings
 from core.zoo import CAFFE_ITERATIONS, TRAINING_RECIPES
@@ -153,24 +154,48 @@ def _up(args: argparse.Namespace, cfg: Settings) -> int:
             worker.kill()
 
 
+class _ProgressBar:
+    """A one-line bar on stderr, redrawn at most once per percent (a log file stays short)."""
+
+    WIDTH = 30
+
+    def __init__(self) -> None:
+        self.shown = -1
+
+    def __call__(self, step: int, steps: int, note: str) -> None:
+        percent = 100 * step // max(steps, 1)
+        if percent == self.shown and step < steps:
+            return
+        self.shown = percent
+        filled = self.WIDTH * step // max(steps, 1)
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (self.WIDTH - filled)}] {percent:3d}% "
+                         f"{step}/{steps} {note}")
+        if step >= steps:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
 def _zoo_train(args: argparse.Namespace, cfg: Settings) -> int:
     _require_worker_extra("zoo train")
+    from core.zoo import ONECYCLE, OneCycle
     from workers.models.reference_training import train_builtin
     from workers.runtime import device as devices
 
     dev = devices.pick(args.device or cfg.device)
-    length = (f"{args.iterations} iterations" if args.recipe == "caffe" else f"{args.epochs} epochs")
+    recipe = ONECYCLE.get(args.architecture, OneCycle())
+    epochs = recipe.epochs if args.epochs is None else args.epochs
+    length = (f"{args.iterations} iterations" if args.recipe == "caffe" else
+              f"{epochs} epochs, batch {recipe.batch_size}, SGD lr {recipe.lr}"
+              + (", shifted and mirrored images" if recipe.augment else ""))
     print(f"training {args.architecture} on {args.dataset} ({devices.describe(dev)}), "
           f"{args.recipe} recipe, {length} …", flush=True)
     result = train_builtin(args.architecture, args.dataset, cfg.datasets_dir, recipe=args.recipe,
-                           epochs=args.epochs, iterations=args.iterations, seed=args.seed,
-                           device=dev, out=Path(args.out))
+                           epochs=epochs, iterations=args.iterations, seed=args.seed,
+                           device=dev, out=Path(args.out),
+                           progress=None if args.no_progress else _ProgressBar())
     print(f"wrote {args.out}: validation accuracy {result.val_accuracy:.4f}, "
           f"test accuracy {result.test_accuracy:.4f}")
     return 0
-
-
-DEFAULT_EPOCHS = {"lenet-300-100": 12, "lenet-5": 12}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -202,13 +227,15 @@ def parser() -> argparse.ArgumentParser:
     zp = sub.add_parser("zoo", help="built-in architectures")
     zsub = zp.add_subparsers(dest="zoo_command", required=True)
     tp = zsub.add_parser("train", help="train a reference model on a built-in dataset")
-    tp.add_argument("architecture", help="lenet-300-100 or lenet-5")
-    tp.add_argument("--dataset", default="mnist")
+    tp.add_argument("architecture", choices=[a.name for a in zoo.BUILTINS])
+    tp.add_argument("--dataset", default="mnist", choices=builtin_datasets.NAMES)
     tp.add_argument("--out", required=True, help="output .safetensors file")
     tp.add_argument("--recipe", choices=TRAINING_RECIPES, default="onecycle",
                     help="onecycle (ours, the strongest reference) or caffe (Caffe's LeNet solver, "
                     "as the DNS and OLMP papers trained their references)")
-    tp.add_argument("--epochs", type=int, help="onecycle: epochs (default 12)")
+    tp.add_argument("--epochs", type=int, help="onecycle: epochs (default: the architecture's "
+                    "recipe, 12 for the LeNets, 15 for vgg-fashion)")
+    tp.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     tp.add_argument("--iterations", type=int, default=CAFFE_ITERATIONS,
                     help=f"caffe: SGD iterations of 64 images (default {CAFFE_ITERATIONS})")
     tp.add_argument("--seed", type=int, default=0)
@@ -225,8 +252,6 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"migrate": _migrate, "serve": _serve, "worker": _worker, "up": _up, "token": _tokens}
     try:
         if args.command == "zoo":
-            if args.epochs is None:
-                args.epochs = DEFAULT_EPOCHS.get(args.architecture, 10)
             return _zoo_train(args, cfg)
         return handlers[args.command](args, cfg)
     except (SchemaBehind, MissingWorkerExtra) as exc:

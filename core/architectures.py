@@ -17,6 +17,12 @@ from math import prod
 
 ENTRY_POINT_GROUP = "thresher.architectures"
 PRUNABLE_KINDS = frozenset({"linear", "conv1d", "conv2d", "conv3d"})
+# BatchNorm's running statistics and step counter: state the model computes with but that no
+# optimizer trains; they are not parameters (not counted, never pruned) yet every checkpoint holds them
+BUFFER_KINDS = frozenset({"running_mean", "running_var", "num_batches_tracked"})
+# dtype of each kind as safetensors names it; every other kind is a float32 parameter
+KIND_DTYPES = {"num_batches_tracked": "I64"}
+KINDS = PRUNABLE_KINDS | BUFFER_KINDS | {"bias", "batchnorm", "other"}
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +31,13 @@ log = logging.getLogger(__name__)
 class Tensor:
     name: str
     shape: tuple[int, ...]
-    kind: str  # linear | conv1d | conv2d | conv3d | bias | other
+    # linear | conv1d | conv2d | conv3d | bias | batchnorm (its weight and bias) | other, or a
+    # buffer: running_mean | running_var | num_batches_tracked
+    kind: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"tensor {self.name}: unknown kind {self.kind!r} ({', '.join(sorted(KINDS))})")
 
     @property
     def numel(self) -> int:
@@ -34,6 +46,15 @@ class Tensor:
     @property
     def prunable(self) -> bool:
         return self.kind in PRUNABLE_KINDS
+
+    @property
+    def buffer(self) -> bool:
+        return self.kind in BUFFER_KINDS
+
+    @property
+    def dtype(self) -> str:
+        """The safetensors dtype a checkpoint must store this tensor in."""
+        return KIND_DTYPES.get(self.kind, "F32")
 
 
 @dataclass(frozen=True)
@@ -47,8 +68,18 @@ class Architecture:
     config: dict[str, object] = field(default_factory=dict)
 
     @property
+    def parameters(self) -> tuple[Tensor, ...]:
+        """The trained tensors: every tensor but the buffers."""
+        return tuple(t for t in self.tensors if not t.buffer)
+
+    @property
+    def buffers(self) -> tuple[Tensor, ...]:
+        return tuple(t for t in self.tensors if t.buffer)
+
+    @property
     def total_parameters(self) -> int:
-        return sum(t.numel for t in self.tensors)
+        """What a compression ratio divides: parameters only, buffers are not counted."""
+        return sum(t.numel for t in self.parameters)
 
     @property
     def prunable(self) -> tuple[Tensor, ...]:
@@ -66,8 +97,9 @@ class Architecture:
             "input_shape": list(self.input_shape),
             "num_classes": self.num_classes,
             "layers": [
-                {"name": t.name, "kind": t.kind, "shape": list(t.shape), "parameters": t.numel,
-                 "prunable": t.prunable}
+                {"name": t.name, "kind": t.kind, "shape": list(t.shape),
+                 "parameters": 0 if t.buffer else t.numel, "prunable": t.prunable,
+                 "buffer": t.buffer, "dtype": t.dtype}
                 for t in self.tensors
             ],
             "total_parameters": self.total_parameters,

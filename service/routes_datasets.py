@@ -17,7 +17,7 @@ from service.deps import db, session_factory, settings
 from service.errors import ERROR_RESPONSES, ApiError
 from service.ownership import get_owned
 from service.routes_models import read_upload
-from service.uploads import builtin_summary, parse_dataset
+from service.uploads import BUILTIN_DATASETS, builtin_summary, parse_dataset
 from service.views import dataset_doc
 from store import blobs, records
 from store.db import transaction
@@ -60,7 +60,7 @@ _OPENAPI = {
                 }}},
             "application/json": {"schema": {
                 "type": "object", "required": ["builtin"],
-                "properties": {"builtin": {"type": "string", "enum": ["mnist"]},
+                "properties": {"builtin": {"type": "string", "enum": list(BUILTIN_DATASETS)},
                                "name": {"type": "string"},
                                "validation_fraction": {"type": "number"},
                                "split_seed": {"type": "integer"}}}},

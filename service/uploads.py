@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import safetensors.numpy
 
-from core import mnist
+from core import builtin_datasets
 from core.architectures import Architecture
 from core.errors import InvalidInput
 from core.safetensors_header import HeaderLimits, read_header
@@ -22,7 +22,8 @@ from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION, validat
 REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
 OPTIONAL_KEYS = ("x_val", "y_val")
 MAX_NPZ_EXPANSION = 4  # an npz may expand to this many times the upload limit, no more
-BUILTIN_DATASETS = ("mnist",)
+BUILTIN_DATASETS = builtin_datasets.NAMES
+DTYPE_NAMES = {"F32": "float32", "I64": "int64"}
 
 
 NUMERIC_KINDS = "biufc"  # numpy dtype kinds; parse_dataset narrows x and y further
@@ -49,7 +50,8 @@ def header_limits(cfg: Settings) -> HeaderLimits:
 
 
 def validate_weights(data: bytes, arch: Architecture, cfg: Settings) -> None:
-    """Weights must hold exactly the architecture's tensors, float32, finite."""
+    """Weights must hold exactly the architecture's tensors, each in its kind's dtype (parameters
+    and running statistics float32 and finite, BatchNorm step counters int64)."""
     header, _ = read_header(data, "weights", header_limits(cfg))
     expected = {t.name: t for t in arch.tensors}
     # in the architecture's own order, so the first named is the first a reader expects
@@ -66,16 +68,22 @@ def validate_weights(data: bytes, arch: Architecture, cfg: Settings) -> None:
         if info.shape != t.shape:
             raise InvalidInput(f"weights tensor {name!r} has shape {list(info.shape)}, "
                                f"{arch.name} needs {list(t.shape)}", field="weights")
-        if info.dtype != "F32":
+        if info.dtype != t.dtype:
             raise InvalidInput(f"weights tensor {name!r} has dtype {info.dtype}, "
-                               "float32 (F32) is required", field="weights")
+                               f"{DTYPE_NAMES[t.dtype]} ({t.dtype}) is required for a {t.kind} "
+                               "tensor", field="weights")
     try:
         tensors = safetensors.numpy.load(data)
     except Exception as exc:  # the library checks offsets and sizes against the header
         raise InvalidInput(f"weights: corrupt safetensors data ({exc})", field="weights") from None
-    for name in expected:
-        if not np.isfinite(tensors[name]).all():
+    for name, t in expected.items():
+        if t.dtype == "F32" and not np.isfinite(tensors[name]).all():
             raise InvalidInput(f"weights tensor {name!r} holds NaN or infinite values", field="weights")
+        if t.kind == "running_var" and bool((tensors[name] < 0).any()):
+            raise InvalidInput(f"weights tensor {name!r} (a running variance) holds negative values",
+                               field="weights")
+        if t.kind == "num_batches_tracked" and bool((tensors[name] < 0).any()):
+            raise InvalidInput(f"weights tensor {name!r} (a step counter) is negative", field="weights")
 
 
 @dataclass(frozen=True)
@@ -237,17 +245,18 @@ def builtin_summary(name: str, datasets_dir: Any, validation_fraction: float = D
     if name not in BUILTIN_DATASETS:
         raise InvalidInput(f"unknown built-in dataset {name!r}; choose one of {list(BUILTIN_DATASETS)}",
                            field="builtin")
-    mnist.verify(datasets_dir)  # raises DatasetUnavailable
-    n_val = validation_size(mnist.TRAIN_SIZE, validation_fraction)
+    ds = builtin_datasets.get(name)
+    builtin_datasets.verify(name, datasets_dir)  # raises DatasetUnavailable
+    n_val = validation_size(ds.train_size, validation_fraction)
     return {
-        "source": "builtin:mnist",
-        "sample_shape": list(mnist.SAMPLE_SHAPE),
-        "classes": mnist.NUM_CLASSES,
-        "splits": {"train": mnist.TRAIN_SIZE - n_val, "validation": n_val, "test": mnist.TEST_SIZE},
+        "source": f"builtin:{name}",
+        "sample_shape": list(ds.sample_shape),
+        "classes": ds.num_classes,
+        "splits": {"train": ds.train_size - n_val, "validation": n_val, "test": ds.test_size},
         "validation": {"source": "seeded split of the training set", "fraction": validation_fraction,
                        "seed": split_seed},
         "dtype": "float32",
-        "preprocessing": mnist.PREPROCESSING,
+        "preprocessing": ds.preprocessing,
     }
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine, text
 
+import tests.numerics  # noqa: F401  (before anything imports torch: pins its CPU kernels)
 from core.settings import Settings
 from store.db import upgrade
 
@@ -119,9 +120,9 @@ def settings(app_db_url: str, tmp_path: Path) -> Settings:
 
 def load_small_arrays(datasets_dir: Path = DATASETS_DIR) -> dict[str, np.ndarray]:
     """A slice of MNIST with its own validation split: quick to score, still real."""
-    from core import mnist
+    from core import builtin_datasets
 
-    m = mnist.load(datasets_dir)
+    m = builtin_datasets.load("mnist", datasets_dir)
     return {
         "x_train": m.x_train[:4000], "y_train": m.y_train[:4000],
         "x_val": m.x_train[50000:51000], "y_val": m.y_train[50000:51000],

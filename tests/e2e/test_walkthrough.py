@@ -20,7 +20,7 @@ import safetensors.torch
 import torch
 from safetensors import safe_open
 
-from core import mnist
+from core import builtin_datasets
 from core.architectures import get_architecture
 from workers.models import zoo
 from workers.models.masking import MagnitudePruner
@@ -132,7 +132,7 @@ def test_readme_walkthrough_lenet_300_100(service: str, reference_300_100: Path,
                               torch.nn.Linear(300, 100), torch.nn.ReLU(), torch.nn.Linear(100, 10)).eval()
     net.load_state_dict({f"{i}.{p}": state_dict[f"fc{k}.{p}"] for k, i in ((1, 1), (2, 3), (3, 5))
                          for p in ("weight", "bias")})
-    data = mnist.load(mnist_dir)
+    data = builtin_datasets.load("mnist", mnist_dir)
     with torch.no_grad():
         predictions = net(torch.from_numpy(data.x_test)).argmax(1).numpy()
     test_acc = float(np.mean(predictions == data.y_test))

@@ -11,6 +11,9 @@ the same commit and says why:
 
 from __future__ import annotations
 
+import tests.numerics  # noqa: F401  (first: pins torch's CPU kernels before torch loads)
+
+# isort: split
 import hashlib
 import json
 import sys

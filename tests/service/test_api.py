@@ -69,7 +69,8 @@ def test_upload_model_reports_layers_and_parameters(client: TestClient) -> None:
     assert body["architecture"] == "lenet-300-100"
     assert body["total_parameters"] == 266_610
     assert body["layers"][0] == {"name": "fc1.weight", "kind": "linear", "shape": [300, 784],
-                                 "parameters": 235_200, "prunable": True}
+                                 "parameters": 235_200, "prunable": True, "buffer": False,
+                                 "dtype": "F32"}
     assert client.get(f"/v1/models/{body['id']}").json()["id"] == body["id"]
 
 
@@ -84,6 +85,39 @@ def test_builtin_and_uploaded_datasets(client: TestClient) -> None:
                                                                y_val=np.arange(7))), "d.safetensors")
     assert st["splits"] == {"train": 50, "validation": 7, "test": 20}
     assert st["validation"] == {"source": "given"}
+
+
+def _weights_vgg(**changes: np.ndarray) -> bytes:
+    """vgg-fashion's tensors as torch writes them: BatchNorm step counters as int64 scalars."""
+    from core.zoo import VGG_FASHION
+
+    rng = np.random.default_rng(2)
+    tensors: dict[str, np.ndarray] = {}
+    for t in VGG_FASHION.tensors:
+        if t.kind == "num_batches_tracked":
+            tensors[t.name] = np.array(100, dtype=np.int64)
+        elif t.kind == "running_var":
+            tensors[t.name] = np.ones(t.shape, np.float32)
+        else:
+            tensors[t.name] = rng.normal(size=t.shape).astype(np.float32)
+    tensors.update(changes)
+    return safetensors.numpy.save(tensors)
+
+
+def test_batchnorm_models_and_fashion_mnist(client: TestClient) -> None:
+    body = upload_model(client, _weights_vgg(), architecture="vgg-fashion")
+    assert body["total_parameters"] == 288_170  # running statistics are not parameters
+    layers = {layer["name"]: layer for layer in body["layers"]}
+    assert layers["bn1.num_batches_tracked"] == {
+        "name": "bn1.num_batches_tracked", "kind": "num_batches_tracked", "shape": [],
+        "parameters": 0, "prunable": False, "buffer": True, "dtype": "I64"}
+    assert layers["bn1.weight"]["kind"] == "batchnorm" and not layers["bn1.weight"]["prunable"]
+    assert layers["conv3.weight"]["prunable"] and layers["conv3.weight"]["shape"] == [64, 32, 3, 3]
+    r = client.post("/v1/datasets", json={"builtin": "fashion-mnist"})
+    assert r.status_code == 201, r.text
+    assert r.json()["source"] == "builtin:fashion-mnist" and r.json()["name"] == "fashion-mnist"
+    assert r.json()["splits"] == {"train": 54_000, "validation": 6_000, "test": 10_000}
+    assert client.get(f"/v1/datasets/{r.json()['id']}").json()["builtin"] == "fashion-mnist"
 
 
 def _pickle_payload() -> bytes:
@@ -105,6 +139,15 @@ BAD_MODELS = [
     ("extra tensor", {"architecture": "lenet-300-100"},
      _weights(**{"fc4.weight": np.zeros(3, np.float32)}), 422, "'fc4.weight', which lenet-300-100 does not"),
     ("empty", {"architecture": "lenet-300-100"}, b"", 422, "weights is empty"),
+    ("float step counter", {"architecture": "vgg-fashion"},
+     _weights_vgg(**{"bn2.num_batches_tracked": np.array(3.0, np.float32)}), 422,
+     "'bn2.num_batches_tracked' has dtype F32, int64 (I64) is required for a num_batches_tracked"),
+    ("negative running variance", {"architecture": "vgg-fashion"},
+     _weights_vgg(**{"bn4.running_var": -np.ones(64, np.float32)}), 422,
+     "'bn4.running_var' (a running variance) holds negative values"),
+    ("NaN running mean", {"architecture": "vgg-fashion"},
+     _weights_vgg(**{"bn1.running_mean": np.full(32, np.nan, np.float32)}), 422,
+     "'bn1.running_mean' holds NaN"),
 ]
 
 

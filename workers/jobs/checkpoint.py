@@ -13,7 +13,10 @@ FORMAT = "thresher-checkpoint/1"
 
 
 def build(params: dict[str, torch.Tensor], manifest: dict[str, Any]) -> bytes:
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in params.items()}
+    # parameters and running statistics as float32; integer buffers (BatchNorm's step counter)
+    # keep their dtype, which the architecture's table and the upload check require
+    tensors = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype)
+               .contiguous() for k, v in params.items()}
     return safetensors.torch.save(tensors, metadata={MANIFEST_KEY: json.dumps({"format": FORMAT, **manifest})})
 
 

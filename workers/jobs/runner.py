@@ -24,6 +24,7 @@ from workers.jobs.inputs import JobInputs, read_job_inputs
 from workers.jobs.trial_items import TrialContexts
 from workers.methods import MethodJob, load
 from workers.models import compaction, zoo
+from workers.models.masking import nonzero_parameters
 from workers.runtime.data import Splits
 from workers.runtime.evaluation import accuracy
 from workers.runtime.stopping import Stop
@@ -243,6 +244,6 @@ def compact_checkpoint(arch: Architecture, model: torch.nn.Module, result: Searc
         "layers": {t.name: {"kept": kept[t.name], "total": t.numel,
                             "keep_ratio": kept[t.name] / t.numel, "threshold": None}
                    for t in small_arch.prunable},
-        "nonzero": sum(int(torch.count_nonzero(v)) for v in cpu.values()),
+        "nonzero": nonzero_parameters(small_arch, cpu),
         "total": small_arch.total_parameters}
     return checkpoint.build(cpu, small_manifest), doc, small_arch.name

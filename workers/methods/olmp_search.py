@@ -152,10 +152,7 @@ class OlmpSearch:
 
     # -- models scored on the full validation split ------------------------------------------
     def _pruned_model(self) -> PrunedModel:
-        params = self.trainer.masked_params()
-        kept = {n: int(torch.count_nonzero(params[n])) for n in self.masked}
-        nonzero = sum(int(torch.count_nonzero(t)) for t in params.values())
-        return PrunedModel(params=params, kept=kept, nonzero=nonzero, total=self.total)
+        return PrunedModel.of(self.arch, self.trainer.masked_params(), self.masked)
 
     def _evaluate(self, stage: str) -> Evaluated:
         """Score the model as it is now (or replay its stored trial) and keep it if it is best."""
@@ -374,9 +371,7 @@ class OlmpSearch:
     def _result(self, reference: dict[str, Any]) -> SearchResult:
         assert self.best is not None and self.best_params is not None, "the reference is feasible"
         params = self.best_params
-        kept = {n: int(torch.count_nonzero(params[n])) for n in self.masked}
-        nonzero = sum(int(torch.count_nonzero(t)) for t in params.values())
-        pruned = PrunedModel(params=params, kept=kept, nonzero=nonzero, total=self.total)
+        pruned = PrunedModel.of(self.arch, params, self.masked)
         # Every figure reported comes from the checkpoint itself (on CPU identical to the trial;
         # after a resume on CUDA, whose kernels are not all deterministic, it may differ slightly).
         x, y, ref = ((self.x_confirm, self.y_confirm, self.reference_confirm)

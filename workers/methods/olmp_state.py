@@ -43,6 +43,8 @@ def _trainer_tensors(trainer: TrainerState, prefix: str) -> dict[str, torch.Tens
             tensors[f"{prefix}{kind}/{name}"] = t.detach().to("cpu", torch.float32).contiguous()
     for name, t in trainer.masks.items():
         tensors[f"{prefix}m/{name}"] = t.detach().to("cpu").to(torch.uint8).contiguous()
+    for name, t in trainer.buffers.items():  # in their own dtype (a step counter is int64)
+        tensors[f"{prefix}b/{name}"] = t.detach().to("cpu").contiguous()
     return tensors
 
 
@@ -50,7 +52,7 @@ def dump(trainer: TrainerState, progress: Progress, best_params: dict[str, torch
          starts: list[TrainerState | None] | None = None) -> bytes:
     tensors = _trainer_tensors(trainer, "")
     for i, start in enumerate(starts or []):
-        if start is not None:  # only weights, masks, velocity and thresholds are taken from it
+        if start is not None:  # only weights, masks, velocity, buffers, thresholds are taken from it
             tensors.update(_trainer_tensors(start, f"start{i}/"))
     for name, t in (best_params or {}).items():
         tensors[f"best/{name}"] = t.detach().to("cpu").contiguous()
@@ -79,7 +81,7 @@ def load(data: bytes) -> tuple[TrainerState, Progress, dict[str, torch.Tensor] |
         weights=group("w"), masks={k: v.float() for k, v in group("m").items()},
         velocity=group("v"), thresholds={k: float(v) for k, v in header["thresholds"].items()},
         iteration=int(header["iteration"]), batch_rng=tensors["batch_rng"],
-        coin_rng=header["coin_rng"])
+        coin_rng=header["coin_rng"], buffers=group("b"))
     best = group("best") or None
     starts: list[TrainerState | None] = []
     for i, thresholds in enumerate(header.get("start_thresholds") or []):
@@ -87,5 +89,6 @@ def load(data: bytes) -> tuple[TrainerState, Progress, dict[str, torch.Tensor] |
         starts.append(None if thresholds is None else TrainerState(
             weights=group(prefix + "w"), masks={k: v.float() for k, v in group(prefix + "m").items()},
             velocity=group(prefix + "v"), thresholds={k: float(v) for k, v in thresholds.items()},
-            iteration=state.iteration, batch_rng=state.batch_rng, coin_rng=state.coin_rng))
+            iteration=state.iteration, batch_rng=state.batch_rng, coin_rng=state.coin_rng,
+            buffers=group(prefix + "b")))
     return state, Progress(**header["progress"]), best, starts

@@ -106,7 +106,7 @@ class TrainingSearch:
     # -- one finished item → one trial -------------------------------------------------------
     def _evaluated(self, item: TrialItem, reference: float) -> Evaluated:
         res = item.result or {}
-        total = int(res.get("total") or sum(p.numel() for p in self.params.values()))
+        total = int(res.get("total") or self.arch.total_parameters)
         if "error" in res:
             return Evaluated(number=item.number, stage=STAGE, candidate=list(item.candidate),
                              keep_ratios={}, val_accuracy=None, accuracy_drop=None,
@@ -163,7 +163,7 @@ class TrainingSearch:
     def run(self) -> SearchResult:
         spec = self.spec
         ref_val = accuracy(self.model, self.params, self.splits.x_val, self.splits.y_val)
-        total = sum(p.numel() for p in self.params.values())
+        total = self.arch.total_parameters
         reference: dict[str, Any] = {"val_accuracy": ref_val, "total_parameters": total,
                                      "scored_val_accuracy": ref_val,
                                      "scored_on": int(self.splits.y_val.shape[0])}
@@ -213,11 +213,9 @@ class TrainingSearch:
         data = retrying(self.sessions, lambda s: blobs.read(s, sha), what="reading the best trial",
                         write=False)
         params = {k: v.to(self.device) for k, v in safetensors.torch.load(data).items()}
-        kept = {n: int(torch.count_nonzero(params[n])) for n in self.sizes}
-        nonzero = sum(int(torch.count_nonzero(p)) for p in params.values())
+        pruned = PrunedModel.of(self.arch, params, list(self.sizes))
         test_accuracy = accuracy(self.model, params, self.splits.x_test, self.splits.y_test)
         reference["test_accuracy"] = accuracy(self.model, self.params, self.splits.x_test,
                                               self.splits.y_test)
-        return SearchResult(best=best, pruned=PrunedModel(params=params, kept=kept, nonzero=nonzero,
-                                                          total=total),
+        return SearchResult(best=best, pruned=pruned,
                             reference=reference, test_accuracy=test_accuracy, thresholds={})

@@ -45,6 +45,7 @@ from core.methods.regularization import RegularizationOptions
 from workers.methods import TrialOutcome, group_prox
 from workers.methods import hard_concrete as hc
 from workers.models import compaction, zoo
+from workers.models.masking import nonzero_parameters
 from workers.runtime.data import Splits
 from workers.runtime.evaluation import accuracy
 
@@ -101,8 +102,11 @@ class _Trial:
         missing = {t.name for t in arch.tensors} - set(reference)
         if missing:
             raise ValueError(f"reference weights lack {sorted(missing)}")
+        # parameters train; buffers (BatchNorm's running statistics) follow them in train mode,
+        # updated in place on the trial's own copies and carried into every scored model
         self.weights = {t.name: reference[t.name].detach().to(device, torch.float32).clone()
-                        .requires_grad_(True) for t in arch.tensors}
+                        .requires_grad_(True) for t in arch.parameters}
+        self.buffers = {t.name: reference[t.name].detach().to(device).clone() for t in arch.buffers}
         cpu_gen = torch.Generator().manual_seed(seed)
         x, y = splits.x_train, splits.y_train
         if options.train_subset is not None and options.train_subset < x.shape[0]:
@@ -118,11 +122,14 @@ class _Trial:
 
     def loss(self, params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor
              ) -> torch.Tensor:
-        return nn.functional.cross_entropy(functional_call(self.model, params, (xb,)), yb)
+        """The batch's cross-entropy in train mode (scoring switches the model back to eval)."""
+        self.model.train()
+        return nn.functional.cross_entropy(
+            functional_call(self.model, {**params, **self.buffers}, (xb,)), yb)
 
     def scored(self, epoch: int, params: dict[str, torch.Tensor]) -> bool:
         """Report the epoch's validation accuracy; True when the pruner wants the trial stopped."""
-        acc = accuracy(self.model, params, self.x_val, self.y_val)
+        acc = accuracy(self.model, self.with_buffers(params), self.x_val, self.y_val)
         self.intermediate.append(acc)
         if self.report(epoch, acc):
             self.pruned_at = epoch
@@ -131,6 +138,10 @@ class _Trial:
 
     def detached(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.weights.items()}
+
+    def with_buffers(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The whole state dict: `params` and the buffers as they stand now (copies)."""
+        return {**params, **{k: v.clone() for k, v in self.buffers.items()}}
 
     # -- l0 -----------------------------------------------------------------------------------
 
@@ -251,9 +262,11 @@ def run_trial(method: str, arch: Architecture, reference: dict[str, torch.Tensor
     else:
         params = trial.run_sgl(values[:n], values[n:])
     # units nothing reads any more lose their inputs too: the count is what the model holds
-    params = compaction.zero_dead_units(arch, params)
+    params = compaction.zero_dead_units(arch, trial.with_buffers(params))
+    params = {t.name: params[t.name] for t in arch.parameters}
     if trial.pruned_at is None and options.finetune_epochs > 0:
         params = trial.finetune(params)
+    params = trial.with_buffers(params)
     val = (trial.intermediate[-1] if trial.pruned_at is not None
            else accuracy(trial.model, params, trial.x_val, trial.y_val))
     out = {k: v.detach().cpu().contiguous() for k, v in params.items()}
@@ -261,8 +274,8 @@ def run_trial(method: str, arch: Architecture, reference: dict[str, torch.Tensor
     return TrialOutcome(
         params=out,
         val_accuracy=val,
-        nonzero=sum(int(torch.count_nonzero(v)) for v in out.values()),
-        total=sum(v.numel() for v in out.values()),
+        nonzero=nonzero_parameters(arch, out),
+        total=arch.total_parameters,
         kept=kept,
         intermediate=list(trial.intermediate),
         pruned_at=trial.pruned_at,

@@ -1,7 +1,8 @@
 """Structured compaction: turn a pruned state dict whose zeros cover whole neurons / filters into a
 smaller dense model that computes the same logits, and time both on the CPU.
 
-Only the built-in families (LeNet-300-100 and LeNet-5, at any width, see `core.zoo`) are supported:
+Only the built-in families (LeNet-300-100, LeNet-5 and vgg-fashion, at any width, see `core.zoo`;
+vgg-fashion's rules, which BatchNorm shapes, are in `workers.models.compaction_vgg`) are supported:
 which units may be removed follows from the wiring between layers, and that wiring is only known for
 modules we wrote. A unit is removed only when that provably leaves the logits unchanged:
 
@@ -30,9 +31,10 @@ import torch
 from core import zoo as core_zoo
 from core.architectures import Architecture
 from core.zoo import LENET_5_POOLED, MNIST_PIXELS
-from workers.models import zoo
+from workers.models import compaction_vgg, zoo
 
-SUPPORTED = {"workers.models.zoo:LeNet300100": "lenet-300-100", "workers.models.zoo:LeNet5": "lenet-5"}
+SUPPORTED = {"workers.models.zoo:LeNet300100": "lenet-300-100", "workers.models.zoo:LeNet5": "lenet-5",
+             "workers.models.zoo:VggFashion": "vgg-fashion"}
 
 
 class NotCompactable(ValueError):
@@ -152,6 +154,8 @@ def zero_dead_units(arch: Architecture, params: dict[str, torch.Tensor]) -> dict
             p[w] = p[w] * keep.reshape(-1, *([1] * (p[w].dim() - 1)))
             p[b] = p[b] * keep
 
+    if family == "vgg-fashion":
+        return compaction_vgg.zero_dead_channels(p)
     if family == "lenet-300-100":
         cut("fc2.weight", "fc2.bias", ~p["fc3.weight"].ne(0).any(dim=0))
         cut("fc1.weight", "fc1.bias", ~p["fc2.weight"].ne(0).any(dim=0))
@@ -177,8 +181,13 @@ def compact(arch: Architecture, params: dict[str, torch.Tensor],
     found = {k: tuple(v.shape) for k, v in params.items()}
     if found != expected:
         raise ValueError(f"weights do not match {arch.name}: {found} vs {expected}")
-    p = {k: v.detach().to("cpu", torch.float32) for k, v in params.items()}
-    small, out = _compact_mlp(arch, p) if family == "lenet-300-100" else _compact_lenet5(p)
+    # float32 but for the integer buffers (a BatchNorm's step counter)
+    p = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype)
+         for k, v in params.items()}
+    if family == "vgg-fashion":
+        small, out = compaction_vgg.compact(p)
+    else:
+        small, out = _compact_mlp(arch, p) if family == "lenet-300-100" else _compact_lenet5(p)
     return small, {k: v.contiguous() for k, v in out.items()}
 
 
@@ -200,7 +209,7 @@ def cpu_speedup(arch: Architecture, params: dict[str, torch.Tensor], compact_arc
     models = []
     for a, p in ((arch, params), (compact_arch, compact_params)):
         m = zoo.build(a).eval()
-        m.load_state_dict({k: v.to("cpu", torch.float32) for k, v in p.items()})
+        m.load_state_dict({k: v.to("cpu") for k, v in p.items()})
         models.append(m)
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand((batch, *arch.input_shape), generator=gen)

@@ -15,12 +15,25 @@ import torch
 from core.architectures import Architecture
 
 
+def nonzero_parameters(arch: Architecture, params: dict[str, torch.Tensor]) -> int:
+    """The one non-zero count every figure uses: parameters only (weights, biases, BatchNorm's
+    affine terms), never buffers such as running statistics."""
+    return sum(int(torch.count_nonzero(params[t.name])) for t in arch.parameters)
+
+
 @dataclass(frozen=True)
 class PrunedModel:
     params: dict[str, torch.Tensor]  # every tensor of the model, pruned ones with exact zeros
     kept: dict[str, int]  # non-zero count per searched tensor
     nonzero: int  # non-zero parameters of the whole model
     total: int
+
+    @classmethod
+    def of(cls, arch: Architecture, params: dict[str, torch.Tensor],
+           searched: Sequence[str]) -> PrunedModel:
+        """A model's counts from its tensors: kept per searched tensor, non-zero parameters."""
+        return cls(params=params, kept={n: int(torch.count_nonzero(params[n])) for n in searched},
+                   nonzero=nonzero_parameters(arch, params), total=arch.total_parameters)
 
     def keep_ratios(self, sizes: dict[str, int]) -> dict[str, float]:
         return {name: self.kept[name] / sizes[name] for name in self.kept}
@@ -52,10 +65,10 @@ class MagnitudePruner:
         # descending |w| of each searched tensor
         self._sorted = {n: params[n].detach().abs().flatten().sort(descending=True).values
                         for n in self.names}
-        self.total = sum(p.numel() for p in params.values())
+        self.total = arch.total_parameters
         varying = {*self._sorted, *self.tied.values()}
-        self._fixed_nonzero = sum(int(torch.count_nonzero(p)) for n, p in params.items()
-                                  if n not in varying)
+        self._fixed_nonzero = sum(int(torch.count_nonzero(params[t.name])) for t in arch.parameters
+                                  if t.name not in varying)
 
     @property
     def dims(self) -> int:

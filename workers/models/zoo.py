@@ -10,7 +10,15 @@ import torch
 from torch import nn
 
 from core.architectures import Architecture, family_of
-from core.zoo import LENET_5_POOLED, LENET_5_WIDTHS, LENET_300_100_WIDTHS, MNIST_PIXELS
+from core.zoo import (
+    LENET_5_POOLED,
+    LENET_5_WIDTHS,
+    LENET_300_100_WIDTHS,
+    MNIST_PIXELS,
+    VGG_FASHION_CONVS,
+    VGG_FASHION_POOL_AFTER,
+    VGG_FASHION_WIDTHS,
+)
 
 
 class LeNet300100(nn.Module):
@@ -59,6 +67,32 @@ class LeNet5(nn.Module):
         x = nn.functional.max_pool2d(self.conv1(x), 2)
         x = nn.functional.max_pool2d(self.conv2(x), 2)
         out: torch.Tensor = self.fc2(torch.relu(self.fc1(x.flatten(1))))
+        return out
+
+
+class VggFashion(nn.Module):
+    """conv 3×3 (no bias) → BatchNorm → ReLU, six times, max-pool after every second, then global
+    average pooling and fc; `config["widths"]` narrows the convolutions (a compacted model)."""
+
+    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        widths = {**VGG_FASHION_WIDTHS, **dict((config or {}).get("widths", {}))}
+        channels = 1
+        self.pool_after: list[bool] = []
+        for i, conv in enumerate(VGG_FASHION_CONVS, start=1):
+            out = int(widths[conv])
+            self.add_module(conv, nn.Conv2d(channels, out, 3, padding=1, bias=False))
+            self.add_module(f"bn{i}", nn.BatchNorm2d(out))
+            self.pool_after.append(conv in VGG_FASHION_POOL_AFTER)
+            channels = out
+        self.fc = nn.Linear(channels, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, (conv, pool) in enumerate(zip(VGG_FASHION_CONVS, self.pool_after, strict=True), 1):
+            x = torch.relu(getattr(self, f"bn{i}")(getattr(self, conv)(x)))
+            if pool:
+                x = nn.functional.max_pool2d(x, 2)
+        out: torch.Tensor = self.fc(x.mean(dim=(2, 3)))
         return out
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import safetensors.numpy
 import torch
 
-from core import mnist
+from core import builtin_datasets
 from core.splits import validation_indices
 
 
@@ -41,9 +41,9 @@ def split_arrays(arrays: dict[str, np.ndarray], summary: dict[str, Any]) -> Spli
 
 
 def builtin_arrays(name: str, datasets_dir: Path) -> dict[str, np.ndarray]:
-    if name != "mnist":
+    if name not in builtin_datasets.BUILTINS:
         raise ValueError(f"unknown built-in dataset {name!r}")
-    m = mnist.load(datasets_dir)
+    m = builtin_datasets.load(name, datasets_dir)
     return {"x_train": m.x_train, "y_train": m.y_train, "x_test": m.x_test, "y_test": m.y_test}
 
 

@@ -25,6 +25,9 @@ ACTIVATION_BUDGET = 256 * 1024 * 1024
 @torch.inference_mode()
 def accuracy(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
              batch: int = EVAL_BATCH) -> float:
+    """Accuracy of `model` computing with `params` on (x, y), in eval mode: BatchNorm uses its
+    running statistics, dropout is off (a trainer switches back to train mode itself)."""
+    model.eval()
     correct = 0
     for start in range(0, x.shape[0], batch):
         logits = functional_call(model, params, (x[start : start + batch],))
@@ -64,6 +67,7 @@ class Evaluator:
         if mode not in ("auto", "batched", "loop"):
             raise ValueError(f"unknown evaluation mode {mode!r}")
         self.model, self.x, self.y = model, x, y
+        model.eval()
         self.batched = mode == "batched" or (mode == "auto" and x.device.type == "cuda")
         self.budget = budget
         self._per_sample: int | None = None
@@ -78,6 +82,7 @@ class Evaluator:
     def accuracies(self, param_sets: Sequence[dict[str, torch.Tensor]]) -> list[float]:
         if not param_sets:
             return []
+        self.model.eval()
         if not self.batched:
             return [accuracy(self.model, p, self.x, self.y) for p in param_sets]
         if self._per_sample is None:

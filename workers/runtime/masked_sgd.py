@@ -10,6 +10,10 @@ pruned weights are zero and stay zero.
 SGD follows Caffe's solver, which the LeNet references of DNS and OLMP used: v ← m·v + lr·(g + wd·w),
 w ← w − v, with the "inv" learning-rate policy lr = base·(1 + γ_lr·iteration)^(−power).
 
+The model trains in train mode: BatchNorm normalises each batch by its own statistics and its
+running statistics (buffers, part of `TrainerState`) follow the masked weights; dropout is active.
+Scoring (`workers.runtime.evaluation`) runs in eval mode on those running statistics.
+
 Every random draw (batches, refresh coins) comes from generators whose state is part of
 `TrainerState`, so training resumed from a saved state continues the very same trajectory.
 """
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -94,6 +98,7 @@ class TrainerState:
     iteration: int
     batch_rng: torch.Tensor  # torch generator state
     coin_rng: dict[str, Any]  # numpy bit generator state
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. BatchNorm running stats
 
 
 class MaskedTrainer:
@@ -109,10 +114,11 @@ class MaskedTrainer:
                  x: torch.Tensor, y: torch.Tensor, config: SolverConfig, seed: int,
                  *, graphs: bool | None = None) -> None:
         self.model, self.x, self.y, self.config = model, x, y, config
-        # Only parameters train; buffers (e.g. running statistics) pass through unchanged.
+        # Only parameters train; buffers (BatchNorm's running statistics) are updated in place by
+        # the forward pass in train mode, on the trainer's own copies
         trainable = {n for n, _ in model.named_parameters()}
         self.names = [n for n in weights if n in trainable]
-        self.buffers = {n: t for n, t in weights.items() if n not in trainable}
+        self.buffers = {n: t.detach().clone() for n, t in weights.items() if n not in trainable}
         self.masked = list(masked)
         device = x.device
         self.w = {n: weights[n].detach().clone().float().requires_grad_(True) for n in self.names}
@@ -169,7 +175,7 @@ class MaskedTrainer:
         with torch.no_grad():
             out = {n: (self.w[n] * self.m[n] if n in self.m else self.w[n].clone())
                    for n in self.names}
-        return {**out, **self.buffers}
+            return {**out, **{n: t.clone() for n, t in self.buffers.items()}}
 
     def kept(self) -> dict[str, int]:
         with torch.no_grad():
@@ -205,7 +211,8 @@ class MaskedTrainer:
 
     def _capture(self) -> torch.cuda.CUDAGraph | None:
         """Record `_step` as a CUDA graph; the warm-up steps it needs are undone."""
-        saved = [t.detach().clone() for t in (*self.w.values(), *self.v.values())]
+        kept = (*self.w.values(), *self.v.values(), *self.buffers.values())
+        saved = [t.detach().clone() for t in kept]
         try:
             side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
             side.wait_stream(torch.cuda.current_stream())
@@ -220,7 +227,7 @@ class MaskedTrainer:
             log.warning("CUDA graph capture failed; training eagerly", exc_info=True)
             self.use_graphs, graph = False, None
         with torch.no_grad():
-            for t, c in zip((*self.w.values(), *self.v.values()), saved, strict=True):
+            for t, c in zip(kept, saved, strict=True):
                 t.copy_(c)
         return graph
 
@@ -230,7 +237,14 @@ class MaskedTrainer:
             return
         order = torch.randint(self.x.shape[0], (iterations, self.config.batch_size),
                               generator=self.batches, device=self.x.device)
-        for step in range(iterations):
+        self.model.train()
+        try:
+            self._train(order)
+        finally:
+            self.model.eval()
+
+    def _train(self, order: torch.Tensor) -> None:
+        for step in range(order.shape[0]):
             self._idx.copy_(order[step])
             self._lr.fill_(self.learning_rate(self.iteration))
             graph = None
@@ -264,10 +278,11 @@ class MaskedTrainer:
             masks={k: t.clone() for k, t in self.m.items()},
             velocity={k: t.clone() for k, t in self.v.items()},
             thresholds=dict(self.thresholds), iteration=self.iteration,
-            batch_rng=self.batches.get_state(), coin_rng=dict(self.coins.bit_generator.state))
+            batch_rng=self.batches.get_state(), coin_rng=dict(self.coins.bit_generator.state),
+            buffers={k: t.clone() for k, t in self.buffers.items()})
 
     def adopt(self, state: TrainerState) -> None:
-        """Weights, masks, velocity and thresholds of an earlier state; the iteration, the random
+        """Weights, masks, velocity, thresholds and buffers of an earlier state; the iteration, the random
         streams and whether masks are frozen stay as they are (the schedule goes on from here)."""
         with torch.no_grad():
             for k in self.names:
@@ -275,6 +290,8 @@ class MaskedTrainer:
                 self.v[k].copy_(state.velocity[k])
             for k in self.masked:
                 self.m[k].copy_(state.masks[k])
+            for k, t in self.buffers.items():
+                t.copy_(state.buffers[k])
         self.thresholds = {k: float(state.thresholds[k]) for k in self.masked}
 
     def load(self, state: TrainerState, *, frozen: bool) -> None:
