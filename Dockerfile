@@ -14,6 +14,7 @@ COPY service service
 COPY workers workers
 COPY migrations migrations
 COPY cli cli
+COPY thresher thresher
 
 FROM base AS api
 RUN pip install .

@@ -32,8 +32,8 @@ run: $(STAMP)
 	$(BIN)/thresher up --host $(HOST) --port $(PORT)
 
 test: $(STAMP) $(CHROMIUM)
-	$(BIN)/ruff check core store service workers cli migrations tests bench
-	$(BIN)/mypy core store service workers cli
+	$(BIN)/ruff check core store service workers cli thresher migrations tests bench
+	$(BIN)/mypy core store service workers cli thresher
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	@# The same suite again on PostgreSQL where one is reachable (the slow SQLite walkthrough and
@@ -46,8 +46,8 @@ test: $(STAMP) $(CHROMIUM)
 	fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check core store service workers cli migrations tests bench
-	$(BIN)/mypy core store service workers cli
+	$(BIN)/ruff check core store service workers cli thresher migrations tests bench
+	$(BIN)/mypy core store service workers cli thresher
 	$(BIN)/lint-imports
 
 bench: $(STAMP)

@@ -63,8 +63,10 @@ def tensors_sha256(checkpoint: bytes) -> str:
     return h.hexdigest()
 
 
-def run(method: str, settings: Settings, weights: bytes, dataset: bytes) -> dict[str, Any]:
-    """The method's golden job, submitted and run to the end: what a user reads back."""
+def run(method: str, settings: Settings, weights: bytes, dataset: bytes,
+        downloads: dict[str, bytes] | None = None) -> dict[str, Any]:
+    """The method's golden job, submitted and run to the end: what a user reads back (and, into
+    `downloads`, each artifact's file by format)."""
     with TestClient(create_app(settings), headers=bearer(make_token(settings.database_url))) as client:
         ids = {"model_id": upload_model(client, weights)["id"],
                "dataset_id": upload_dataset(client, dataset)["id"]}
@@ -77,13 +79,17 @@ def run(method: str, settings: Settings, weights: bytes, dataset: bytes) -> dict
         checkpoint = client.get(f"/v1/jobs/{job['id']}/checkpoint")
         assert checkpoint.status_code == 200
         shas = {"pruned": tensors_sha256(checkpoint.content)}
+        files = {"pruned": checkpoint.content}
         best = done["best"]
         if best.get("compact"):
             compact = client.get(f"/v1/jobs/{job['id']}/checkpoint", params={"format": "compact"})
             assert compact.status_code == 200
             shas["compact"] = tensors_sha256(compact.content)
+            files["compact"] = compact.content
             # timings of the compact model: measured, not a result
             best["compact"]["cpu_speedup"] = {"batch": best["compact"]["cpu_speedup"]["batch"]}
+    if downloads is not None:
+        downloads.update(files)
     return {"spec": SPECS[method], "trials": trials, "best": best,
             "reference": done["reference"], "test_accuracy": done["test_accuracy"],
             "trials_done": done["progress"]["trials_done"], "checkpoint_tensors_sha256": shas}

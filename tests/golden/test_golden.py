@@ -5,11 +5,15 @@ is a change of results, made on purpose in a commit that regenerates them and sa
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
 
+import thresher.loader
 from core.settings import Settings
 from tests.golden import jobs
 
@@ -34,9 +38,23 @@ def test_the_golden_job_reproduces_its_trials_and_result(
         method: str, settings: Settings, small_model_weights: bytes,
         small_dataset_npz: bytes) -> None:
     want = json.loads(jobs.path(method).read_text())
-    got = json.loads(json.dumps(jobs.run(method, settings, small_model_weights, small_dataset_npz)))
+    downloads: dict[str, bytes] = {}
+    got = json.loads(json.dumps(jobs.run(method, settings, small_model_weights, small_dataset_npz,
+                                         downloads)))
     assert want["spec"] == got["spec"], "the spec changed: regenerate the golden file on purpose"
     assert got == want, _first_difference(want, got)
     # the golden job shows something: a model smaller than the reference, within δ
     assert got["best"]["compression_ratio"] > 1.2
     assert got["best"]["accuracy_drop"] <= got["spec"]["max_accuracy_drop"]
+
+    # every artifact the job offers loads with thresher.load and scores what the job reported
+    test = np.load(io.BytesIO(small_dataset_npz))  # the test's own arrays (no object arrays)
+    x, y = torch.from_numpy(test["x_test"]), torch.from_numpy(test["y_test"])
+    reported = {"pruned": got["test_accuracy"], "compact": got["best"].get("compact", {}).get("test_accuracy")}
+    assert set(downloads) == {a for a, v in reported.items() if v is not None}
+    for artifact, data in downloads.items():
+        model = thresher.loader.load_bytes(data)
+        assert not model.training and model.thresher_manifest["artifact"] == artifact
+        with torch.no_grad():
+            accuracy = int((model(x).argmax(1) == y).sum()) / len(y)
+        assert abs(accuracy - reported[artifact]) < 1e-9, artifact

@@ -158,7 +158,7 @@ def test_a_structured_l0_result_downloads_as_a_smaller_model_with_the_same_accur
     assert doc["status"] == "succeeded", doc["error"]
     full, _ = _download(client, j["id"], tmp_path)
     small, manifest = _download(client, j["id"], tmp_path, "compact")
-    assert manifest["format"] == "compact"
+    assert manifest["artifact"] == "compact" and manifest["format"] == "thresher-checkpoint/1"
     # fewer neurons: fewer input pixels, fewer hidden units
     assert small["fc1.weight"].shape[1] < 784 and small["fc1.weight"].shape[0] < 300
     assert sum(v.numel() for v in small.values()) < sum(v.numel() for v in full.values())

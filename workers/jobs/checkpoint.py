@@ -8,16 +8,16 @@ from typing import Any
 import safetensors.torch
 import torch
 
-MANIFEST_KEY = "thresher"
-FORMAT = "thresher-checkpoint/1"
+from core.artifacts import FORMAT, MANIFEST_KEY
 
 
-def build(params: dict[str, torch.Tensor], manifest: dict[str, Any]) -> bytes:
+def build(params: dict[str, torch.Tensor], manifest: dict[str, Any], artifact: str = "pruned") -> bytes:
+    """The file of one artifact: its tensors and the manifest (core.artifacts)."""
     # parameters and running statistics as float32; integer buffers (BatchNorm's step counter)
     # keep their dtype, which the architecture's table and the upload check require
     tensors = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype)
                .contiguous() for k, v in params.items()}
-    return safetensors.torch.save(tensors, metadata={MANIFEST_KEY: json.dumps({"format": FORMAT, **manifest})})
+    return safetensors.torch.save(tensors, metadata={MANIFEST_KEY: json.dumps({**manifest, "format": FORMAT, "artifact": artifact})})
 
 
 def read_manifest(data: bytes) -> dict[str, Any]:

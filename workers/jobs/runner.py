@@ -238,7 +238,7 @@ def compact_checkpoint(arch: Architecture, model: torch.nn.Module, result: Searc
            "test_accuracy": test_accuracy, "cpu_speedup": speed}
     kept = {t.name: int(torch.count_nonzero(cpu[t.name])) for t in small_arch.prunable}
     small_manifest = {
-        **manifest, "format": "compact", "architecture": small_arch.name,
+        **manifest, "architecture": small_arch.name,
         "architecture_config": dict(small_arch.config), "compact": doc,
         # this file's own tensors (the pruned file's figures stay under "pruned" / "reference")
         "layers": {t.name: {"kept": kept[t.name], "total": t.numel,
@@ -246,4 +246,4 @@ def compact_checkpoint(arch: Architecture, model: torch.nn.Module, result: Searc
                    for t in small_arch.prunable},
         "nonzero": nonzero_parameters(small_arch, cpu),
         "total": small_arch.total_parameters}
-    return checkpoint.build(cpu, small_manifest), doc, small_arch.name
+    return checkpoint.build(cpu, small_manifest, "compact"), doc, small_arch.name
