@@ -51,6 +51,8 @@ from workers.runtime.evaluation import accuracy
 
 METHODS = ("l0", "sgl")
 CHECK_EVERY = 50  # batches between calls of `check` (cancel / lease loss)
+# training images over which a trial recomputes BatchNorm's statistics before it scores a model
+CALIBRATION_IMAGES = 2048
 # log α learns this many times faster than the weights: from a drop rate of 0.3 (log α ≈ 0.85) a
 # gate closes at log α ≈ −2.4, over 3 000 Adam steps at lr 1e-3, more than a short trial has.
 GATE_LR_SCALE = 10.0
@@ -136,6 +138,41 @@ class _Trial:
             return True
         return False
 
+    def recalibrate(self, params: dict[str, torch.Tensor]) -> None:
+        """BatchNorm's running statistics recomputed for `params`: the average of the batch
+        statistics over the first CALIBRATION_IMAGES training images, in train mode, no gradient.
+        Run before every scoring and at the end of fine-tuning.
+
+        The statistics BatchNorm tracks while training lag the weights (an exponential average
+        over the last batches while Adam moves them at a constant rate), and l0 trains under
+        sampled gates, so what it tracked is a noisy model's, not the deterministic gates' that
+        are scored and kept."""
+        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return
+        counts = {k: v.clone() for k, v in self.buffers.items() if k.endswith("num_batches_tracked")}
+        with torch.no_grad():
+            for k, v in self.buffers.items():
+                v.fill_(1.0 if k.endswith("running_var") else 0.0)
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.momentum = None  # a cumulative average over the batches below
+        x = self.batches.x[:CALIBRATION_IMAGES]
+        self.model.train()
+        try:
+            with torch.no_grad():
+                for start in range(0, x.shape[0], self.options.batch_size):
+                    functional_call(self.model, {**params, **self.buffers},
+                                    (x[start : start + self.options.batch_size],))
+        finally:
+            for m, momentum in zip(norms, momenta, strict=True):
+                m.momentum = momentum
+            self.model.eval()
+        batches = -(-x.shape[0] // self.options.batch_size)
+        with torch.no_grad():
+            for k, count in counts.items():
+                self.buffers[k].copy_(count + batches)
+
     def detached(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.weights.items()}
 
@@ -177,10 +214,13 @@ class _Trial:
                 opt.step()
             with torch.no_grad():
                 current = {k: v.detach() for k, v in gated(hc.deterministic).items()}
+            self.recalibrate(current)
             if self.scored(epoch, current):
                 break
         with torch.no_grad():
-            return {k: v.detach().clone() for k, v in gated(hc.deterministic).items()}
+            final = {k: v.detach().clone() for k, v in gated(hc.deterministic).items()}
+        self.recalibrate(final)
+        return final
 
     # -- sgl ----------------------------------------------------------------------------------
 
@@ -202,7 +242,9 @@ class _Trial:
                     for t, w, lam, eta in layers:
                         step = adam_step_size(opt, w)
                         w.copy_(group_prox.prox(w, t.kind, step, lam, eta))
-            if self.scored(epoch, self.detached()):
+            current = self.detached()
+            self.recalibrate(current)
+            if self.scored(epoch, current):
                 break
         return self.detached()
 
@@ -227,7 +269,9 @@ class _Trial:
                 with torch.no_grad():
                     for name, m in masks.items():
                         weights[name].mul_(m)
-        return {k: v.detach() for k, v in weights.items()}
+        out = {k: v.detach() for k, v in weights.items()}
+        self.recalibrate(out)
+        return out
 
 
 def adam_step_size(opt: torch.optim.Adam, w: torch.Tensor) -> float:
