@@ -10,7 +10,7 @@ from workers.methods import MethodJob
 from workers.models.masking import MagnitudePruner
 from workers.runtime.evaluation import accuracy
 from workers.search.space import Integer, Space, SpaceOptimizer
-from workers.search.trials import CandidateScorer, Evaluated, SearchResult, better
+from workers.search.trials import CandidateScorer, Evaluated, Reference, SearchResult, better
 
 INFO = MethodInfo(name="test-uniform", summary="the same keep ratio in every layer (a test)",
                   worker=__name__)
@@ -21,9 +21,10 @@ def run(job: MethodJob) -> SearchResult:
     pruner = MagnitudePruner(job.arch, job.params, job.spec.search.prune_biases)
     scorer = CandidateScorer(pruner, job.spec.max_accuracy_drop)
     x, y = job.splits.x_val, job.splits.y_val
-    reference = {"val_accuracy": accuracy(job.model, pruner.params, x, y),
-                 "total_parameters": pruner.total}
-    job.recorder.set_reference(reference)
+    ref_val = accuracy(job.model, pruner.params, x, y)
+    reference = Reference(val_accuracy=ref_val, total_parameters=pruner.total,
+                          scored_val_accuracy=ref_val, scored_on=int(y.shape[0]))
+    job.recorder.set_reference(reference.doc())
     best: Evaluated | None = None
     opt = SpaceOptimizer(job.spec.optimizer, SPACE, [100], seed=job.spec.seed,
                          budget=job.spec.budget.trials, population=1)
@@ -32,7 +33,7 @@ def run(job: MethodJob) -> SearchResult:
         percent = int(candidate[0])
         pruned = pruner.apply([percent / 100] * pruner.dims)
         e = scorer.evaluated(number, "uniform", candidate, pruned,  # type: ignore[arg-type]
-                             accuracy(job.model, pruned.params, x, y), reference["val_accuracy"],
+                             accuracy(job.model, pruned.params, x, y), reference.val_accuracy,
                              int(y.shape[0]), 0.0)
         opt.tell(candidate, e.objective)
         if e.feasible and better(e, best):
@@ -43,7 +44,7 @@ def run(job: MethodJob) -> SearchResult:
     kept = int(best.candidate[0]) / 100
     pruned = pruner.apply([kept] * pruner.dims)
     xt, yt = job.splits.x_test, job.splits.y_test
-    reference["test_accuracy"] = accuracy(job.model, pruner.params, xt, yt)
+    reference.test_accuracy = accuracy(job.model, pruner.params, xt, yt)
     return SearchResult(best=best, pruned=pruned, reference=reference,
                         test_accuracy=accuracy(job.model, pruned.params, xt, yt),
                         thresholds={n: pruner.threshold(n, kept) for n in pruner.names})

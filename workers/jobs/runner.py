@@ -167,7 +167,7 @@ def run(sessions: sessionmaker[Session], lease: Lease, settings: Settings, devic
         old_state = s.scalar(select(Job.state_sha256).where(Job.id == lease.job_id))
         # trials_total was planned at admission as an upper bound (olmp may need fewer retraining
         # attempts): a finished job's total is what it recorded
-        update_job(s, lease, status="succeeded", stage="done", best=best, reference=result.reference,
+        update_job(s, lease, status="succeeded", stage="done", best=best, reference=result.reference.doc(),
                    trials_total=Job.trials_done,
                    test_accuracy=result.test_accuracy, finished_at=utcnow(),
                    lease_expires_at=None, error=None, state_sha256=None)
@@ -201,8 +201,8 @@ def manifest_for(result: SearchResult, *, arch_name: str, arch_config: dict[str,
         "total": pruned.total,
         "compression_ratio": best.compression_ratio,
         "weights_ratio": best.weights_ratio,
-        "reference": {"val_accuracy": result.reference["val_accuracy"],
-                      "test_accuracy": result.reference["test_accuracy"]},
+        "reference": {"val_accuracy": result.reference.val_accuracy,
+                      "test_accuracy": result.reference.test_accuracy},
         "pruned": {"val_accuracy": best.val_accuracy, "accuracy_drop": best.accuracy_drop,
                    "test_accuracy": result.test_accuracy},
         "max_accuracy_drop": spec.max_accuracy_drop,

@@ -22,6 +22,7 @@ from workers.search.trials import (
     CandidateScorer,
     Evaluated,
     Recorder,
+    Reference,
     Score,
     SearchResult,
     TrialLoop,
@@ -135,10 +136,10 @@ class MagnitudeSearch:
         self.reference_full = accuracy(self.model, full_params, self.splits.x_val, self.splits.y_val)
         self.reference_scored = (accuracy(self.model, full_params, self.x_score, self.y_score)
                                  if self.subset else self.reference_full)
-        reference = {"val_accuracy": self.reference_full, "total_parameters": self.pruner.total,
-                     "scored_val_accuracy": self.reference_scored,
-                     "scored_on": int(self.y_score.shape[0])}
-        self.recorder.set_reference(reference)
+        reference = Reference(val_accuracy=self.reference_full, total_parameters=self.pruner.total,
+                              scored_val_accuracy=self.reference_scored,
+                              scored_on=int(self.y_score.shape[0]))
+        self.recorder.set_reference(reference.doc())
 
         number = 0
         if self.spec.search.calibrate:
@@ -151,7 +152,7 @@ class MagnitudeSearch:
 
         pruned = self.pruner.apply(log_ratios_to_keep(best.candidate))
         test_accuracy = accuracy(self.model, pruned.params, self.splits.x_test, self.splits.y_test)
-        reference["test_accuracy"] = accuracy(self.model, full_params, self.splits.x_test,
+        reference.test_accuracy = accuracy(self.model, full_params, self.splits.x_test,
                                               self.splits.y_test)
         thresholds = {n: self.pruner.threshold(n, r)
                       for n, r in zip(self.pruner.names, log_ratios_to_keep(best.candidate), strict=True)}

@@ -37,7 +37,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -65,6 +65,7 @@ from workers.search.trials import (
     CandidateScorer,
     Evaluated,
     Recorder,
+    Reference,
     SearchResult,
     TrialLoop,
     better,
@@ -320,17 +321,17 @@ class OlmpSearch:
         self.reference_full = accuracy(self.model, self.initial, self.x_steer, self.y_steer)
         self.reference_scored = (accuracy(self.model, self.initial, self.x_score, self.y_score)
                                  if self.subset else self.reference_full)
-        reference = {"val_accuracy": self.reference_full, "total_parameters": self.total,
-                     "scored_val_accuracy": self.reference_scored,
-                     "scored_on": int(self.y_score.shape[0]),
-                     "steered_on": int(self.y_steer.shape[0])}
+        reference = Reference(val_accuracy=self.reference_full, total_parameters=self.total,
+                              scored_val_accuracy=self.reference_scored,
+                              scored_on=int(self.y_score.shape[0]),
+                              steered_on=int(self.y_steer.shape[0]))
         self.reference_confirm = self.reference_full
         if self.confirm_scorer is not None:
             self.reference_confirm = accuracy(self.model, self.initial, self.x_confirm,
                                               self.y_confirm)
-            reference |= {"confirm_val_accuracy": self.reference_confirm,
-                          "confirmed_on": int(self.y_confirm.shape[0])}
-        self.recorder.set_reference(reference)
+            reference.confirm_val_accuracy = self.reference_confirm
+            reference.confirmed_on = int(self.y_confirm.shape[0])
+        self.recorder.set_reference(reference.doc())
         if self._resume is not None:
             self._restore(self._resume)
         p = self.progress
@@ -368,7 +369,7 @@ class OlmpSearch:
         self.recorder.flush()  # every trial is stored before the job reports its best
         return self._result(reference)
 
-    def _result(self, reference: dict[str, Any]) -> SearchResult:
+    def _result(self, reference: Reference) -> SearchResult:
         assert self.best is not None and self.best_params is not None, "the reference is feasible"
         params = self.best_params
         pruned = PrunedModel.of(self.arch, params, self.masked)
@@ -383,7 +384,7 @@ class OlmpSearch:
                                          self.best.duration_ms, self.best.round)
         best = dataclasses.replace(best, feasible=self.best.feasible)
         test_accuracy = accuracy(self.model, params, self.splits.x_test, self.splits.y_test)
-        reference["test_accuracy"] = accuracy(self.model, self.initial, self.splits.x_test,
+        reference.test_accuracy = accuracy(self.model, self.initial, self.splits.x_test,
                                               self.splits.y_test)
         thresholds = self.progress.best_thresholds or {n: 0.0 for n in self.masked}
         return SearchResult(best=best, pruned=pruned, reference=reference,

@@ -44,7 +44,14 @@ from workers.models.masking import PrunedModel
 from workers.runtime.data import Splits
 from workers.runtime.evaluation import accuracy
 from workers.search import optimizers
-from workers.search.trials import FAILED_OBJECTIVE, Evaluated, Recorder, SearchResult, better
+from workers.search.trials import (
+    FAILED_OBJECTIVE,
+    Evaluated,
+    Recorder,
+    Reference,
+    SearchResult,
+    better,
+)
 
 log = logging.getLogger(__name__)
 
@@ -164,10 +171,9 @@ class TrainingSearch:
         spec = self.spec
         ref_val = accuracy(self.model, self.params, self.splits.x_val, self.splits.y_val)
         total = self.arch.total_parameters
-        reference: dict[str, Any] = {"val_accuracy": ref_val, "total_parameters": total,
-                                     "scored_val_accuracy": ref_val,
-                                     "scored_on": int(self.splits.y_val.shape[0])}
-        self.recorder.set_reference(reference)
+        reference = Reference(val_accuracy=ref_val, total_parameters=total,
+                              scored_val_accuracy=ref_val, scored_on=int(self.splits.y_val.shape[0]))
+        self.recorder.set_reference(reference.doc())
 
         opt = self._build()
         budget, parallel = spec.budget.trials, spec.budget.parallel
@@ -215,7 +221,7 @@ class TrainingSearch:
         params = {k: v.to(self.device) for k, v in safetensors.torch.load(data).items()}
         pruned = PrunedModel.of(self.arch, params, list(self.sizes))
         test_accuracy = accuracy(self.model, params, self.splits.x_test, self.splits.y_test)
-        reference["test_accuracy"] = accuracy(self.model, self.params, self.splits.x_test,
+        reference.test_accuracy = accuracy(self.model, self.params, self.splits.x_test,
                                               self.splits.y_test)
         return SearchResult(best=best, pruned=pruned,
                             reference=reference, test_accuracy=test_accuracy, thresholds={})

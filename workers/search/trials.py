@@ -75,6 +75,26 @@ class Recorder(Protocol):
     def flush(self) -> None: ...
 
 
+@dataclass
+class Reference:
+    """The unpruned model's figures, the one record every method keeps and reports (the job
+    document's `reference`): its accuracy on the validation split (or, for olmp, the part it
+    steers on), on the images candidates are scored on, and on a confirmation hold-out; the test
+    split once, at the end."""
+
+    val_accuracy: float
+    total_parameters: int
+    scored_val_accuracy: float
+    scored_on: int
+    steered_on: int | None = None
+    confirm_val_accuracy: float | None = None
+    confirmed_on: int | None = None
+    test_accuracy: float | None = None
+
+    def doc(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
 class ReplayDiverged(Exception):
     """Stored trials were asked for other candidates than this run asks."""
 
@@ -83,7 +103,7 @@ class ReplayDiverged(Exception):
 class SearchResult:
     best: Evaluated
     pruned: PrunedModel
-    reference: dict[str, Any]
+    reference: Reference
     test_accuracy: float
     thresholds: dict[str, float]
 
