@@ -31,7 +31,6 @@ from torch import nn
 
 from core.architectures import Architecture
 from core.errors import InvalidInput
-from core.metrics import compression_ratio, is_feasible, objective
 from core.optimizers import MULTI_OBJECTIVE
 from core.settings import Settings
 from core.spec import JobSpec
@@ -45,12 +44,14 @@ from workers.runtime.data import Splits
 from workers.runtime.evaluation import accuracy
 from workers.search import optimizers
 from workers.search.trials import (
-    FAILED_OBJECTIVE,
+    Constraint,
     Evaluated,
     Recorder,
     Reference,
     SearchResult,
     better,
+    failed_record,
+    trial_record,
 )
 
 log = logging.getLogger(__name__)
@@ -115,27 +116,22 @@ class TrainingSearch:
         res = item.result or {}
         total = int(res.get("total") or self.arch.total_parameters)
         if "error" in res:
-            return Evaluated(number=item.number, stage=STAGE, candidate=list(item.candidate),
-                             keep_ratios={}, val_accuracy=None, accuracy_drop=None,
-                             scored_on=int(self.splits.y_val.shape[0]), nonzero=None, total=total,
-                             compression_ratio=None, weights_ratio=None, objective=FAILED_OBJECTIVE,
-                             feasible=False, error=str(res["error"]), duration_ms=0.0,
-                             worker=item.worker, intermediate=list(item.intermediate or []))
+            return failed_record(item.number, STAGE, list(item.candidate), total=total,
+                                 scored_on=int(self.splits.y_val.shape[0]), error=str(res["error"]),
+                                 duration_ms=0.0, worker=item.worker,
+                                 intermediate=list(item.intermediate or []))
         pruned = res.get("pruned_at") is not None
         intermediate = [float(v) for v in res.get("intermediate", [])]
         # a pruned trial stopped before fine-tuning: its last epoch is what it showed
         acc = intermediate[-1] if pruned and intermediate else float(res["val_accuracy"])
-        drop, nonzero, kept = reference - acc, int(res["nonzero"]), dict(res["kept"])
-        return Evaluated(
-            number=item.number, stage=STAGE, candidate=list(item.candidate),
-            keep_ratios={n: kept[n] / self.sizes[n] for n in kept}, val_accuracy=acc,
-            accuracy_drop=drop, scored_on=int(self.splits.y_val.shape[0]), nonzero=nonzero,
-            total=total, compression_ratio=compression_ratio(total, nonzero),
-            weights_ratio=compression_ratio(sum(self.sizes.values()), sum(kept.values())),
-            objective=objective(nonzero, total, drop, self.spec.max_accuracy_drop),
-            feasible=not pruned and is_feasible(drop, self.spec.max_accuracy_drop), error=None,
-            duration_ms=float(res.get("duration_ms", 0.0)), worker=item.worker, pruned=pruned,
-            intermediate=intermediate, params_sha256=item.params_sha256)
+        return trial_record(item.number, STAGE, list(item.candidate),
+                            Constraint(self.spec.max_accuracy_drop), kept=dict(res["kept"]),
+                            sizes=self.sizes, nonzero=int(res["nonzero"]), total=total,
+                            accuracy=acc, reference=reference,
+                            scored_on=int(self.splits.y_val.shape[0]),
+                            duration_ms=float(res.get("duration_ms", 0.0)), stopped=pruned,
+                            worker=item.worker, intermediate=intermediate,
+                            params_sha256=item.params_sha256)
 
     # -- a batch: queued, worked on, waited for ----------------------------------------------
     def _run_batch(self, batch: int, numbers: list[int], xs: list[list[float]],

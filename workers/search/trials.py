@@ -116,6 +116,50 @@ def better(a: Evaluated, b: Evaluated | None) -> bool:
     return (a.nonzero, -(a.val_accuracy or 0.0), a.number) < (b.nonzero, -(b.val_accuracy or 0.0), b.number)
 
 
+@dataclass(frozen=True)
+class Constraint:
+    """The job's accuracy constraint: `delta` decides feasibility, always; `steer` is the
+    tolerance the objective grades by, where a method steers past δ (OLMP's rounds prune beyond
+    it and let training win the accuracy back); δ itself elsewhere."""
+
+    delta: float
+    steer: float | None = None
+
+    def feasible(self, drop: float) -> bool:
+        return is_feasible(drop, self.delta)
+
+    def objective(self, nonzero: int, total: int, drop: float) -> float:
+        return objective(nonzero, total, drop, self.delta if self.steer is None else self.steer)
+
+
+def trial_record(number: int, stage: str, candidate: list[float], constraint: Constraint, *,
+                 kept: dict[str, int], sizes: dict[str, int], nonzero: int, total: int,
+                 accuracy: float, reference: float, scored_on: int, duration_ms: float,
+                 round_: int = 0, stopped: bool = False, **extra: Any) -> Evaluated:
+    """The one builder of a scored trial's record: its ratios, drop, objective and feasibility
+    from what it kept. A trial a pruner `stopped` early is never feasible."""
+    drop = reference - accuracy
+    return Evaluated(
+        number=number, stage=stage, candidate=candidate,
+        keep_ratios={n: kept[n] / sizes[n] for n in kept}, val_accuracy=accuracy,
+        accuracy_drop=drop, scored_on=scored_on, nonzero=nonzero, total=total,
+        compression_ratio=compression_ratio(total, nonzero),
+        weights_ratio=compression_ratio(sum(sizes.values()), sum(kept.values())),
+        objective=constraint.objective(nonzero, total, drop),
+        feasible=not stopped and constraint.feasible(drop), error=None, duration_ms=duration_ms,
+        round=round_, pruned=stopped, **extra)
+
+
+def failed_record(number: int, stage: str, candidate: list[float], *, total: int, scored_on: int,
+                  error: str, duration_ms: float, round_: int = 0, **extra: Any) -> Evaluated:
+    """The record of a trial that could not be scored: kept with its error, never feasible."""
+    return Evaluated(number=number, stage=stage, candidate=candidate, keep_ratios={},
+                     val_accuracy=None, accuracy_drop=None, scored_on=scored_on, nonzero=None,
+                     total=total, compression_ratio=None, weights_ratio=None,
+                     objective=FAILED_OBJECTIVE, feasible=False, error=error,
+                     duration_ms=duration_ms, round=round_, **extra)
+
+
 class CandidateScorer:
     """Turns candidates (log10 keep ratios per searched tensor) into scored trials.
 
@@ -123,23 +167,15 @@ class CandidateScorer:
     OLMP's rounds do: they prune past δ and let training win the accuracy back."""
 
     def __init__(self, pruner: MagnitudePruner, delta: float, steer: float | None = None) -> None:
-        self.pruner, self.delta = pruner, delta
-        self.steer = delta if steer is None else steer
-        self.weights_total = sum(pruner.sizes.values())
+        self.pruner, self.constraint = pruner, Constraint(delta, steer)
 
     def evaluated(self, number: int, stage: str, candidate: list[float], pruned: PrunedModel,
                   acc: float, ref: float, scored_on: int, duration_ms: float,
                   round_: int = 0) -> Evaluated:
-        drop = ref - acc
-        return Evaluated(
-            number=number, stage=stage, candidate=candidate,
-            keep_ratios=pruned.keep_ratios(self.pruner.sizes), val_accuracy=acc,
-            accuracy_drop=drop, scored_on=scored_on, nonzero=pruned.nonzero, total=pruned.total,
-            compression_ratio=compression_ratio(pruned.total, pruned.nonzero),
-            weights_ratio=compression_ratio(self.weights_total, sum(pruned.kept.values())),
-            objective=objective(pruned.nonzero, pruned.total, drop, self.steer),
-            feasible=is_feasible(drop, self.delta), error=None, duration_ms=duration_ms,
-            round=round_)
+        return trial_record(number, stage, candidate, self.constraint, kept=pruned.kept,
+                            sizes=self.pruner.sizes, nonzero=pruned.nonzero, total=pruned.total,
+                            accuracy=acc, reference=ref, scored_on=scored_on,
+                            duration_ms=duration_ms, round_=round_)
 
     def score(self, first: int, stage: str, xs: Sequence[Sequence[float]], ref: float,
               scorer: Evaluator, round_: int = 0) -> list[Evaluated]:
@@ -158,9 +194,9 @@ class CandidateScorer:
         out: list[Evaluated] = []
         for i, (cand, pruned, error) in enumerate(prepared):
             if pruned is None:
-                out.append(Evaluated(first + i, stage, cand, {}, None, None, scored_on, None,
-                                     self.pruner.total, None, None, FAILED_OBJECTIVE, False, error,
-                                     per_trial_ms, round_))
+                out.append(failed_record(first + i, stage, cand, total=self.pruner.total,
+                                         scored_on=scored_on, error=str(error),
+                                         duration_ms=per_trial_ms, round_=round_))
                 continue
             out.append(self.evaluated(first + i, stage, cand, pruned, next(accuracies), ref,
                                       scored_on, per_trial_ms, round_))
