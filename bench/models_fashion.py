@@ -2,7 +2,7 @@
 uniform keep ratio beside them.
 
     .venv/bin/python bench/models_fashion.py [--device auto|cpu|cuda] [--methods magnitude olmp l0 sgl]
-                                             [--seed S]
+                                             [--seed S] [--tag NAME] [--no-uniform]
 
 The reference is `thresher zoo train vgg-fashion --dataset fashion-mnist` (the onecycle recipe,
 seed 0; cached under var/bench/). Each method runs one job through the real API (in process), a
@@ -16,7 +16,7 @@ threads, dense and compact runs alternating).
 The uniform row is the bench's own: one keep ratio for every convolution and fc, the smallest
 |w| pruned, bisected (on the same validation split, the same δ) to the smallest ratio within δ;
 BatchNorm statistics as they were (no retraining), as a plain magnitude baseline would.
-Writes bench/results/models_fashion_<device>.json.
+Writes bench/results/models_fashion[_<tag>]_<device>.json after every row.
 """
 
 from __future__ import annotations
@@ -194,6 +194,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--methods", nargs="*", default=list(PLANS), choices=list(PLANS))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tag", default="", help="suffix of the results file (methods run apart)")
+    ap.add_argument("--no-uniform", action="store_true", help="skip the uniform keep-ratio row")
     args = ap.parse_args()
     cfg = Settings()
     device = devices.pick(args.device)
@@ -208,13 +210,25 @@ def main() -> None:
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
 
-    t0 = time.perf_counter()
-    keep, uni = uniform(ref_state, x_val, y_val, ref_val)
-    nz, total = parameters(uni)
-    rows.append({"method": "uniform keep ratio (bench)", "status": "succeeded", "keep_ratio": keep,
-                 "compression_ratio": total / nz, "val_drop": ref_val - accuracy(PlainVgg(uni), x_val, y_val),
-                 "test_accuracy": accuracy(PlainVgg(uni), x_test, y_test), "seconds": time.perf_counter() - t0})
-    print(f"  uniform: keep {keep:.4f}, {total / nz:.1f}×", flush=True)
+    name = "models_fashion" + (f"_{args.tag}" if args.tag else "")
+
+    def save() -> None:  # after every row: a long run keeps what it measured
+        write_results(name, False, device, {
+            "delta": DELTA, "seed": args.seed, "plans": {m: PLANS[m] for m in args.methods},
+            "seconds": time.perf_counter() - started,
+            "reference": {"val_accuracy": ref_val, "test_accuracy": ref_test}, "rows": rows})
+
+    if not args.no_uniform:
+        t0 = time.perf_counter()
+        keep, uni = uniform(ref_state, x_val, y_val, ref_val)
+        nz, total = parameters(uni)
+        rows.append({"method": "uniform keep ratio (bench)", "status": "succeeded", "keep_ratio": keep,
+                     "compression_ratio": total / nz,
+                     "val_drop": ref_val - accuracy(PlainVgg(uni), x_val, y_val),
+                     "test_accuracy": accuracy(PlainVgg(uni), x_test, y_test),
+                     "seconds": time.perf_counter() - t0})
+        print(f"  uniform: keep {keep:.4f}, {total / nz:.1f}×", flush=True)
+        save()
 
     with tempfile.TemporaryDirectory() as tmp, service(weights, args.device, Path(tmp)) as (client, worker, ids):
         for method in args.methods:
@@ -230,6 +244,7 @@ def main() -> None:
                 print(f"  {method}: {done['status']}: {done['error']}", flush=True)
                 rows.append({"method": method, "status": done["status"], "error": done["error"],
                              "seconds": seconds})
+                save()
                 continue
             state = safetensors.torch.load(client.get(f"/v1/jobs/{job_id}/checkpoint").content)
             net = PlainVgg(state)
@@ -253,6 +268,7 @@ def main() -> None:
                             "cpu_speedup": cpu_speedup(state, small),
                             "compact_architecture": manifest["architecture"]})
             rows.append(row)
+            save()
             print(f"  {method}: {row['compression_ratio']:.1f}×, test {test:.4f} (reference {ref_test:.4f}), "
                   f"{seconds:.0f} s", flush=True)
     total_seconds = time.perf_counter() - started
@@ -272,9 +288,7 @@ def main() -> None:
         rep = {True: "yes", False: "NO"}.get(r.get("reproduced"), "—")  # type: ignore[call-overload]
         print(f"{r['method']:<28}{r['compression_ratio']:>7.1f}×{r['val_drop']:>+10.4f}{r['test_accuracy']:>10.4f}"
               f"{ref_test - r['test_accuracy']:>+10.4f}{compact:>16}{cpu:>7}{r['seconds']:>9.0f}  {rep}")
-    write_results("models_fashion", False, device, {
-        "delta": DELTA, "seed": args.seed, "plans": PLANS, "seconds": total_seconds,
-        "reference": {"val_accuracy": ref_val, "test_accuracy": ref_test}, "rows": rows})
+    save()
 
 
 if __name__ == "__main__":
