@@ -1,7 +1,8 @@
 """The built-in architectures, as tensor tables (the torch modules live in workers.models.zoo).
 
-The LeNets (MNIST) and vgg-fashion (Fashion-MNIST, with BatchNorm). Every built-in family can be described at other widths: `lenet_300_100` and `lenet_5` make the
-table of a narrower model, such as `workers.models.compaction` produces from a structurally pruned one.
+The LeNets (MNIST) and vgg-fashion (Fashion-MNIST, with BatchNorm). Every built-in family can be
+described at other widths: `lenet_300_100`, `lenet_5` and `vgg_fashion` make the table of a narrower
+model, such as `workers.models.compaction` produces from a structurally pruned one.
 A resized architecture keeps the family's builder; its config carries what the builder needs:
 
 * ``"widths"``: the builder's keyword arguments (layer name → output units / filters), present only
@@ -9,10 +10,11 @@ A resized architecture keeps the family's builder; its config carries what the b
 * ``"input_indices"`` (LeNet-300-100 only): the flattened pixels fc1 still reads, when some input
   pixels were pruned away; the model still takes whole 28×28 images;
 * ``"base"``: the family's built-in name, so `core.architectures.from_config` can rebuild the
-  table from a manifest (both register as families).
+  table from a manifest (every built-in registers as a family).
 
 A resized model's name is the family's name followed by its widths, e.g. ``lenet-300-100-412-120-45``
-(inputs, fc1, fc2) or ``lenet-5-12-31-140`` (conv1, conv2, fc1): distinct shapes never share a
+(inputs, fc1, fc2), ``lenet-5-12-31-140`` (conv1, conv2, fc1) or ``vgg-fashion-32-29-54-64-128-122``
+(conv1 … conv6): distinct shapes never share a
 name, and such names are not in the registry (the service only accepts the built-in shapes).
 """
 
