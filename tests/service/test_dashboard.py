@@ -279,7 +279,7 @@ def test_the_form_offers_what_the_code_registers(world: World) -> None:
 
     html = world.browser("alice").get("/jobs/new").text
     expected = {"method": list(methods.names()), "optimizer": list(OPTIMIZERS),
-                "architecture": sorted(registry())}
+                "architecture": sorted(registry()), "builtin": ["mnist", "fashion-mnist"]}
     for select, names in expected.items():
         block = re.search(rf'<select id="{select}".*?</select>', html, re.S)
         assert block is not None and re.findall(r'<option value="([^"]+)"', block.group(0)) == names
