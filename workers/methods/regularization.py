@@ -1,5 +1,6 @@
-"""What methods `l0` and `sgl` share: distributed training trials (workers.methods.regularization_search queues
-them, workers.jobs.trial_items runs each) of one of workers.methods.regularized's regularizers."""
+"""What methods `l0` and `sgl` share: distributed training trials (workers.jobs.coordinator
+searches the log10 strength boxes and queues them, workers.jobs.trial_items runs each) of one of
+workers.methods.regularized's regularizers."""
 
 from __future__ import annotations
 
@@ -10,11 +11,20 @@ import torch
 
 from core.architectures import Architecture
 from core.spec import JobSpec
+from workers.jobs.coordinator import DistributedSearch
 from workers.methods import MethodJob, TrialOutcome
-from workers.methods.regularization_search import TrainingSearch
 from workers.methods.regularized import run_trial
 from workers.runtime.data import Splits
 from workers.search.trials import SearchResult
+
+
+def strength_boxes(spec: JobSpec, arch: Architecture) -> list[tuple[float, float]]:
+    """The log10 box of each searched strength: λ per prunable tensor, then (sgl) η per tensor."""
+    o = spec.regularization
+    boxes = [o.log10_lambda for _ in arch.prunable]
+    if spec.method == "sgl":
+        boxes += [o.log10_eta for _ in arch.prunable]
+    return boxes
 
 
 @dataclass(frozen=True)
@@ -22,10 +32,11 @@ class Regularized:
     regularizer: str
 
     def run(self, job: MethodJob) -> SearchResult:
-        return TrainingSearch(job.arch, job.model, job.params, job.splits, job.spec, job.recorder,
-                              sessions=job.sessions, lease=job.lease, settings=job.settings,
-                              device=job.device, should_stop=job.should_stop,
-                              contexts=job.contexts).run()
+        return DistributedSearch(
+            job.arch, job.model, job.params, job.splits, job.spec, job.recorder,
+            boxes=strength_boxes(job.spec, job.arch), infeasible="lower the log10 strength box",
+            sessions=job.sessions, lease=job.lease, settings=job.settings, device=job.device,
+            should_stop=job.should_stop, contexts=job.contexts).run()
 
     def trial_pruner(self, spec: JobSpec) -> tuple[str, int]:
         return spec.regularization.pruner, spec.regularization.epochs

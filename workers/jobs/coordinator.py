@@ -1,7 +1,8 @@
-"""Methods l0 and sgl: the job's coordinator, searching per-layer regularization strengths.
+"""The coordinator of a distributed method's job (MethodInfo.trials == "distributed"): it
+searches a box of real variables (a method's regularization strengths, say) with the job's optimizer.
 
-Every trial is a training run (workers.methods.regularized), queued as a work item that any worker may
-claim (store.trial_queue). The coordinator is the worker holding the job's lease; the optimizer
+Every trial is one call of the method's `train_trial`, queued as a work item that any worker may
+claim (store.trial_queue, run by workers.jobs.trial_items). The coordinator is the worker holding the job's lease; the optimizer
 lives only here and is rebuilt from the database after a crash. It works in batches of
 `budget.parallel`: it asks that many candidates, queues them, works on them itself alongside the
 other workers, and tells the optimizer all of them, in trial order, once the last has finished.
@@ -63,18 +64,13 @@ class NoFeasibleTrial(InvalidInput):
     """Every trial lost more than δ: the job fails with its trials kept for inspection."""
 
 
-def strength_boxes(spec: JobSpec, arch: Architecture) -> list[tuple[float, float]]:
-    """The log10 box of each searched strength: λ per prunable tensor, then (sgl) η per tensor."""
-    o = spec.regularization
-    boxes = [o.log10_lambda for _ in arch.prunable]
-    if spec.method == "sgl":
-        boxes += [o.log10_eta for _ in arch.prunable]
-    return boxes
+class DistributedSearch:
+    """`boxes`: the (low, high) range of each variable a trial's candidate holds; `infeasible`:
+    what to tell a user whose every trial missed δ (which box to move)."""
 
-
-class TrainingSearch:
     def __init__(self, arch: Architecture, model: nn.Module, params: dict[str, torch.Tensor],
                  splits: Splits, spec: JobSpec, recorder: Recorder, *,
+                 boxes: Sequence[tuple[float, float]], infeasible: str,
                  sessions: sessionmaker[Session], lease: Lease, settings: Settings,
                  device: torch.device, should_stop: Callable[[], None],
                  contexts: TrialContexts) -> None:
@@ -84,12 +80,12 @@ class TrainingSearch:
         self.contexts = contexts
         contexts.share(JobContext(job_id=lease.job_id, spec=spec, arch=arch, reference=params,
                                   splits=splits), device)
-        self.boxes = strength_boxes(spec, arch)
+        self.boxes, self.infeasible = list(boxes), infeasible
         self.sizes = {t.name: t.numel for t in arch.prunable}
         self.results: list[Evaluated] = []
 
-    # -- the optimizer works in [0, 1]^d; trials carry log10 strengths ----------------------
-    def _to_strengths(self, u: np.ndarray) -> list[float]:
+    # -- the optimizer works in [0, 1]^d; trials carry the boxes' own values -----------------
+    def _to_candidate(self, u: np.ndarray) -> list[float]:
         return [lo + float(np.clip(v, 0.0, 1.0)) * (hi - lo) for v, (lo, hi) in zip(u, self.boxes, strict=True)]
 
     def _to_unit(self, x: Sequence[float]) -> np.ndarray:
@@ -178,7 +174,7 @@ class TrainingSearch:
         for batch in range(-(-budget // parallel)):
             numbers = list(range(batch * parallel, min(budget, (batch + 1) * parallel)))
             asked = [opt.ask() for _ in numbers]
-            xs = [self._to_strengths(u) for u in asked]
+            xs = [self._to_candidate(u) for u in asked]
             stored = [self.recorder.replay(n) for n in numbers]
             if not foreign and any(s is not None and not np.allclose(s.candidate, x, atol=1e-9)
                                    for s, x in zip(stored, xs, strict=True)):
@@ -208,7 +204,7 @@ class TrainingSearch:
         if best is None:
             raise NoFeasibleTrial(
                 f"none of the {budget} trials kept validation accuracy within max_accuracy_drop "
-                f"({spec.max_accuracy_drop}); their results are kept: lower the log10 strength box, "
+                f"({spec.max_accuracy_drop}); their results are kept: {self.infeasible}, "
                 "or allow a larger drop")
         assert best.params_sha256 is not None
         sha = best.params_sha256
