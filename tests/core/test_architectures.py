@@ -7,7 +7,7 @@ import pytest
 
 from core.architectures import get_architecture, registry
 from core.errors import InvalidInput
-from core.metrics import compression_ratio, objective
+from core.metrics import compression_ratio, is_feasible, objective
 
 
 def test_builtin_parameter_counts() -> None:
@@ -18,6 +18,14 @@ def test_builtin_parameter_counts() -> None:
 def test_unknown_architecture_is_named() -> None:
     with pytest.raises(InvalidInput, match="unknown architecture 'resnet-9000'"):
         get_architecture("resnet-9000")
+
+
+def test_a_drop_of_exactly_delta_in_images_is_within_delta() -> None:
+    # 4 of 4,000 steering images at δ = 0.001: float subtraction gives 0.0010000000000000009
+    drop = 3940 / 4000 - 3936 / 4000
+    assert drop > 0.001 and is_feasible(drop, 0.001)
+    assert objective(10, 100, drop, 0.001) == objective(10, 100, 0.0, 0.001) < 0
+    assert not is_feasible(5 / 4000, 0.001) and objective(10, 100, 5 / 4000, 0.001) > 1
 
 
 def test_compression_ratio_and_objective_order() -> None:
