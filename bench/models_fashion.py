@@ -27,8 +27,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from fastapi.testclient import TestClient  # noqa: E402
-from olmp_mnist import write_results  # noqa: E402
+from olmp_mnist import run_job, service, write_results  # noqa: E402
 
 from core.settings import Settings  # noqa: E402
 from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION  # noqa: E402
-from service.app import create_app  # noqa: E402
-from store import tokens  # noqa: E402
-from store.db import make_engine, make_sessionmaker, transaction, upgrade  # noqa: E402
-from workers.jobs.loop import Worker  # noqa: E402
 from workers.models.reference_training import train_builtin  # noqa: E402
 from workers.runtime import device as devices  # noqa: E402
 from workers.runtime.data import builtin_arrays  # noqa: E402
@@ -174,21 +167,6 @@ def reference(device: torch.device, cfg: Settings) -> Path:
     return path
 
 
-@contextmanager
-def service(weights: bytes, device: str, workdir: Path) -> Iterator[tuple[TestClient, Worker, dict[str, str]]]:
-    url = f"sqlite:///{workdir / 'models_fashion.db'}"
-    upgrade(url)
-    with transaction(make_sessionmaker(make_engine(url))) as s:
-        _, token = tokens.create(s, "bench")
-    cfg = Settings(database_url=url, cache_dir=workdir / "cache", device=device)
-    with TestClient(create_app(cfg), headers={"Authorization": f"Bearer {token}"}) as client:
-        model = client.post("/v1/models", data={"architecture": ARCH}, files={"weights": ("w", weights)})
-        assert model.status_code == 201, model.text
-        ds = client.post("/v1/datasets", json={"builtin": DATASET})
-        assert ds.status_code == 201, ds.text
-        yield client, Worker(cfg, name="bench"), {"model_id": model.json()["id"], "dataset_id": ds.json()["id"]}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
@@ -230,16 +208,12 @@ def main() -> None:
         print(f"  uniform: keep {keep:.4f}, {total / nz:.1f}×", flush=True)
         save()
 
-    with tempfile.TemporaryDirectory() as tmp, service(weights, args.device, Path(tmp)) as (client, worker, ids):
+    with tempfile.TemporaryDirectory() as tmp, \
+            service(ARCH, weights, args.device, Path(tmp), DATASET) as (client, worker, ids):
         for method in args.methods:
             body = {**ids, "method": method, "max_accuracy_drop": DELTA, "seed": args.seed, **PLANS[method]}
-            r = client.post("/v1/jobs", json=body)
-            assert r.status_code == 201, r.text
-            job_id = r.json()["id"]
-            t0 = time.perf_counter()
-            worker.serve(exit_when_idle=True)
-            seconds = time.perf_counter() - t0
-            done = client.get(f"/v1/jobs/{job_id}").json()
+            done, seconds = run_job(client, worker, body)
+            job_id = done["id"]
             if done["status"] != "succeeded":
                 print(f"  {method}: {done['status']}: {done['error']}", flush=True)
                 rows.append({"method": method, "status": done["status"], "error": done["error"],

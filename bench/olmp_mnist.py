@@ -151,19 +151,31 @@ def reference(arch: str, iterations: int, device: torch.device, cfg: Settings) -
 
 
 @contextmanager
-def service(arch: str, weights: bytes, device: str,
-            workdir: Path) -> Iterator[tuple[TestClient, Worker, dict[str, str]]]:
-    """The API (in process) on a fresh SQLite database with the model and MNIST uploaded, and a
-    worker on the same database: (client, worker, {"model_id", "dataset_id"})."""
+def service(arch: str, weights: bytes, device: str, workdir: Path,
+            dataset: str = "mnist") -> Iterator[tuple[TestClient, Worker, dict[str, str]]]:
+    """The API (in process) on a fresh SQLite database with the model and a built-in dataset
+    uploaded, and a worker on the same database: (client, worker, {"model_id", "dataset_id"})."""
     url = f"sqlite:///{workdir / f'{arch}.db'}"
     upgrade(url)
     with transaction(make_sessionmaker(make_engine(url))) as s:
         _, token = tokens.create(s, "bench")
     cfg = Settings(database_url=url, cache_dir=workdir / "cache", device=device)
     with TestClient(create_app(cfg), headers={"Authorization": f"Bearer {token}"}) as client:
-        model = client.post("/v1/models", data={"architecture": arch}, files={"weights": ("w", weights)}).json()
-        ds = client.post("/v1/datasets", json={"builtin": "mnist"}).json()
-        yield client, Worker(cfg, name="bench"), {"model_id": model["id"], "dataset_id": ds["id"]}
+        model = client.post("/v1/models", data={"architecture": arch}, files={"weights": ("w", weights)})
+        assert model.status_code == 201, model.text
+        ds = client.post("/v1/datasets", json={"builtin": dataset})
+        assert ds.status_code == 201, ds.text
+        yield client, Worker(cfg, name="bench"), {"model_id": model.json()["id"], "dataset_id": ds.json()["id"]}
+
+
+def run_job(client: TestClient, worker: Worker, body: dict[str, Any]) -> tuple[dict[str, Any], float]:
+    """Submit one job, let the worker run the queue dry: (the finished job's document, seconds)."""
+    r = client.post("/v1/jobs", json=body)
+    assert r.status_code == 201, r.text
+    t0 = time.perf_counter()
+    worker.serve(exit_when_idle=True)
+    seconds = time.perf_counter() - t0
+    return client.get(f"/v1/jobs/{r.json()['id']}").json(), seconds
 
 
 def run_jobs(arch: str, weights: bytes, plan: dict[str, Any], runs: list[tuple[str, int]],
@@ -176,17 +188,11 @@ def run_jobs(arch: str, weights: bytes, plan: dict[str, Any], runs: list[tuple[s
                     "budget": {"trials": plan["budget"]}, "seed": seed,
                     "search": {**plan.get("search", {}), **overrides.get("search", {})},
                     "olmp": {**plan["olmp"], **overrides.get("olmp", {})}}
-            r = client.post("/v1/jobs", json=body)
-            assert r.status_code == 201, r.text
-            job = r.json()
-            t0 = time.perf_counter()
-            worker.serve(exit_when_idle=True)
-            seconds = time.perf_counter() - t0
-            done = client.get(f"/v1/jobs/{job['id']}").json()
+            done, seconds = run_job(client, worker, body)
             assert done["status"] == "succeeded", done
-            checkpoint = client.get(f"/v1/jobs/{job['id']}/checkpoint").content
+            checkpoint = client.get(f"/v1/jobs/{done['id']}/checkpoint").content
             out.append({"optimizer": optimizer, "seed": seed, "job": done, "seconds": seconds,
-                        "checkpoint": checkpoint, "trials": all_trials(client, job["id"])})
+                        "checkpoint": checkpoint, "trials": all_trials(client, done["id"])})
             best = done["best"]
             print(f"  {arch} {optimizer} seed {seed}: {best['compression_ratio']:.1f}× at val drop "
                   f"{best['accuracy_drop']:+.4f} ({best['stage']}), {seconds:.0f} s", flush=True)

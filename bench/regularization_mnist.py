@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from olmp_mnist import plain_model, reference, service, test_error, write_results  # noqa: E402
+from olmp_mnist import plain_model, reference, run_job, service, test_error, write_results  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
 from core.architectures import from_config  # noqa: E402
@@ -84,13 +84,8 @@ def run(arch: str, weights: bytes, plan: dict[str, Any], device: str, workdir: P
                     "optimizer": "optuna:tpe", "max_accuracy_drop": DELTA, "seed": 0,
                     "budget": {"trials": plan["trials"]},
                     "regularization": {**plan["regularization"], **extra}}
-            r = client.post("/v1/jobs", json=spec)
-            assert r.status_code == 201, r.text
-            job_id = r.json()["id"]
-            t0 = time.perf_counter()
-            worker.serve(exit_when_idle=True)
-            seconds = time.perf_counter() - t0
-            done = client.get(f"/v1/jobs/{job_id}").json()
+            done, seconds = run_job(client, worker, spec)
+            job_id = done["id"]
             label = f"{method} {extra.get('granularity', '')}".strip()
             if done["status"] != "succeeded":
                 print(f"  {arch} {label}: {done['status']}: {done['error']}", flush=True)
