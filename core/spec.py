@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core import methods
+from core.methods.mpd import MpdOptions
 from core.methods.olmp import OLMP_SEARCH_SUBSET, OlmpOptions
 from core.methods.regularization import RegularizationOptions
 from core.optimizers import MULTI_OBJECTIVE, OPTIMIZERS
@@ -82,6 +83,9 @@ class JobSpec(BaseModel):
     regularization: RegularizationOptions = Field(
         default_factory=RegularizationOptions,
         description="training trials of methods `l0` and `sgl` (ignored by other methods)")
+    mpd: MpdOptions = Field(default_factory=MpdOptions,
+                            description="block counts and training of method `mpd` (ignored by "
+                            "other methods)")
 
     @field_validator("method")
     @classmethod

@@ -1,5 +1,7 @@
 """The coordinator of a distributed method's job (MethodInfo.trials == "distributed"): it
-searches a box of real variables (a method's regularization strengths, say) with the job's optimizer.
+searches a box of real variables (a method's regularization strengths, say), or a
+workers.search.space.Space of integer and choice variables (blocks per layer), with the job's
+optimizer.
 
 Every trial is one call of the method's `train_trial`, queued as a work item that any worker may
 claim (store.trial_queue, run by workers.jobs.trial_items). The coordinator is the worker holding the job's lease; the optimizer
@@ -44,6 +46,7 @@ from workers.models.masking import PrunedModel
 from workers.runtime.data import Splits
 from workers.runtime.evaluation import accuracy
 from workers.search import optimizers
+from workers.search.space import Space, SpaceOptimizer, Value
 from workers.search.trials import (
     Constraint,
     Evaluated,
@@ -65,12 +68,14 @@ class NoFeasibleTrial(InvalidInput):
 
 
 class DistributedSearch:
-    """`boxes`: the (low, high) range of each variable a trial's candidate holds; `infeasible`:
-    what to tell a user whose every trial missed δ (which box to move)."""
+    """`boxes`: the (low, high) range of each variable a trial's candidate holds (searched in
+    the unit cube, started at the middle), or `space` and its `start` point (typed values, asked as
+    they are); `infeasible`: what to tell a user whose every trial missed δ (which box to move)."""
 
     def __init__(self, arch: Architecture, model: nn.Module, params: dict[str, torch.Tensor],
                  splits: Splits, spec: JobSpec, recorder: Recorder, *,
-                 boxes: Sequence[tuple[float, float]], infeasible: str,
+                 boxes: Sequence[tuple[float, float]] = (), space: Space | None = None,
+                 start: Sequence[Value] = (), infeasible: str,
                  sessions: sessionmaker[Session], lease: Lease, settings: Settings,
                  device: torch.device, should_stop: Callable[[], None],
                  contexts: TrialContexts) -> None:
@@ -81,17 +86,27 @@ class DistributedSearch:
         contexts.share(JobContext(job_id=lease.job_id, spec=spec, arch=arch, reference=params,
                                   splits=splits), device)
         self.boxes, self.infeasible = list(boxes), infeasible
+        self.space, self.start = space, list(start)
         self.sizes = {t.name: t.numel for t in arch.prunable}
         self.results: list[Evaluated] = []
 
-    # -- the optimizer works in [0, 1]^d; trials carry the boxes' own values -----------------
-    def _to_candidate(self, u: np.ndarray) -> list[float]:
+    # -- boxes: the optimizer works in [0, 1]^d; trials carry the boxes' own values ----------
+    # (a space's optimizer asks typed points: those are the candidates themselves)
+    def _to_candidate(self, u: Any) -> list[Any]:
+        if self.space is not None:
+            return list(u)
         return [lo + float(np.clip(v, 0.0, 1.0)) * (hi - lo) for v, (lo, hi) in zip(u, self.boxes, strict=True)]
 
-    def _to_unit(self, x: Sequence[float]) -> np.ndarray:
+    def _to_unit(self, x: Sequence[Any]) -> Any:
+        if self.space is not None:
+            return list(x)
         return np.array([(v - lo) / (hi - lo) for v, (lo, hi) in zip(x, self.boxes, strict=True)])
 
-    def _build(self) -> optimizers.AskTell:
+    def _build(self) -> Any:
+        if self.space is not None:
+            return SpaceOptimizer(self.spec.optimizer, self.space, self.start, seed=self.spec.seed,
+                                  budget=self.spec.budget.trials,
+                                  population=self.spec.budget.parallel)
         start = np.full(len(self.boxes), 0.5)  # the middle of every box
         if self.spec.optimizer in MULTI_OBJECTIVE:
             return optimizers.ParetoOptimizer(start, 0.0, 1.0, self.spec.seed, self.spec.budget.trials)
@@ -99,7 +114,7 @@ class DistributedSearch:
                                seed=self.spec.seed, budget=self.spec.budget.trials,
                                population=self.spec.budget.parallel)
 
-    def _tell(self, opt: optimizers.AskTell, x: np.ndarray, e: Evaluated, *,
+    def _tell(self, opt: Any, x: Any, e: Evaluated, *,
               foreign: bool = False) -> None:
         loss: Any = e.objective
         if opt.objectives == 2:  # a Pareto front of size against accuracy

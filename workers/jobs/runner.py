@@ -161,6 +161,11 @@ def run(sessions: sessionmaker[Session], lease: Lease, settings: Settings, devic
     artifacts = [("pruned", arch.name, dict(arch.config), data)]
     if compact is not None:
         artifacts.append(("compact", compact[2], compact[1]["architecture_config"], compact[0]))
+    for extra in result.artifacts:  # a method's own formats (workers.search.trials.ExtraArtifact)
+        best[extra.format] = extra.doc
+        artifacts.append((extra.format, extra.architecture, extra.architecture_config,
+                          checkpoint.build(extra.tensors, {**manifest, **extra.manifest},
+                                           extra.format)))
 
     def finish(s: Session) -> None:
         trial_queue.delete_items(s, lease)  # their outcomes are trials now (fenced: still ours?)

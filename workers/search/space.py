@@ -10,6 +10,7 @@ a continuous method, searches the unit cube and its points are rounded onto the 
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Sequence
@@ -19,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from workers.search.ncs import NCSOptimizer
+
+log = logging.getLogger(__name__)
 
 Value = float | int | str
 
@@ -97,13 +100,15 @@ class Space:
 
 
 class SpaceOptimizer:
-    """Seeded ask/tell over a Space; `start` is asked first."""
+    """Seeded ask/tell over a Space; `start` is asked first. `optuna:nsgaii` minimizes two
+    objectives (`objectives` == 2: tell it a pair), every other optimizer one."""
 
     def __init__(self, name: str, space: Space, start: Sequence[Value], *, seed: int, budget: int,
                  population: int) -> None:
         if not space.contains(start):
             raise ValueError(f"the start point {list(start)} is not in the search space")
         self.space, self.name = space, name
+        self.objectives = 2 if name == "optuna:nsgaii" else 1
         self._pending: list[Any] = []
         library, _, algo = name.partition(":")
         if name == "ncs":
@@ -111,7 +116,7 @@ class SpaceOptimizer:
             self._ncs = NCSOptimizer(space.to_unit(start), 0.0, 1.0, seed, budget, population)
         elif library == "optuna":
             self._backend = "optuna"
-            self._init_optuna(algo, start, seed)
+            self._init_optuna(algo, start, seed, budget)
         elif library == "nevergrad":
             self._backend = "nevergrad"
             self._init_nevergrad(algo, start, seed, budget, population)
@@ -119,7 +124,7 @@ class SpaceOptimizer:
             raise ValueError(f"unknown optimizer {name!r}")
 
     # -- optuna ----------------------------------------------------------------------------
-    def _init_optuna(self, algo: str, start: Sequence[Value], seed: int) -> None:
+    def _init_optuna(self, algo: str, start: Sequence[Value], seed: int, budget: int) -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -140,12 +145,17 @@ class SpaceOptimizer:
             "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed,
                                                           warn_independent_sampling=False),
             "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+            # a third of the budget per generation (4 … optuna's default 50), so that a small
+            # budget still sees a few generations (as workers.search.optimizers.ParetoOptimizer)
+            "nsgaii": lambda: optuna.samplers.NSGAIISampler(
+                population_size=max(4, min(50, budget // 3)), seed=seed),
         }
         if algo not in samplers:
             raise ValueError(f"unknown optimizer optuna:{algo}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # experimental-feature warnings
-            self._study = optuna.create_study(direction="minimize", sampler=samplers[algo]())  # type: ignore[no-untyped-call]
+            self._study = optuna.create_study(directions=["minimize"] * self.objectives,
+                                              sampler=samplers[algo]())  # type: ignore[no-untyped-call]
         self._study.enqueue_trial(dict(zip(self._dist, start, strict=True)))
         self._optuna = optuna
 
@@ -199,13 +209,34 @@ class SpaceOptimizer:
             self._pending.append(cand)
             return self._typed(cand.value)
 
-    def tell(self, point: Sequence[Value], loss: float) -> None:
+    def tell(self, point: Sequence[Value], loss: Any) -> None:
         asked = self._pending.pop(0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if self._backend == "ncs":
                 self._ncs.tell(asked, loss)
             elif self._backend == "optuna":
-                self._study.tell(asked, loss)
+                self._study.tell(asked, self._values(loss))
             else:
                 self._opt.tell(asked, loss)
+
+    def _values(self, loss: Any) -> float | list[float]:
+        return [float(v) for v in loss] if self.objectives == 2 else float(loss)
+
+    def tell_foreign(self, point: Sequence[Value], loss: Any) -> None:
+        """Learn from a point this optimizer did not ask (a trial stored by an earlier process
+        whose optimizer asked differently)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if self._backend == "ncs":
+                self._ncs.tell_foreign(self.space.to_unit(point), loss)
+            elif self._backend == "optuna":
+                values = self._values(loss)
+                self._study.add_trial(self._optuna.trial.create_trial(
+                    params=dict(zip(self._dist, point, strict=True)), distributions=self._dist,
+                    **({"values": values} if isinstance(values, list) else {"value": values})))
+            else:
+                try:
+                    self._opt.tell(self._param.spawn_child(new_value=tuple(point)), loss)
+                except Exception:  # some optimizers cannot learn from points they did not ask
+                    log.debug("optimizer ignored a foreign point", exc_info=True)

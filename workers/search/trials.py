@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -99,6 +99,19 @@ class ReplayDiverged(Exception):
     """Stored trials were asked for other candidates than this run asks."""
 
 
+@dataclass(frozen=True)
+class ExtraArtifact:
+    """A download of a method's own format beside the pruned file (a block-diagonal model): its
+    tensors, what it adds to the job's manifest, and its figures for the job's `best[format]`."""
+
+    format: str
+    architecture: str
+    architecture_config: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+    manifest: dict[str, Any]
+    doc: dict[str, Any]
+
+
 @dataclass
 class SearchResult:
     best: Evaluated
@@ -106,6 +119,7 @@ class SearchResult:
     reference: Reference
     test_accuracy: float
     thresholds: dict[str, float]
+    artifacts: list[ExtraArtifact] = field(default_factory=list)
 
 
 def better(a: Evaluated, b: Evaluated | None) -> bool:

@@ -1,0 +1,304 @@
+"""Method `mpd` (core.methods.mpd): MPDCompress's permuted block-diagonal masks, trained in, with the
+block count of every layer searched under the job's δ.
+
+The candidate of a trial is a list of typed values (workers.search.space): k for every layer that
+allows more than one block count (or one shared k), then the permutation seed when more than one
+is searched, then, with `prune_blocks`, each layer's log10 keep ratio inside its blocks. A layer's
+blocking depends only on its shape, its k and the permutation seed (workers.models.blockdiag), so
+the same candidate means the same masks in every trial, on every worker, and in the download.
+
+A trial (`train_trial`) starts from the uploaded weights times the masks and trains with Adam,
+cosine-annealed to 0, the gradient masked and the weights re-masked after every step, in train
+mode (BatchNorm's statistics follow the masked weights), scoring the validation split after each
+epoch for the trial pruner. The job's result also downloads as `blockdiag`: the blocks and their
+permutation indices, which `thresher.load` runs as batched matmuls and grouped convolutions.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from core.architectures import Architecture, Tensor
+from core.methods.mpd import MpdOptions, choices, shared_k
+from core.spec import JobSpec
+from workers.jobs.coordinator import DistributedSearch
+from workers.methods import MethodJob, TrialOutcome
+from workers.models import blockdiag_artifact, zoo
+from workers.models.blockdiag import Blocking, blocking, fitted_blocking, weight_mask
+from workers.models.masking import nonzero_parameters
+from workers.runtime.data import Splits
+from workers.runtime.evaluation import accuracy
+from workers.search.space import Choice, Integer, Real, Space, Value
+from workers.search.trials import ExtraArtifact, SearchResult
+
+CHECK_EVERY = 50  # batches between calls of `check` (cancel / lease loss)
+# training images over which a trial recomputes BatchNorm's statistics before each scoring
+CALIBRATION_IMAGES = 2048
+# a layer's blocking seed: the permutation seed and the layer's index
+_SEED_STRIDE = 1_000_003
+# the blockdiag module must compute what the masked dense model does (float rounding apart)
+LOGITS_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a candidate asks of every prunable layer: its k (1: dense) and, with prune_blocks,
+    the share of its block entries kept."""
+
+    blocks: dict[str, int]
+    keep: dict[str, float]
+    permutation_seed: int
+
+    fitted: bool = False
+
+    def blockings(self, arch: Architecture, reference: dict[str, torch.Tensor]
+                  ) -> dict[str, Blocking]:
+        out = {}
+        for i, t in enumerate(arch.prunable):
+            seed, k = _SEED_STRIDE * self.permutation_seed + i, self.blocks[t.name]
+            out[t.name] = (fitted_blocking(reference[t.name], k, seed) if self.fitted
+                           else blocking(t.shape, k, seed))
+        return out
+
+
+def _searched(arch: Architecture, o: MpdOptions) -> list[Tensor]:
+    return [t for t in arch.prunable if len(choices(t, o)) > 1]
+
+
+def search_space(arch: Architecture, o: MpdOptions) -> tuple[Space, list[Value]]:
+    """The variables of a job and its start point: each layer's middle block count (the shared
+    k's middle value), permutation seed 0, every keep ratio at the top of its box."""
+    variables: list[Choice | Integer | Real] = []
+    start: list[Value] = []
+    if o.share_blocks:
+        values = tuple(k for k in o.blocks if k > 1) or (1,)
+        variables.append(Choice(values))
+        start.append(values[len(values) // 2])
+    else:
+        for t in _searched(arch, o):
+            values = choices(t, o)
+            variables.append(Choice(values))
+            start.append(values[len(values) // 2])
+    if o.permutation_seeds > 1:
+        variables.append(Integer(0, o.permutation_seeds - 1))
+        start.append(0)
+    if o.prune_blocks:
+        for _ in arch.prunable:
+            variables.append(Real(*o.log10_keep))
+            start.append(o.log10_keep[1])
+    return Space(tuple(variables)), start
+
+
+def plan_of(arch: Architecture, o: MpdOptions, candidate: Sequence[Any]) -> Plan:
+    values = list(candidate)
+    blocks = {t.name: 1 for t in arch.prunable}
+    if o.share_blocks:
+        k = int(values.pop(0))
+        blocks = {t.name: shared_k(t, k) for t in arch.prunable}
+    else:
+        for t in _searched(arch, o):
+            k = int(values.pop(0))
+            if k not in choices(t, o):
+                raise ValueError(f"layer {t.name} cannot take {k} blocks")
+            blocks[t.name] = k
+    seed = int(values.pop(0)) if o.permutation_seeds > 1 else 0
+    keep = {t.name: 10.0 ** float(values.pop(0)) if o.prune_blocks else 1.0 for t in arch.prunable}
+    if values:
+        raise ValueError(f"the candidate has {len(values)} values more than the search space")
+    return Plan(blocks, keep, seed, fitted=o.blocking == "fitted")
+
+
+def _masks(arch: Architecture, plan: Plan, reference: dict[str, torch.Tensor]
+           ) -> dict[str, torch.Tensor]:
+    """Each layer's mask: its blocks, and with a keep ratio below 1 only the largest reference
+    weights inside them (magnitude pruning within the structure)."""
+    out = {}
+    for t, (name, b) in zip(arch.prunable, plan.blockings(arch, reference).items(), strict=True):
+        mask = weight_mask(b, t.shape)
+        if plan.keep[name] < 1.0:
+            inside = reference[name].detach().cpu().abs()[mask]
+            n_keep = max(1, round(plan.keep[name] * inside.numel()))
+            threshold = inside.kthvalue(inside.numel() - n_keep + 1).values
+            mask = mask & (reference[name].detach().cpu().abs() >= threshold)
+        out[name] = mask
+    return out
+
+
+def train_trial(arch: Architecture, reference: dict[str, torch.Tensor], splits: Splits,
+                spec: JobSpec, candidate: Sequence[Any], *, seed: int, device: torch.device,
+                report: Callable[[int, float], bool], check: Callable[[], None]) -> TrialOutcome:
+    """Train `arch` from `reference` under the candidate's masks; score after each epoch
+    (`report` True stops the trial there, `pruned_at` set); `check()` may raise to abort."""
+    o = spec.mpd
+    plan = plan_of(arch, o, candidate)
+    masks = {k: v.to(device) for k, v in _masks(arch, plan, reference).items()}
+    model: nn.Module = zoo.build(arch).to(device)
+    weights = {t.name: reference[t.name].detach().to(device, torch.float32).clone()
+               for t in arch.parameters}
+    with torch.no_grad():
+        for name, m in masks.items():
+            weights[name].mul_(m)
+    for w in weights.values():
+        w.requires_grad_(True)
+    buffers = {t.name: reference[t.name].detach().to(device).clone() for t in arch.buffers}
+    gen = torch.Generator().manual_seed(seed)
+    x, y = splits.x_train, splits.y_train
+    if o.train_subset is not None and o.train_subset < x.shape[0]:
+        keep = torch.randperm(x.shape[0], generator=gen)[: o.train_subset]
+        x, y = x[keep], y[keep]
+    x, y = x.to(device), y.to(device)
+    x_val, y_val = splits.x_val.to(device), splits.y_val.to(device)
+    steps = o.epochs * -(-x.shape[0] // o.batch_size)
+    opt = torch.optim.Adam(list(weights.values()), lr=o.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, steps) / steps)))
+    intermediate: list[float] = []
+    pruned_at: int | None = None
+    count = 0
+    for epoch in range(o.epochs):
+        model.train()
+        order = torch.randperm(x.shape[0], generator=gen).to(device)
+        for start in range(0, x.shape[0], o.batch_size):
+            if count % CHECK_EVERY == 0:
+                check()
+            count += 1
+            idx = order[start : start + o.batch_size]
+            opt.zero_grad(set_to_none=True)
+            logits = functional_call(model, {**weights, **buffers}, (x[idx],))
+            nn.functional.cross_entropy(logits, y[idx]).backward()  # type: ignore[no-untyped-call]
+            for name, m in masks.items():
+                grad = weights[name].grad
+                if grad is not None:
+                    grad.mul_(m)  # Adam's moments of a masked weight stay 0: its update is 0
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                for name, m in masks.items():
+                    weights[name].mul_(m)
+        recalibrate(model, weights, buffers, x[:CALIBRATION_IMAGES], o.batch_size)
+        acc = accuracy(model, {**weights, **buffers}, x_val, y_val)
+        intermediate.append(acc)
+        if report(epoch, acc):
+            pruned_at = epoch
+            break
+    out = {k: v.detach().cpu().contiguous() for k, v in {**weights, **buffers}.items()}
+    kept = {t.name: int(torch.count_nonzero(out[t.name])) for t in arch.prunable}
+    return TrialOutcome(params=out, val_accuracy=intermediate[-1], nonzero=nonzero_parameters(arch, out),
+                        total=arch.total_parameters, kept=kept, intermediate=intermediate,
+                        pruned_at=pruned_at, groups_kept={})  # no unit is removed
+
+
+def recalibrate(model: nn.Module, weights: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
+                x: torch.Tensor, batch_size: int) -> None:
+    """BatchNorm's running statistics recomputed for the masked weights as they stand: the
+    average batch statistics over `x`, in train mode, no gradient. What BatchNorm tracked while
+    training lags the weights, and the masks change every layer's activations at once, so the
+    uploaded statistics (and an exponential average over a few steps) misstate them."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    counts = {k: v.clone() for k, v in buffers.items() if k.endswith("num_batches_tracked")}
+    with torch.no_grad():
+        for k, v in buffers.items():  # the step counter too: momentum None averages by it
+            v.fill_(1.0 if k.endswith("running_var") else 0.0)
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = None  # a cumulative average over the batches below
+    model.train()
+    try:
+        with torch.no_grad():
+            for start in range(0, x.shape[0], batch_size):
+                functional_call(model, {**weights, **buffers}, (x[start : start + batch_size],))
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        model.eval()
+    with torch.no_grad():  # the step counter counts the training steps, not these
+        for k, count in counts.items():
+            buffers[k].copy_(count)
+
+
+def trial_pruner(spec: JobSpec) -> tuple[str, int]:
+    return spec.mpd.pruner, spec.mpd.epochs
+
+
+# -- the job ---------------------------------------------------------------------------------
+
+
+def _forward_ms(model: nn.Module, x: torch.Tensor) -> float:
+    start = time.perf_counter()
+    model(x)
+    return (time.perf_counter() - start) * 1000.0
+
+
+@torch.inference_mode()
+def cpu_latency(dense: nn.Module, blocked: nn.Module, input_shape: tuple[int, ...], *,
+                batches: Sequence[int] = (1, 256), repeats: int = 20) -> dict[str, Any]:
+    """Median CPU latency (ms) of one forward pass through the masked dense model and through
+    its block-diagonal module, alternating so that load from elsewhere hits both alike, under the
+    process's current torch thread count."""
+    out: dict[str, Any] = {"threads": torch.get_num_threads()}
+    gen = torch.Generator().manual_seed(0)
+    for batch in batches:
+        xb = torch.rand((batch, *input_shape), generator=gen)
+        times: tuple[list[float], list[float]] = ([], [])
+        for i in range(repeats + 3):
+            for model, acc in zip((dense, blocked), times, strict=True):
+                ms = _forward_ms(model, xb)
+                if i >= 3:  # warm-up runs are not counted
+                    acc.append(ms)
+        d, b = statistics.median(times[0]), statistics.median(times[1])
+        out[str(batch)] = {"dense_ms": d, "blockdiag_ms": b, "speedup": d / b}
+    return out
+
+
+def blockdiag_result(arch: Architecture, reference: dict[str, torch.Tensor],
+                     params: dict[str, torch.Tensor], plan: Plan, splits: Splits) -> ExtraArtifact:
+    """The block-diagonal download of the best trial, with its accuracy recomputed on it."""
+    cpu = {k: v.detach().cpu() for k, v in params.items()}
+    blockings = plan.blockings(arch, reference)
+    blocked = blockdiag_artifact.deployed(arch, cpu, blockings)
+    dense = zoo.build(arch).eval()
+    dense.load_state_dict(cpu)
+    x_test, y_test = splits.x_test.cpu(), splits.y_test.cpu()
+    with torch.inference_mode():
+        probe = x_test[:256]
+        gap = float((blocked(probe) - dense(probe)).abs().max())
+    if gap > LOGITS_TOLERANCE:
+        raise RuntimeError(f"the block-diagonal model's logits differ from the masked model's by {gap}")
+    tensors = blockdiag_artifact.tensors_of(blocked)
+    test_accuracy = accuracy(blocked, dict(tensors), x_test, y_test)
+    parameters, indices = blockdiag_artifact.parameter_count(blocked)
+    doc = {"parameters": parameters, "permutation_indices": indices,
+           "compression_ratio": arch.total_parameters / parameters,
+           "layers": blockdiag_artifact.layers_doc(arch, blockings),
+           "blocks": {n: k for n, k in plan.blocks.items()},
+           "permutation_seed": plan.permutation_seed, "test_accuracy": test_accuracy,
+           "max_logit_difference": gap,
+           "cpu_latency": cpu_latency(dense, blocked, arch.input_shape)}
+    return ExtraArtifact(format=blockdiag_artifact.ARTIFACT, architecture=arch.name,
+                         architecture_config=dict(arch.config), tensors=tensors,
+                         manifest={"blockdiag": doc}, doc=doc)
+
+
+def run(job: MethodJob) -> SearchResult:
+    o = job.spec.mpd
+    space, start = search_space(job.arch, o)
+    result = DistributedSearch(
+        job.arch, job.model, job.params, job.splits, job.spec, job.recorder, space=space,
+        start=start, infeasible="allow fewer blocks (smaller values in mpd.blocks, or 1)",
+        sessions=job.sessions, lease=job.lease, settings=job.settings, device=job.device,
+        should_stop=job.should_stop, contexts=job.contexts).run()
+    plan = plan_of(job.arch, o, result.best.candidate)
+    result.artifacts.append(blockdiag_result(job.arch, job.params, result.pruned.params, plan,
+                                             job.splits))
+    return result
