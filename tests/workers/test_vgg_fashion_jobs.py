@@ -83,6 +83,12 @@ def test_every_method_compresses_vgg_fashion(method: str, api: tuple[TestClient,
     assert done["reference"]["total_parameters"] == VGG_FASHION.total_parameters
     assert done["best"]["compression_ratio"] >= 1.0
     x, y = torch.from_numpy(fashion["x_test"]), torch.from_numpy(fashion["y_test"])
+    # the dashboard's job page offers every download the job has
+    page = TestClient(client.app, cookies={"thresher_session": make_token(settings.database_url)}
+                      ).get(f"/jobs/{job['id']}").text
+    for artifact in done["artifacts"]:
+        query = "" if artifact["format"] == "pruned" else f"?format={artifact['format']}"
+        assert f'href="/v1/jobs/{job["id"]}/checkpoint{query}"' in page, artifact["format"]
     for artifact in done["artifacts"]:
         r = client.get(f"/v1/jobs/{job['id']}/checkpoint", params={"format": artifact["format"]})
         assert r.status_code == 200
