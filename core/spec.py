@@ -10,6 +10,7 @@ from core import methods
 from core.methods.mpd import MpdOptions
 from core.methods.olmp import OLMP_SEARCH_SUBSET, OlmpOptions
 from core.methods.regularization import RegularizationOptions
+from core.methods.tucker import TuckerOptions
 from core.optimizers import MULTI_OBJECTIVE, OPTIMIZERS
 
 MAX_TRIALS = 100_000
@@ -86,6 +87,9 @@ class JobSpec(BaseModel):
     mpd: MpdOptions = Field(default_factory=MpdOptions,
                             description="block counts and training of method `mpd` (ignored by "
                             "other methods)")
+    tucker: TuckerOptions = Field(default_factory=TuckerOptions,
+                                  description="rank search and fine-tuning of method `tucker` "
+                                  "(ignored by other methods)")
 
     @field_validator("method")
     @classmethod

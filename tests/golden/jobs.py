@@ -52,6 +52,9 @@ SPECS: dict[str, dict[str, Any]] = {
             "budget": {"trials": 3}, "seed": 5,
             "mpd": {"blocks": [1, 2, 4, 8], "blocking": "fitted", "epochs": 2, "lr": 0.003,
                     "train_subset": 1000}},
+    "tucker": {"method": "tucker", "optimizer": "optuna:tpe", "max_accuracy_drop": 0.03,
+               "budget": {"trials": 3}, "seed": 5,
+               "tucker": {"epochs": 2, "log2_rank_scale": [0.0, 3.0], "lr": 0.003}},
 }
 # what varies between two runs of the same job and says nothing about its result
 VOLATILE = ("duration_ms", "worker")
@@ -96,8 +99,9 @@ def run(method: str, settings: Settings, weights: bytes, dataset: bytes,
         # timings of the compact and block-diagonal models: measured, not a result
         if best.get("compact"):
             best["compact"]["cpu_speedup"] = {"batch": best["compact"]["cpu_speedup"]["batch"]}
-        if best.get("blockdiag"):
-            best["blockdiag"]["cpu_latency"] = sorted(best["blockdiag"]["cpu_latency"])
+        for fmt in ("blockdiag", "decomposed"):
+            if best.get(fmt):
+                best[fmt]["cpu_latency"] = sorted(best[fmt]["cpu_latency"])
     if downloads is not None:
         downloads.update(files)
     return {"spec": SPECS[method], "trials": trials, "best": best,

@@ -51,7 +51,7 @@ def test_the_golden_job_reproduces_its_trials_and_result(
     test = np.load(io.BytesIO(small_dataset_npz))  # the test's own arrays (no object arrays)
     x, y = torch.from_numpy(test["x_test"]), torch.from_numpy(test["y_test"])
     reported = {"pruned": got["test_accuracy"],
-                **{fmt: got["best"].get(fmt, {}).get("test_accuracy") for fmt in ("compact", "blockdiag")}}
+                **{fmt: got["best"].get(fmt, {}).get("test_accuracy") for fmt in ("compact", "blockdiag", "decomposed")}}
     assert set(downloads) == {a for a, v in reported.items() if v is not None}
     for artifact, data in downloads.items():
         model = thresher.loader.load_bytes(data)

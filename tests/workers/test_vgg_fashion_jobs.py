@@ -35,6 +35,8 @@ SPECS: dict[str, dict[str, Any]] = {
                               "batch_size": 50, "log10_lambda": [-6.0, -5.0]}},
     "mpd": {"optimizer": "optuna:tpe", "budget": {"trials": 2},
             "mpd": {"blocks": [1, 2, 4], "epochs": 1, "batch_size": 50, "lr": 1e-3}},
+    "tucker": {"optimizer": "optuna:tpe", "budget": {"trials": 2},
+               "tucker": {"epochs": 1, "batch_size": 50, "log2_rank_scale": [0.0, 6.0]}},
     "sgl": {"optimizer": "optuna:tpe", "budget": {"trials": 2},
             "regularization": {"epochs": 1, "finetune_epochs": 1, "batch_size": 50,
                                "log10_lambda": [-6.0, -5.0], "log10_eta": [-6.0, -5.0]}},

@@ -17,8 +17,6 @@ permutation indices, which `thresher.load` runs as batched matmuls and grouped c
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +32,9 @@ from workers.jobs.coordinator import DistributedSearch
 from workers.methods import MethodJob, TrialOutcome
 from workers.models import blockdiag_artifact, zoo
 from workers.models.blockdiag import Blocking, blocking, fitted_blocking, weight_mask
+from workers.models.latency import cpu_latency
 from workers.models.masking import nonzero_parameters
+from workers.runtime.batchnorm import recalibrate
 from workers.runtime.data import Splits
 from workers.runtime.evaluation import accuracy
 from workers.search.space import Choice, Integer, Real, Space, Value
@@ -184,7 +184,9 @@ def train_trial(arch: Architecture, reference: dict[str, torch.Tensor], splits: 
             with torch.no_grad():
                 for name, m in masks.items():
                     weights[name].mul_(m)
-        recalibrate(model, weights, buffers, x[:CALIBRATION_IMAGES], o.batch_size)
+        recalibrate(model, buffers, lambda xb: functional_call(model, {**weights, **buffers}, (xb,)),
+                    x[:CALIBRATION_IMAGES], o.batch_size)
+        model.eval()
         acc = accuracy(model, {**weights, **buffers}, x_val, y_val)
         intermediate.append(acc)
         if report(epoch, acc):
@@ -197,68 +199,11 @@ def train_trial(arch: Architecture, reference: dict[str, torch.Tensor], splits: 
                         pruned_at=pruned_at, groups_kept={})  # no unit is removed
 
 
-def recalibrate(model: nn.Module, weights: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
-                x: torch.Tensor, batch_size: int) -> None:
-    """BatchNorm's running statistics recomputed for the masked weights as they stand: the
-    average batch statistics over `x`, in train mode, no gradient. What BatchNorm tracked while
-    training lags the weights, and the masks change every layer's activations at once, so the
-    uploaded statistics (and an exponential average over a few steps) misstate them."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    counts = {k: v.clone() for k, v in buffers.items() if k.endswith("num_batches_tracked")}
-    with torch.no_grad():
-        for k, v in buffers.items():  # the step counter too: momentum None averages by it
-            v.fill_(1.0 if k.endswith("running_var") else 0.0)
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.momentum = None  # a cumulative average over the batches below
-    model.train()
-    try:
-        with torch.no_grad():
-            for start in range(0, x.shape[0], batch_size):
-                functional_call(model, {**weights, **buffers}, (x[start : start + batch_size],))
-    finally:
-        for m, momentum in zip(norms, momenta, strict=True):
-            m.momentum = momentum
-        model.eval()
-    with torch.no_grad():  # the step counter counts the training steps, not these
-        for k, count in counts.items():
-            buffers[k].copy_(count)
-
-
 def trial_pruner(spec: JobSpec) -> tuple[str, int]:
     return spec.mpd.pruner, spec.mpd.epochs
 
 
 # -- the job ---------------------------------------------------------------------------------
-
-
-def _forward_ms(model: nn.Module, x: torch.Tensor) -> float:
-    start = time.perf_counter()
-    model(x)
-    return (time.perf_counter() - start) * 1000.0
-
-
-@torch.inference_mode()
-def cpu_latency(dense: nn.Module, blocked: nn.Module, input_shape: tuple[int, ...], *,
-                batches: Sequence[int] = (1, 256), repeats: int = 20) -> dict[str, Any]:
-    """Median CPU latency (ms) of one forward pass through the masked dense model and through
-    its block-diagonal module, alternating so that load from elsewhere hits both alike, under the
-    process's current torch thread count."""
-    out: dict[str, Any] = {"threads": torch.get_num_threads()}
-    gen = torch.Generator().manual_seed(0)
-    for batch in batches:
-        xb = torch.rand((batch, *input_shape), generator=gen)
-        times: tuple[list[float], list[float]] = ([], [])
-        for i in range(repeats + 3):
-            for model, acc in zip((dense, blocked), times, strict=True):
-                ms = _forward_ms(model, xb)
-                if i >= 3:  # warm-up runs are not counted
-                    acc.append(ms)
-        d, b = statistics.median(times[0]), statistics.median(times[1])
-        out[str(batch)] = {"dense_ms": d, "blockdiag_ms": b, "speedup": d / b}
-    return out
 
 
 def blockdiag_result(arch: Architecture, reference: dict[str, torch.Tensor],
@@ -284,7 +229,7 @@ def blockdiag_result(arch: Architecture, reference: dict[str, torch.Tensor],
            "blocks": {n: k for n, k in plan.blocks.items()},
            "permutation_seed": plan.permutation_seed, "test_accuracy": test_accuracy,
            "max_logit_difference": gap,
-           "cpu_latency": cpu_latency(dense, blocked, arch.input_shape)}
+           "cpu_latency": cpu_latency(dense, blocked, arch.input_shape, "blockdiag")}
     return ExtraArtifact(format=blockdiag_artifact.ARTIFACT, architecture=arch.name,
                          architecture_config=dict(arch.config), tensors=tensors,
                          manifest={"blockdiag": doc}, doc=doc)
