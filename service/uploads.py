@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import safetensors.numpy
 
-from core import builtin_datasets
+from core import builtin_datasets, tensor_table
 from core.architectures import Architecture
 from core.errors import InvalidInput
 from core.safetensors_header import HeaderLimits, read_header
@@ -23,7 +23,6 @@ REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
 OPTIONAL_KEYS = ("x_val", "y_val")
 MAX_NPZ_EXPANSION = 4  # an npz may expand to this many times the upload limit, no more
 BUILTIN_DATASETS = builtin_datasets.NAMES
-DTYPE_NAMES = {"F32": "float32", "I64": "int64"}
 
 
 NUMERIC_KINDS = "biufc"  # numpy dtype kinds; parse_dataset narrows x and y further
@@ -53,25 +52,10 @@ def validate_weights(data: bytes, arch: Architecture, cfg: Settings) -> None:
     """Weights must hold exactly the architecture's tensors, each in its kind's dtype (parameters
     and running statistics float32 and finite, BatchNorm step counters int64)."""
     header, _ = read_header(data, "weights", header_limits(cfg))
+    problem = tensor_table.mismatch(arch, {n: (i.shape, i.dtype) for n, i in header.items()}, "weights")
+    if problem is not None:
+        raise InvalidInput(problem, field="weights")
     expected = {t.name: t for t in arch.tensors}
-    # in the architecture's own order, so the first named is the first a reader expects
-    missing = [n for n in expected if n not in header]
-    extra = [n for n in header if n not in expected]
-    if missing:
-        raise InvalidInput(f"weights lack tensor {missing[0]!r} of {arch.name} "
-                           f"(missing: {missing})", field="weights")
-    if extra:
-        raise InvalidInput(f"weights hold tensor {extra[0]!r}, which {arch.name} does not have "
-                           f"(unexpected: {extra})", field="weights")
-    for name, t in expected.items():
-        info = header[name]
-        if info.shape != t.shape:
-            raise InvalidInput(f"weights tensor {name!r} has shape {list(info.shape)}, "
-                               f"{arch.name} needs {list(t.shape)}", field="weights")
-        if info.dtype != t.dtype:
-            raise InvalidInput(f"weights tensor {name!r} has dtype {info.dtype}, "
-                               f"{DTYPE_NAMES[t.dtype]} ({t.dtype}) is required for a {t.kind} "
-                               "tensor", field="weights")
     try:
         tensors = safetensors.numpy.load(data)
     except Exception as exc:  # the library checks offsets and sizes against the header

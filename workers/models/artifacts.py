@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core import tensor_table
 from core.architectures import Architecture, from_config, get_architecture
 from core.artifacts import DENSE_ARTIFACTS
 from workers.models import zoo
@@ -22,7 +23,8 @@ from workers.models import zoo
 Builder = Callable[[dict[str, Any], dict[str, torch.Tensor]], nn.Module]
 _BUILDERS: dict[str, Builder] = {}
 
-_DTYPES = {"F32": torch.float32, "I64": torch.int64}
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.int64: "I64", torch.float64: "F64",
+                       torch.float16: "F16", torch.bfloat16: "BF16", torch.int32: "I32"}
 
 
 def register(artifact: str, builder: Builder) -> None:
@@ -44,20 +46,13 @@ def architecture(manifest: dict[str, Any]) -> Architecture:
 
 
 def check_tensors(arch: Architecture, tensors: dict[str, torch.Tensor]) -> None:
-    """Exactly the table's tensors, each in its shape and its kind's dtype, floats finite."""
-    expected = {t.name: t for t in arch.tensors}
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise ValueError(f"the file's tensors are not {arch.name}'s: missing {missing}, "
-                         f"unexpected {extra}")
-    for name, t in expected.items():
-        got = tensors[name]
-        if tuple(got.shape) != t.shape:
-            raise ValueError(f"tensor {name!r} has shape {list(got.shape)}, {arch.name} needs "
-                             f"{list(t.shape)}")
-        if got.dtype != _DTYPES[t.dtype]:
-            raise ValueError(f"tensor {name!r} has dtype {got.dtype}, {arch.name} needs {t.dtype}")
+    """Exactly the table's tensors, each in its shape and its kind's dtype (core.tensor_table, the
+    upload route's check), floats finite."""
+    found = {k: (tuple(v.shape), _SAFETENSORS_DTYPES.get(v.dtype, str(v.dtype))) for k, v in tensors.items()}
+    problem = tensor_table.mismatch(arch, found, "the file's weights")
+    if problem is not None:
+        raise ValueError(problem)
+    for name, got in tensors.items():
         if got.is_floating_point() and not bool(torch.isfinite(got).all()):
             raise ValueError(f"tensor {name!r} holds NaN or infinite values")
 

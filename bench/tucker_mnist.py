@@ -1,0 +1,223 @@
+"""Tucker-2 (method `tucker`) through the service: EVBMF's ranks alone against searched ranks.
+
+    .venv/bin/python bench/tucker_mnist.py [--runs lenet-5/mnist vgg-fashion/fashion-mnist]
+        [--seeds 0 1 2] [--budget 12] [--epochs 1] [--train-subset N] [--device cpu] [--tag NAME]
+
+For each model and dataset: the `thresher zoo train` reference (cached under var/bench/), then,
+through the real API (in process), a real worker and SQLite, per seed
+- a `tucker` job of one trial: EVBMF's own ranks (trial 0 of every job), fine-tuned — the paper,
+- a `tucker` job with the ranks searched (optuna TPE), the same fine-tuning per trial,
+both at δ = 0.005 on the validation split. Each job's full-shape download is scored by a plain
+torch model written here (validation drop; test accuracy, scored once); the decomposed download is
+loaded with thresher.load, its parts composed back into dense kernels by this file's own einsums
+and compared with the full-shape file, its parameters and multiply-accumulates counted here, and
+its CPU latency measured against the dense model with one and with two torch threads, batch 1 and
+256, in the same run. Writes bench/results/tucker_mnist[_TAG]_<device>.json after every job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import models_fashion  # noqa: E402
+import mpd_mnist  # noqa: E402
+from olmp_mnist import median, plain_model, run_job, service, write_results  # noqa: E402
+
+import thresher.loader  # noqa: E402
+from core.settings import Settings  # noqa: E402
+from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION  # noqa: E402
+from workers.runtime import device as devices  # noqa: E402
+from workers.runtime.data import builtin_arrays, split_arrays  # noqa: E402
+
+DELTA = 0.005
+OPTIMIZER = "optuna:tpe"
+# (network, weights ratio, FLOPs ratio, top-5 loss in points) as Kim et al. 2016 report them
+PUBLISHED = [("AlexNet", 5.46, 2.67, 1.70), ("VGG-S", 7.40, 4.80, 0.55), ("GoogLeNet", 1.28, 2.06, 0.24),
+             ("VGG-16", 1.09, 4.93, 0.50)]
+
+
+def plain(arch: str, state: dict[str, torch.Tensor]) -> nn.Module:
+    return models_fashion.PlainVgg(state) if arch == "vgg-fashion" else plain_model(arch, state)
+
+
+def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return sum(int((net(x[i:i + 1000]).argmax(1) == y[i:i + 1000]).sum())
+                   for i in range(0, len(y), 1000)) / len(y)
+
+
+def composed_here(tensors: dict[str, torch.Tensor], layer: str) -> torch.Tensor:
+    """A decomposed layer's dense weight from its parts, by this file's own arithmetic."""
+    parts = sorted((int(k.split(".")[-2]), v) for k, v in tensors.items()
+                   if k.startswith(f"{layer}.") and k.endswith(".weight") and k.split(".")[-2].isdigit())
+    w = [v for _, v in parts]
+    if w[0].dim() == 2:  # linear: x → A x → B (A x)
+        return w[1] @ w[0]
+    if len(w) == 2:  # Tucker-1: the kxk conv then the 1×1
+        return torch.einsum("tr,rshw->tshw", w[1][:, :, 0, 0], w[0])
+    return torch.einsum("tr,rqhw,qs->tshw", w[2][:, :, 0, 0], w[1], w[0][:, :, 0, 0])
+
+
+def count_macs(net: nn.Module) -> int:
+    total = 0
+
+    def hook(m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        w = m.weight
+        total += w.numel() * (out[0, 0].numel() if out.dim() > 2 else 1)
+
+    hs = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    with torch.no_grad():
+        net(torch.zeros(1, 1, 28, 28))
+    for h in hs:
+        h.remove()
+    return total
+
+
+def latency(dense: nn.Module, small: nn.Module) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for batch in (1, 256):
+                x = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(batch))
+                with torch.inference_mode():
+                    d = mpd_mnist.ms(lambda x=x: dense(x), repeats=20)
+                    s = mpd_mnist.ms(lambda x=x: small(x), repeats=20)
+                out[f"{threads}_threads_batch_{batch}"] = {"dense_ms": d, "decomposed_ms": s, "speedup": d / s}
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
+def scored(arch: str, done: dict[str, Any], full: bytes, decomposed: bytes, splits: Any,
+           ref_state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    state = safetensors.torch.load(full)
+    net, ref = plain(arch, state), plain(arch, ref_state)
+    ref_val, val = accuracy(ref, splits.x_val, splits.y_val), accuracy(net, splits.x_val, splits.y_val)
+    tensors = safetensors.torch.load(decomposed)
+    manifest = mpd_mnist._manifest(decomposed)
+    layers = manifest["decomposed"]["layers"]
+    for name, doc in layers.items():
+        w = composed_here(tensors, doc["module"])
+        gap = float((w - state[name]).abs().max())
+        assert gap < 1e-4 * max(1.0, float(state[name].abs().max())), f"{name}: composed parts differ by {gap}"
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    params = sum(v.numel() for k, v in tensors.items() if not k.endswith(buffers))
+    total = sum(v.numel() for k, v in ref_state.items() if not k.endswith(buffers))
+    small = thresher.loader.load_bytes(decomposed)
+    macs, ref_macs = count_macs(small), count_macs(ref)
+    test = accuracy(net, splits.x_test, splits.y_test)
+    best = done["best"]
+    return {"job_id": done["id"], "seed": done["seed"],
+            "ranks": {n: d["ranks"] for n, d in layers.items()},
+            "vbmf_ranks": best["decomposed"]["vbmf_ranks"],
+            "val_drop": ref_val - val, "reported_val_drop": best["accuracy_drop"],
+            "test_accuracy": test, "reference_test_accuracy": accuracy(ref, splits.x_test, splits.y_test),
+            "decomposed_test_accuracy": accuracy(small, splits.x_test, splits.y_test),
+            "parameters": params, "total": total, "ratio": total / params,
+            "macs": macs, "reference_macs": ref_macs, "flops_ratio": ref_macs / macs,
+            "reported_ratio": best["compression_ratio"],
+            "reproduced": abs((ref_val - val) - best["accuracy_drop"]) < 1e-9
+            and params == best["nonzero"] and abs(test - done["test_accuracy"]) < 1e-9,
+            "cpu_latency": latency(ref, small)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", nargs="+", default=["lenet-5/mnist"],
+                    choices=["lenet-5/mnist", "vgg-fashion/fashion-mnist"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--budget", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--train-subset", type=int, default=None)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args()
+    device = devices.pick(args.device)
+    cfg = Settings()
+    name = "tucker_mnist" + (f"_{args.tag}" if args.tag else "")
+    tk = {"epochs": args.epochs, **({"train_subset": args.train_subset} if args.train_subset else {})}
+    results: dict[str, Any] = {"delta": DELTA, "optimizer": OPTIMIZER, "budget": args.budget,
+                               "tucker": tk, "seeds": args.seeds, "published": PUBLISHED, "rows": {}}
+    t0 = time.perf_counter()
+    for run in args.runs:
+        arch, dataset = run.split("/")
+        summary = {"validation": {"fraction": DEFAULT_VALIDATION_FRACTION, "seed": DEFAULT_SPLIT_SEED}}
+        splits = split_arrays(builtin_arrays(dataset, cfg.datasets_dir), summary)
+        ref_path = (models_fashion.reference(device, cfg) if arch == "vgg-fashion"
+                    else mpd_mnist.reference(arch, dataset, device, cfg))
+        weights = ref_path.read_bytes()
+        ref_state = safetensors.torch.load(weights)
+        rows: dict[str, Any] = {"vbmf": [], "searched": []}
+        results["rows"][run] = rows
+        with tempfile.TemporaryDirectory() as tmp, \
+                service(arch, weights, args.device, Path(tmp), dataset) as (client, worker, ids):
+            for seed in args.seeds:
+                for kind, budget in (("vbmf", 1), ("searched", args.budget)):
+                    body = {**ids, "method": "tucker", "optimizer": OPTIMIZER, "max_accuracy_drop": DELTA,
+                            "budget": {"trials": budget}, "seed": seed, "tucker": tk}
+                    done, seconds = run_job(client, worker, body)
+                    if done["status"] != "succeeded":
+                        rows[kind].append({"seed": seed, "status": done["status"], "error": done["error"],
+                                           "seconds": seconds})
+                        print(f"  {run} {kind} seed {seed}: {done['status']}: {done['error']}", flush=True)
+                        continue
+                    full = client.get(f"/v1/jobs/{done['id']}/checkpoint").content
+                    dec = client.get(f"/v1/jobs/{done['id']}/checkpoint", params={"format": "decomposed"}).content
+                    row = {**scored(arch, done, full, dec, splits, ref_state), "seconds": seconds}
+                    rows[kind].append(row)
+                    lat = row["cpu_latency"]["1_threads_batch_256"]["speedup"]
+                    print(f"  {run} {kind} seed {seed}: {row['ratio']:.1f}× weights, {row['flops_ratio']:.1f}× "
+                          f"FLOPs, val drop {row['val_drop']:+.4f}, test {100 * row['test_accuracy']:.2f} % "
+                          f"(ref {100 * row['reference_test_accuracy']:.2f} %), speed-up {lat:.2f}× "
+                          f"(1 thread, batch 256), {seconds:.0f} s", flush=True)
+                    results["seconds"] = time.perf_counter() - t0
+                    write_results(name, False, device, results)
+        for kind in ("vbmf", "searched"):
+            ok = [r for r in rows[kind] if "ratio" in r]
+            if ok:
+                rows[f"{kind}_median"] = {
+                    "ratio": median([r["ratio"] for r in ok]), "flops_ratio": median([r["flops_ratio"] for r in ok]),
+                    "test_loss_points": median([100 * (r["reference_test_accuracy"] - r["test_accuracy"]) for r in ok]),
+                    "speedup_1_thread_256": median([r["cpu_latency"]["1_threads_batch_256"]["speedup"] for r in ok])}
+        write_results(name, False, device, results)
+    print(f"\ntucker through the service, {devices.describe(device)}, δ = {DELTA} on validation, "
+          f"{OPTIMIZER}, {args.budget} trials of {args.epochs} fine-tuning epoch(s)")
+    print(f"{'model / data':<28}{'ranks':<10}{'seed':>5}{'weights':>9}{'FLOPs':>8}{'val drop':>10}"
+          f"{'test loss':>11}{'1 thr 256':>11}{'2 thr 256':>11}{'s':>7}")
+    for run, rows in results["rows"].items():
+        for kind in ("vbmf", "searched"):
+            for r in rows[kind]:
+                if "ratio" not in r:
+                    print(f"{run:<28}{kind:<10}{r['seed']:>5}  {r['status']}")
+                    continue
+                c = r["cpu_latency"]
+                print(f"{run:<28}{kind:<10}{r['seed']:>5}{r['ratio']:>8.1f}×{r['flops_ratio']:>7.1f}×"
+                      f"{r['val_drop']:>+10.4f}{100 * (r['reference_test_accuracy'] - r['test_accuracy']):>+9.2f}pt"
+                      f"{c['1_threads_batch_256']['speedup']:>10.2f}×{c['2_threads_batch_256']['speedup']:>10.2f}×"
+                      f"{r['seconds']:>7.0f}")
+            if f"{kind}_median" in rows:
+                m = rows[f"{kind}_median"]
+                print(f"{run:<28}{kind:<10}{'med':>5}{m['ratio']:>8.1f}×{m['flops_ratio']:>7.1f}×{'':>10}"
+                      f"{m['test_loss_points']:>+9.2f}pt{m['speedup_1_thread_256']:>10.2f}×")
+    for net, w, f, top5 in PUBLISHED:
+        print(f"Kim et al. 2016, {net}: {w}× weights, {f}× FLOPs, top-5 −{top5} points")
+
+
+if __name__ == "__main__":
+    main()
