@@ -91,6 +91,8 @@ def test_every_method_compresses_vgg_fashion(method: str, api: tuple[TestClient,
     for artifact in done["artifacts"]:
         query = "" if artifact["format"] == "pruned" else f"?format={artifact['format']}"
         assert f'href="/v1/jobs/{job["id"]}/checkpoint{query}"' in page, artifact["format"]
+        if artifact["format"] != "pruned":  # and the derived model's figures
+            assert f'id="best-{artifact["format"]}"' in page, artifact["format"]
     for artifact in done["artifacts"]:
         r = client.get(f"/v1/jobs/{job['id']}/checkpoint", params={"format": artifact["format"]})
         assert r.status_code == 200
