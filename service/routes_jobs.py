@@ -104,7 +104,9 @@ def download_checkpoint(
         "pruned", max_length=40,
         description="which of the job's downloads (its document's `artifacts`): pruned, the "
         "model's own shapes with zeros; compact, where whole neurons or filters were pruned "
-        "(methods l0, sgl), smaller dense shapes and their architecture config in the manifest"),
+        "(methods l0, sgl), smaller dense shapes and their architecture config in the manifest; "
+        "blockdiag (method mpd), the blocks and permutation indices; decomposed (method tucker), "
+        "the Tucker-2 / SVD factors. `thresher.load` runs each"),
 ) -> StreamingResponse:
     job = get_owned(session, Job, job_id, principal, "job")
     if job.status != "succeeded" or not job.artifacts:
