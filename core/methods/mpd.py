@@ -53,6 +53,9 @@ class MpdOptions(BaseModel):
     log10_keep: tuple[float, float] = Field(
         (-1.0, 0.0), description="with prune_blocks: the search box of each layer's log10 keep "
         "ratio inside its blocks")
+    objective: Literal["parameters", "flops"] = Field(
+        "parameters", description="what the search makes small under δ: the parameters of the "
+        "result, or its multiply-accumulates per sample (the downloads report both)")
     pruner: Literal["none", "median", "hyperband"] = Field(
         "none", description="stop hopeless trials on their per-epoch validation accuracy; off by "
         "default: a pruner compares accuracy alone, so it stops the smallest models first")

@@ -33,6 +33,9 @@ class TuckerOptions(BaseModel):
     lr: float = Field(1e-3, gt=0, le=10, description="Adam's learning rate, cosine-annealed to 0")
     train_subset: int | None = Field(
         None, ge=100, description="fine-tune each trial on this many training samples (seeded)")
+    objective: Literal["parameters", "flops"] = Field(
+        "parameters", description="what the search makes small under δ: the parameters of the "
+        "result, or its multiply-accumulates per sample (the downloads report both)")
     pruner: Literal["none", "median", "hyperband"] = Field(
         "none", description="stop hopeless trials on their per-epoch validation accuracy")
 

@@ -24,7 +24,8 @@ from service.app import create_app
 from tests.helpers import bearer, make_token, upload_dataset, upload_model
 from workers.methods import tucker
 from workers.models import decomposed_artifact, zoo
-from workers.models.tucker import Ranks, compose, composed, decompose, macs, tucker2
+from workers.models.flops import macs
+from workers.models.tucker import Ranks, compose, composed, decompose, tucker2
 from workers.models.vbmf import evbmf, free_energy
 from workers.runtime.data import Splits
 
@@ -194,3 +195,29 @@ def test_a_bad_tucker_spec_is_answered_422_naming_the_field(settings: Settings, 
         assert r.status_code == 422, r.text
         assert message in json.dumps(r.json(), ensure_ascii=False)
         assert client.get("/v1/jobs").json()["total"] == 0
+
+
+def test_a_flops_objective_picks_the_trial_with_the_fewest_multiply_accumulates(
+        settings: Settings, small_model_weights: bytes, small_dataset_npz: bytes) -> None:
+    from tests.helpers import submit
+    from tests.helpers import trials as all_trials
+    from workers.jobs.loop import Worker
+
+    with TestClient(create_app(settings), headers=bearer(make_token(settings.database_url))) as client:
+        model = upload_model(client, small_model_weights)
+        ds = upload_dataset(client, small_dataset_npz)
+        job = submit(client, model["id"], ds["id"], method="tucker", optimizer="optuna:tpe",
+                     max_accuracy_drop=0.05, budget={"trials": 4}, seed=1,
+                     tucker={"epochs": 1, "log2_rank_scale": [0.0, 3.0], "lr": 0.003,
+                             "objective": "flops"})
+        Worker(settings, name="test-worker").serve(exit_when_idle=True)
+        done = client.get(f"/v1/jobs/{job['id']}").json()
+        assert done["status"] == "succeeded", done["error"]
+        best, dec = done["best"], done["best"]["decomposed"]
+        trials = all_trials(client, job["id"])
+        # the objective is the kept fraction of multiply-accumulates, not of parameters
+        chosen = next(t for t in trials if t["number"] == best["trial_number"])
+        assert abs(chosen["metrics"]["objective"] - math.log10(dec["macs"] / dec["reference_macs"])) < 1e-9
+        assert abs(chosen["metrics"]["objective"] - math.log10(best["nonzero"] / best["total"])) > 1e-4
+        feasible = [t for t in trials if t["feasible"]]
+        assert chosen["metrics"]["objective"] == min(t["metrics"]["objective"] for t in feasible)

@@ -24,7 +24,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import safetensors.torch
@@ -34,6 +34,7 @@ from torch import nn
 
 from core.architectures import Architecture
 from core.errors import InvalidInput
+from core.metrics import objective
 from core.optimizers import MULTI_OBJECTIVE
 from core.settings import Settings
 from core.spec import JobSpec
@@ -76,6 +77,7 @@ class DistributedSearch:
                  splits: Splits, spec: JobSpec, recorder: Recorder, *,
                  boxes: Sequence[tuple[float, float]] = (), space: Space | None = None,
                  start: Sequence[Value] = (), infeasible: str,
+                 size: Literal["parameters", "flops"] = "parameters",
                  sessions: sessionmaker[Session], lease: Lease, settings: Settings,
                  device: torch.device, should_stop: Callable[[], None],
                  contexts: TrialContexts) -> None:
@@ -87,6 +89,11 @@ class DistributedSearch:
                                   splits=splits), device)
         self.boxes, self.infeasible = list(boxes), infeasible
         self.space, self.start = space, list(start)
+        # what the objective counts: non-zero parameters, or the trials' multiply-accumulates
+        # (their log10 fraction of the reference's, for the trials of this process; a resumed
+        # job's stored trials keep the objective they were stored with)
+        self.size = size
+        self._log_size: dict[int, float] = {}
         self.sizes = {t.name: t.numel for t in arch.prunable}
         self.results: list[Evaluated] = []
 
@@ -119,6 +126,7 @@ class DistributedSearch:
         loss: Any = e.objective
         if opt.objectives == 2:  # a Pareto front of size against accuracy
             kept = math.log10(max(e.nonzero or e.total, 1) / e.total) if e.error is None else 0.0
+            kept = self._log_size.get(e.number, kept)
             loss = (kept, e.accuracy_drop if e.accuracy_drop is not None else 1.0)
         (opt.tell_foreign if foreign else opt.tell)(x, loss)
 
@@ -135,7 +143,7 @@ class DistributedSearch:
         intermediate = [float(v) for v in res.get("intermediate", [])]
         # a pruned trial stopped before fine-tuning: its last epoch is what it showed
         acc = intermediate[-1] if pruned and intermediate else float(res["val_accuracy"])
-        return trial_record(item.number, STAGE, list(item.candidate),
+        e = trial_record(item.number, STAGE, list(item.candidate),
                             Constraint(self.spec.max_accuracy_drop), kept=dict(res["kept"]),
                             sizes=self.sizes, nonzero=int(res["nonzero"]), total=total,
                             accuracy=acc, reference=reference,
@@ -143,6 +151,20 @@ class DistributedSearch:
                             duration_ms=float(res.get("duration_ms", 0.0)), stopped=pruned,
                             worker=item.worker, intermediate=intermediate,
                             params_sha256=item.params_sha256)
+        if self.size == "flops" and res.get("macs") is not None:
+            macs, total_macs = int(res["macs"]), int(res["total_macs"])
+            self._log_size[item.number] = math.log10(max(macs, 1) / total_macs)
+            assert e.accuracy_drop is not None
+            e.objective = objective(macs, total_macs, e.accuracy_drop, self.spec.max_accuracy_drop)
+        return e
+
+    def _better(self, e: Evaluated, best: Evaluated | None) -> bool:
+        """Fewer non-zero parameters wins (workers.search.trials.better); on FLOPs, the lower
+        objective (log10 of the kept fraction of multiply-accumulates, for feasible trials)."""
+        if self.size != "flops" or best is None:
+            return better(e, best)
+        return ((e.objective, -(e.val_accuracy or 0.0), e.number)
+                < (best.objective, -(best.val_accuracy or 0.0), best.number))
 
     # -- a batch: queued, worked on, waited for ----------------------------------------------
     def _run_batch(self, batch: int, numbers: list[int], xs: list[list[float]],
@@ -211,7 +233,7 @@ class DistributedSearch:
                 self._tell(opt, self._to_unit(e.candidate) if foreign else u, e, foreign=foreign)
             self.results.extend(evaluated)
             for e in evaluated:
-                if e.feasible and better(e, best):
+                if e.feasible and self._better(e, best):
                     best = e
             if any(s is None for s in stored):
                 self.recorder.write(evaluated, trials_done=numbers[-1] + 1, stage=STAGE, best=best)

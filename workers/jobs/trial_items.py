@@ -92,7 +92,9 @@ def outcome_document(outcome: TrialOutcome, duration_ms: float) -> dict[str, Any
     return {"val_accuracy": outcome.val_accuracy, "nonzero": outcome.nonzero,
             "total": outcome.total, "kept": outcome.kept, "groups_kept": outcome.groups_kept,
             "pruned_at": outcome.pruned_at, "intermediate": list(outcome.intermediate),
-            "duration_ms": duration_ms}
+            "duration_ms": duration_ms,
+            **({"macs": outcome.macs, "total_macs": outcome.total_macs}
+               if outcome.macs is not None else {})}
 
 
 def run_item(sessions: sessionmaker[Session], lease: trial_queue.ItemLease, settings: Settings,

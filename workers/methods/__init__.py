@@ -59,6 +59,10 @@ class TrialOutcome:
     intermediate: list[float]  # val accuracy after each epoch (what trial pruners see)
     pruned_at: int | None  # epoch index at which `report` asked to stop, else None
     groups_kept: dict[str, int]  # neurons/filters left per prunable tensor (structure)
+    # multiply-accumulates of one sample through the trial's model and through the reference,
+    # for methods whose objective may be FLOPs (mpd, tucker); None elsewhere
+    macs: int | None = None
+    total_macs: int | None = None
 
 
 class Method(Protocol):

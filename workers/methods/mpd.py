@@ -32,6 +32,7 @@ from workers.jobs.coordinator import DistributedSearch
 from workers.methods import MethodJob, TrialOutcome
 from workers.models import blockdiag_artifact, zoo
 from workers.models.blockdiag import Blocking, blocking, fitted_blocking, weight_mask
+from workers.models.flops import macs
 from workers.models.latency import cpu_latency
 from workers.models.masking import nonzero_parameters
 from workers.runtime.batchnorm import recalibrate
@@ -194,9 +195,13 @@ def train_trial(arch: Architecture, reference: dict[str, torch.Tensor], splits: 
             break
     out = {k: v.detach().cpu().contiguous() for k, v in {**weights, **buffers}.items()}
     kept = {t.name: int(torch.count_nonzero(out[t.name])) for t in arch.prunable}
+    dense = zoo.build(arch)
+    total_macs = macs(dense, arch.input_shape)
+    dense.load_state_dict(out)
     return TrialOutcome(params=out, val_accuracy=intermediate[-1], nonzero=nonzero_parameters(arch, out),
                         total=arch.total_parameters, kept=kept, intermediate=intermediate,
-                        pruned_at=pruned_at, groups_kept={})  # no unit is removed
+                        pruned_at=pruned_at, groups_kept={},  # no unit is removed
+                        macs=macs(dense, arch.input_shape, nonzero=True), total_macs=total_macs)
 
 
 def trial_pruner(spec: JobSpec) -> tuple[str, int]:
@@ -223,11 +228,14 @@ def blockdiag_result(arch: Architecture, reference: dict[str, torch.Tensor],
     tensors = blockdiag_artifact.tensors_of(blocked)
     test_accuracy = accuracy(blocked, dict(tensors), x_test, y_test)
     parameters, indices = blockdiag_artifact.parameter_count(blocked)
+    small_macs = macs(dense, arch.input_shape, nonzero=True)
+    ref_macs = macs(zoo.build(arch), arch.input_shape)
     doc = {"parameters": parameters, "permutation_indices": indices,
            "compression_ratio": arch.total_parameters / parameters,
            "layers": blockdiag_artifact.layers_doc(arch, blockings),
            "blocks": {n: k for n, k in plan.blocks.items()},
            "permutation_seed": plan.permutation_seed, "test_accuracy": test_accuracy,
+           "macs": small_macs, "reference_macs": ref_macs, "flops_ratio": ref_macs / small_macs,
            "max_logit_difference": gap,
            "cpu_latency": cpu_latency(dense, blocked, arch.input_shape, "blockdiag")}
     return ExtraArtifact(format=blockdiag_artifact.ARTIFACT, architecture=arch.name,
@@ -241,6 +249,7 @@ def run(job: MethodJob) -> SearchResult:
     result = DistributedSearch(
         job.arch, job.model, job.params, job.splits, job.spec, job.recorder, space=space,
         start=start, infeasible="allow fewer blocks (smaller values in mpd.blocks, or 1)",
+        size=o.objective,
         sessions=job.sessions, lease=job.lease, settings=job.settings, device=job.device,
         should_stop=job.should_stop, contexts=job.contexts).run()
     plan = plan_of(job.arch, o, result.best.candidate)

@@ -31,6 +31,7 @@ from core.spec import JobSpec
 from workers.jobs.coordinator import DistributedSearch
 from workers.methods import MethodJob, TrialOutcome
 from workers.models import decomposed_artifact, zoo
+from workers.models.flops import macs
 from workers.models.latency import cpu_latency
 from workers.models.tucker import (
     CONV_KINDS,
@@ -38,7 +39,6 @@ from workers.models.tucker import (
     composed,
     decompose,
     decomposed_parameters,
-    macs,
     replace,
     vbmf_ranks,
 )
@@ -162,7 +162,8 @@ def train_trial(arch: Architecture, reference: dict[str, torch.Tensor], splits: 
             kept[t.name] = int(torch.count_nonzero(params[t.name]))
     return TrialOutcome(params=params, val_accuracy=intermediate[-1], nonzero=size,
                         total=arch.total_parameters, kept=kept, intermediate=intermediate,
-                        pruned_at=pruned_at, groups_kept={})
+                        pruned_at=pruned_at, groups_kept={}, macs=macs(model, arch.input_shape),
+                        total_macs=macs(zoo.build(arch), arch.input_shape))
 
 
 def trial_pruner(spec: JobSpec) -> tuple[str, int]:
@@ -206,7 +207,7 @@ def run(job: MethodJob) -> SearchResult:
     result = DistributedSearch(
         job.arch, job.model, job.params, job.splits, job.spec, job.recorder, space=space,
         start=start, infeasible="raise the rank box (tucker.log2_rank_scale) or fine-tune longer "
-        "(tucker.epochs)", sessions=job.sessions, lease=job.lease, settings=job.settings,
+        "(tucker.epochs)", size=o.objective, sessions=job.sessions, lease=job.lease, settings=job.settings,
         device=job.device, should_stop=job.should_stop, contexts=job.contexts).run()
     result.artifacts.append(decomposed_result(job.arch, job.params, result.pruned.params,
                                               result.best.candidate, o, job.splits))

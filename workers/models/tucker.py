@@ -163,26 +163,3 @@ def composed(seq: nn.Sequential) -> tuple[torch.Tensor, torch.Tensor | None]:
 def replace(model: nn.Module, path: str, new: nn.Module) -> None:
     parent, _, child = path.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
-@torch.no_grad()
-def macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one sample's forward pass through every linear and convolution."""
-    total = 0
-
-    def count(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-        nonlocal total
-        positions = output[0].numel() // output.shape[1] if output.dim() > 2 else 1
-        total += module.weight.numel() * positions  # type: ignore[operator]
-
-    hooks = [m.register_forward_hook(count) for m in model.modules()
-             if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d)]
-    was = model.training
-    model.eval()
-    try:
-        model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
-    return total
