@@ -117,3 +117,16 @@ def text_of(html: str, ident: str) -> str | None:
     parser = _ById(ident)
     parser.feed(html)
     return " ".join("".join(parser.parts).split()) if parser.found else None
+
+
+def random_splits(n: int = 300) -> Any:
+    """Seeded random 28×28 images and labels as workers.runtime.data.Splits (validation and
+    test: the first 100 training samples): enough to train a few steps, not to learn anything."""
+    import torch
+
+    from workers.runtime.data import Splits
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 1, 28, 28, generator=gen)
+    y = torch.randint(0, 10, (n,), generator=gen)
+    return Splits(x, y, x[:100], y[:100], x[:100], y[:100])

@@ -22,11 +22,10 @@ from core.settings import Settings
 from core.spec import JobSpec
 from core.zoo import LENET_5, LENET_300_100, VGG_FASHION
 from service.app import create_app
-from tests.helpers import bearer, make_token, upload_dataset, upload_model
+from tests.helpers import bearer, make_token, random_splits, upload_dataset, upload_model
 from workers.methods import mpd
 from workers.models import blockdiag_artifact, zoo
 from workers.models.blockdiag import blocking, fitted_blocking, group_sizes, weight_mask
-from workers.runtime.data import Splits
 
 
 @pytest.mark.parametrize(("m", "n", "k"), [(300, 784, 16), (100, 300, 7), (10, 100, 10), (6, 6, 1),
@@ -152,13 +151,6 @@ def test_a_tampered_blockdiag_file_is_refused(change: Any, message: str) -> None
         blockdiag_artifact.module(manifest, tensors)
 
 
-def _splits(n: int = 300) -> Splits:
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(n, 1, 28, 28, generator=gen)
-    y = torch.randint(0, 10, (n,), generator=gen)
-    return Splits(x, y, x[:100], y[:100], x[:100], y[:100])
-
-
 @pytest.mark.parametrize("arch", [LENET_300_100, VGG_FASHION], ids=lambda a: a.name)
 def test_training_keeps_every_weight_outside_the_mask_at_zero(arch: Any) -> None:
     torch.manual_seed(1)
@@ -169,7 +161,7 @@ def test_training_keeps_every_weight_outside_the_mask_at_zero(arch: Any) -> None
     assert space.contains(start)
     candidate = [v for v in start]
     epochs: list[int] = []
-    out = mpd.train_trial(arch, reference, _splits(), spec, candidate, seed=0,
+    out = mpd.train_trial(arch, reference, random_splits(), spec, candidate, seed=0,
                           device=torch.device("cpu"), report=lambda e, a: bool(epochs.append(e)),
                           check=lambda: None)
     assert epochs == [0, 1] and out.pruned_at is None and len(out.intermediate) == 2
@@ -182,7 +174,7 @@ def test_training_keeps_every_weight_outside_the_mask_at_zero(arch: Any) -> None
             assert not torch.equal(out.params[t.name][mask], reference[t.name][mask]), t.name
     assert out.nonzero == sum(int(torch.count_nonzero(out.params[t.name])) for t in arch.parameters)
     # the same candidate and seed train the same weights
-    again = mpd.train_trial(arch, reference, _splits(), spec, candidate, seed=0,
+    again = mpd.train_trial(arch, reference, random_splits(), spec, candidate, seed=0,
                             device=torch.device("cpu"), report=lambda e, a: False,
                             check=lambda: None)
     assert all(torch.equal(out.params[k], again.params[k]) for k in out.params)
@@ -196,7 +188,7 @@ def test_prune_blocks_also_prunes_inside_the_blocks() -> None:
                    budget={"trials": 1}, mpd={"epochs": 1, "prune_blocks": True,
                                               "log10_keep": [-1.0, 0.0]})
     plan_blocks = [4, 4, 2]
-    out = mpd.train_trial(arch, reference, _splits(), spec, [*plan_blocks, -0.30103, 0.0, 0.0],
+    out = mpd.train_trial(arch, reference, random_splits(), spec, [*plan_blocks, -0.30103, 0.0, 0.0],
                           seed=0, device=torch.device("cpu"), report=lambda e, a: False,
                           check=lambda: None)
     fc1_in_blocks = blocking((300, 784), 4, seed=0).entries()

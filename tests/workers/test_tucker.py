@@ -21,13 +21,12 @@ from core.settings import Settings
 from core.spec import JobSpec
 from core.zoo import LENET_5, VGG_FASHION
 from service.app import create_app
-from tests.helpers import bearer, make_token, upload_dataset, upload_model
+from tests.helpers import bearer, make_token, random_splits, upload_dataset, upload_model
 from workers.methods import tucker
 from workers.models import decomposed_artifact, zoo
 from workers.models.flops import macs
 from workers.models.tucker import Ranks, compose, composed, decompose, tucker2
 from workers.models.vbmf import evbmf, free_energy
-from workers.runtime.data import Splits
 
 
 @pytest.mark.parametrize(("shape", "rank", "noise"), [((50, 80), 5, 0.1), ((100, 300), 12, 0.5),
@@ -114,13 +113,6 @@ def test_macs_count_every_layer_at_its_output_size() -> None:
     assert macs(model, (1, 28, 28)) == 24 * 24 * 20 * 25 + 8 * 8 * 50 * 500 + 800 * 500 + 500 * 10
 
 
-def _splits(n: int = 300) -> Splits:
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(n, 1, 28, 28, generator=gen)
-    y = torch.randint(0, 10, (n,), generator=gen)
-    return Splits(x, y, x[:100], y[:100], x[:100], y[:100])
-
-
 @pytest.mark.parametrize("arch", [LENET_5, VGG_FASHION], ids=lambda a: a.name)
 def test_a_trial_composes_back_exactly_and_the_download_reproduces_it(arch: Any) -> None:
     torch.manual_seed(1)
@@ -131,12 +123,12 @@ def test_a_trial_composes_back_exactly_and_the_download_reproduces_it(arch: Any)
     assert start == [0.0] * len(space.variables)  # trial 0: EVBMF's own ranks
     candidate = [-1.0] * len(start)
     epochs: list[int] = []
-    out = tucker.train_trial(arch, reference, _splits(), spec, candidate, seed=0,
+    out = tucker.train_trial(arch, reference, random_splits(), spec, candidate, seed=0,
                              device=torch.device("cpu"), report=lambda e, a: bool(epochs.append(e)),
                              check=lambda: None)
     assert epochs == [0] and out.nonzero < arch.total_parameters
     assert set(out.params) == {t.name for t in arch.tensors}
-    extra = tucker.decomposed_result(arch, reference, out.params, candidate, spec.tucker, _splits())
+    extra = tucker.decomposed_result(arch, reference, out.params, candidate, spec.tucker, random_splits())
     doc = extra.doc
     assert doc["parameters"] == out.nonzero and doc["max_logit_difference"] < 1e-4
     assert doc["flops_ratio"] > 1.0

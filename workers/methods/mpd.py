@@ -16,7 +16,6 @@ permutation indices, which `thresher.load` runs as batched matmuls and grouped c
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,10 +37,10 @@ from workers.models.masking import nonzero_parameters
 from workers.runtime.batchnorm import recalibrate
 from workers.runtime.data import Splits
 from workers.runtime.evaluation import accuracy
+from workers.runtime.fine_tuning import train, training_data
 from workers.search.space import Choice, Integer, Real, Space, Value
 from workers.search.trials import ExtraArtifact, SearchResult
 
-CHECK_EVERY = 50  # batches between calls of `check` (cancel / lease loss)
 # training images over which a trial recomputes BatchNorm's statistics before each scoring
 CALIBRATION_IMAGES = 2048
 # a layer's blocking seed: the permutation seed and the layer's index
@@ -151,48 +150,32 @@ def train_trial(arch: Architecture, reference: dict[str, torch.Tensor], splits: 
     for w in weights.values():
         w.requires_grad_(True)
     buffers = {t.name: reference[t.name].detach().to(device).clone() for t in arch.buffers}
-    gen = torch.Generator().manual_seed(seed)
-    x, y = splits.x_train, splits.y_train
-    if o.train_subset is not None and o.train_subset < x.shape[0]:
-        keep = torch.randperm(x.shape[0], generator=gen)[: o.train_subset]
-        x, y = x[keep], y[keep]
-    x, y = x.to(device), y.to(device)
+    data = training_data(splits.x_train, splits.y_train, o.train_subset, seed, device)
     x_val, y_val = splits.x_val.to(device), splits.y_val.to(device)
-    steps = o.epochs * -(-x.shape[0] // o.batch_size)
-    opt = torch.optim.Adam(list(weights.values()), lr=o.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, steps) / steps)))
-    intermediate: list[float] = []
-    pruned_at: int | None = None
-    count = 0
-    for epoch in range(o.epochs):
-        model.train()
-        order = torch.randperm(x.shape[0], generator=gen).to(device)
-        for start in range(0, x.shape[0], o.batch_size):
-            if count % CHECK_EVERY == 0:
-                check()
-            count += 1
-            idx = order[start : start + o.batch_size]
-            opt.zero_grad(set_to_none=True)
-            logits = functional_call(model, {**weights, **buffers}, (x[idx],))
-            nn.functional.cross_entropy(logits, y[idx]).backward()  # type: ignore[no-untyped-call]
+
+    def loss(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(functional_call(model, {**weights, **buffers}, (xb,)), yb)
+
+    def mask_gradients() -> None:
+        for name, m in masks.items():
+            grad = weights[name].grad
+            if grad is not None:
+                grad.mul_(m)  # Adam's moments of a masked weight stay 0: its update is 0
+
+    def mask_weights() -> None:
+        with torch.no_grad():
             for name, m in masks.items():
-                grad = weights[name].grad
-                if grad is not None:
-                    grad.mul_(m)  # Adam's moments of a masked weight stay 0: its update is 0
-            opt.step()
-            sched.step()
-            with torch.no_grad():
-                for name, m in masks.items():
-                    weights[name].mul_(m)
+                weights[name].mul_(m)
+
+    def score() -> float:
         recalibrate(model, buffers, lambda xb: functional_call(model, {**weights, **buffers}, (xb,)),
-                    x[:CALIBRATION_IMAGES], o.batch_size)
-        model.eval()
-        acc = accuracy(model, {**weights, **buffers}, x_val, y_val)
-        intermediate.append(acc)
-        if report(epoch, acc):
-            pruned_at = epoch
-            break
+                    data.x[:CALIBRATION_IMAGES], o.batch_size)
+        return accuracy(model, {**weights, **buffers}, x_val, y_val)
+
+    intermediate, pruned_at = train(
+        list(weights.values()), loss, data, epochs=o.epochs, batch_size=o.batch_size, lr=o.lr,
+        train_mode=model.train, score=score, report=report, check=check,
+        after_backward=mask_gradients, after_step=mask_weights)
     out = {k: v.detach().cpu().contiguous() for k, v in {**weights, **buffers}.items()}
     kept = {t.name: int(torch.count_nonzero(out[t.name])) for t in arch.prunable}
     dense = zoo.build(arch)

@@ -18,7 +18,6 @@ exactly those ranks), with its logits checked against the trial's.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -45,10 +44,10 @@ from workers.models.tucker import (
 from workers.runtime.batchnorm import recalibrate
 from workers.runtime.data import Splits
 from workers.runtime.evaluation import accuracy
+from workers.runtime.fine_tuning import train, training_data
 from workers.search.space import Real, Space, Value
 from workers.search.trials import ExtraArtifact, SearchResult
 
-CHECK_EVERY = 50
 CALIBRATION_IMAGES = 2048
 LOGITS_TOLERANCE = 1e-4
 
@@ -110,46 +109,23 @@ def train_trial(arch: Architecture, reference: dict[str, torch.Tensor], splits: 
     o = spec.tucker
     ranks = ranks_of(arch, o, reference, candidate)
     model = decomposed_model(arch, reference, ranks, device)
-    gen = torch.Generator().manual_seed(seed)
-    x, y = splits.x_train, splits.y_train
-    if o.train_subset is not None and o.train_subset < x.shape[0]:
-        keep = torch.randperm(x.shape[0], generator=gen)[: o.train_subset]
-        x, y = x[keep], y[keep]
-    x, y = x.to(device), y.to(device)
+    data = training_data(splits.x_train, splits.y_train, o.train_subset, seed, device)
     x_val, y_val = splits.x_val.to(device), splits.y_val.to(device)
     buffers = dict(model.named_buffers())
 
     def score() -> float:
-        recalibrate(model, buffers, model, x[:CALIBRATION_IMAGES], o.batch_size)
+        recalibrate(model, buffers, model, data.x[:CALIBRATION_IMAGES], o.batch_size)
         return accuracy(model, dict(model.state_dict()), x_val, y_val)
 
-    intermediate: list[float] = []
-    pruned_at: int | None = None
+    def loss(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(model(xb), yb)
+
     if o.epochs == 0:
-        intermediate.append(score())
+        intermediate, pruned_at = [score()], None
     else:
-        steps = o.epochs * -(-x.shape[0] // o.batch_size)
-        opt = torch.optim.Adam(model.parameters(), lr=o.lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, steps) / steps)))
-        count = 0
-        for epoch in range(o.epochs):
-            model.train()
-            order = torch.randperm(x.shape[0], generator=gen).to(device)
-            for start in range(0, x.shape[0], o.batch_size):
-                if count % CHECK_EVERY == 0:
-                    check()
-                count += 1
-                idx = order[start : start + o.batch_size]
-                opt.zero_grad(set_to_none=True)
-                nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()  # type: ignore[no-untyped-call]
-                opt.step()
-                sched.step()
-            acc = score()
-            intermediate.append(acc)
-            if report(epoch, acc):
-                pruned_at = epoch
-                break
+        intermediate, pruned_at = train(list(model.parameters()), loss, data, epochs=o.epochs,
+                                        batch_size=o.batch_size, lr=o.lr, train_mode=model.train,
+                                        score=score, report=report, check=check)
     model.eval()
     params = composed_params(arch, model, ranks)
     size = sum(p.numel() for p in model.parameters())
