@@ -1,7 +1,8 @@
 """Tucker-2 (method `tucker`) through the service: EVBMF's ranks alone against searched ranks.
 
     .venv/bin/python bench/tucker_mnist.py [--runs lenet-5/mnist vgg-fashion/fashion-mnist]
-        [--seeds 0 1 2] [--budget 12] [--epochs 1] [--train-subset N] [--device cpu] [--tag NAME]
+        [--seeds 0 1 2] [--budget 12] [--epochs 1] [--train-subset N] [--objective parameters|flops]
+        [--device cpu] [--tag NAME]
 
 For each model and dataset: the `thresher zoo train` reference (cached under var/bench/), then,
 through the real API (in process), a real worker and SQLite, per seed
@@ -145,13 +146,15 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=12)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--train-subset", type=int, default=None)
+    ap.add_argument("--objective", default="parameters", choices=["parameters", "flops"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
     device = devices.pick(args.device)
     cfg = Settings()
     name = "tucker_mnist" + (f"_{args.tag}" if args.tag else "")
-    tk = {"epochs": args.epochs, **({"train_subset": args.train_subset} if args.train_subset else {})}
+    tk = {"epochs": args.epochs, "objective": args.objective,
+          **({"train_subset": args.train_subset} if args.train_subset else {})}
     results: dict[str, Any] = {"delta": DELTA, "optimizer": OPTIMIZER, "budget": args.budget,
                                "tucker": tk, "seeds": args.seeds, "published": PUBLISHED, "rows": {}}
     t0 = time.perf_counter()
