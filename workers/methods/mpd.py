@@ -29,10 +29,9 @@ from core.methods.mpd import MpdOptions, choices, shared_k
 from core.spec import JobSpec
 from workers.jobs.coordinator import DistributedSearch
 from workers.methods import MethodJob, TrialOutcome
-from workers.models import blockdiag_artifact, zoo
+from workers.models import blockdiag_artifact, derived, zoo
 from workers.models.blockdiag import Blocking, blocking, fitted_blocking, weight_mask
 from workers.models.flops import macs
-from workers.models.latency import cpu_latency
 from workers.models.masking import nonzero_parameters
 from workers.runtime.batchnorm import recalibrate
 from workers.runtime.data import Splits
@@ -45,8 +44,6 @@ from workers.search.trials import ExtraArtifact, SearchResult
 CALIBRATION_IMAGES = 2048
 # a layer's blocking seed: the permutation seed and the layer's index
 _SEED_STRIDE = 1_000_003
-# the blockdiag module must compute what the masked dense model does (float rounding apart)
-LOGITS_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -202,25 +199,14 @@ def blockdiag_result(arch: Architecture, reference: dict[str, torch.Tensor],
     blocked = blockdiag_artifact.deployed(arch, cpu, blockings)
     dense = zoo.build(arch).eval()
     dense.load_state_dict(cpu)
-    x_test, y_test = splits.x_test.cpu(), splits.y_test.cpu()
-    with torch.inference_mode():
-        probe = x_test[:256]
-        gap = float((blocked(probe) - dense(probe)).abs().max())
-    if gap > LOGITS_TOLERANCE:
-        raise RuntimeError(f"the block-diagonal model's logits differ from the masked model's by {gap}")
-    tensors = blockdiag_artifact.tensors_of(blocked)
-    test_accuracy = accuracy(blocked, dict(tensors), x_test, y_test)
+    tensors, measured = derived.figures(arch, dense, blocked, splits, "blockdiag",
+                                        derived_macs=macs(dense, arch.input_shape, nonzero=True))
     parameters, indices = blockdiag_artifact.parameter_count(blocked)
-    small_macs = macs(dense, arch.input_shape, nonzero=True)
-    ref_macs = macs(zoo.build(arch), arch.input_shape)
     doc = {"parameters": parameters, "permutation_indices": indices,
            "compression_ratio": arch.total_parameters / parameters,
            "layers": blockdiag_artifact.layers_doc(arch, blockings),
            "blocks": {n: k for n, k in plan.blocks.items()},
-           "permutation_seed": plan.permutation_seed, "test_accuracy": test_accuracy,
-           "macs": small_macs, "reference_macs": ref_macs, "flops_ratio": ref_macs / small_macs,
-           "max_logit_difference": gap,
-           "cpu_latency": cpu_latency(dense, blocked, arch.input_shape, "blockdiag")}
+           "permutation_seed": plan.permutation_seed, **measured}
     return ExtraArtifact(format=blockdiag_artifact.ARTIFACT, architecture=arch.name,
                          architecture_config=dict(arch.config), tensors=tensors,
                          manifest={"blockdiag": doc}, doc=doc)

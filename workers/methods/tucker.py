@@ -29,9 +29,8 @@ from core.methods.tucker import TuckerOptions, decomposable
 from core.spec import JobSpec
 from workers.jobs.coordinator import DistributedSearch
 from workers.methods import MethodJob, TrialOutcome
-from workers.models import decomposed_artifact, zoo
+from workers.models import decomposed_artifact, derived, zoo
 from workers.models.flops import macs
-from workers.models.latency import cpu_latency
 from workers.models.tucker import (
     CONV_KINDS,
     Ranks,
@@ -49,7 +48,6 @@ from workers.search.space import Real, Space, Value
 from workers.search.trials import ExtraArtifact, SearchResult
 
 CALIBRATION_IMAGES = 2048
-LOGITS_TOLERANCE = 1e-4
 
 
 def search_space(arch: Architecture, o: TuckerOptions) -> tuple[Space, list[Value]]:
@@ -155,23 +153,15 @@ def decomposed_result(arch: Architecture, reference: dict[str, torch.Tensor],
     small = decomposed_model(arch, cpu, ranks, torch.device("cpu")).eval()
     dense = zoo.build(arch).eval()
     dense.load_state_dict(cpu)
-    x_test, y_test = splits.x_test.cpu(), splits.y_test.cpu()
-    with torch.inference_mode():
-        gap = float((small(x_test[:256]) - dense(x_test[:256])).abs().max())
-    if gap > LOGITS_TOLERANCE:
-        raise RuntimeError(f"the decomposed model's logits differ from the trial's by {gap}")
-    tensors = {k: v.detach().cpu().contiguous() for k, v in small.state_dict().items()}
+    tensors, measured = derived.figures(arch, dense, small, splits, "decomposed",
+                                        derived_macs=macs(small, arch.input_shape))
     parameters = sum(p.numel() for p in small.parameters())
-    flops, small_flops = macs(dense, arch.input_shape), macs(small, arch.input_shape)
     kinds = {t.name: t.kind for t in arch.tensors}
     doc = {"parameters": parameters, "compression_ratio": arch.total_parameters / parameters,
-           "macs": small_flops, "reference_macs": flops, "flops_ratio": flops / small_flops,
            "layers": decomposed_artifact.layers_doc(kinds, ranks),
            "vbmf_ranks": {n: [r.out, r.inp] for n, r in
                           ((n, vbmf_ranks(kinds[n], reference[n])) for n in decomposable(arch, o))},
-           "test_accuracy": accuracy(small, dict(tensors), x_test, y_test),
-           "max_logit_difference": gap,
-           "cpu_latency": cpu_latency(dense, small, arch.input_shape, "decomposed")}
+           **measured}
     return ExtraArtifact(format=decomposed_artifact.ARTIFACT, architecture=arch.name,
                          architecture_config=dict(arch.config), tensors=tensors,
                          manifest={"decomposed": doc}, doc=doc)
