@@ -2,16 +2,17 @@
 the database, and everything a user can read back from it.
 
 The redesign of the methods (and anything else that should not change results) must leave these
-byte-for-byte alone: same trials, same candidates, same figures, same best, same checkpoint
-tensors. An issue that changes a method's defaults on purpose regenerates that method's file in
-the same commit and says why:
+byte-for-byte alone on the machine that wrote them (same trials, same candidates, same figures,
+same best, same checkpoint tensors), and within a few images and a few per cent on any other CPU
+(each file holds the `numerics` fingerprint of the machine that wrote it). An issue that changes a
+method's defaults on purpose regenerates that method's file in the same commit and says why:
 
     .venv/bin/python -m tests.golden.jobs [METHOD ...]
 """
 
 from __future__ import annotations
 
-import tests.numerics  # noqa: F401  (first: pins torch's CPU kernels before torch loads)
+import tests.numerics  # first: pins torch's CPU kernels before torch loads
 
 # isort: split
 import hashlib
@@ -123,6 +124,7 @@ def main(methods: list[str]) -> None:
             url = f"sqlite:///{tmp}/golden.db"
             upgrade(url)
             got = run(method, make_settings(url, Path(tmp)), weights, dataset)
+        got["numerics"] = tests.numerics.fingerprint()
         path(method).write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
         print(f"wrote {path(method).relative_to(HERE.parents[1])}: {len(got['trials'])} trials, "
               f"best {got['best']['compression_ratio']:.2f}×")
