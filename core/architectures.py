@@ -149,7 +149,7 @@ def from_config(name: str, config: Mapping[str, object]) -> Architecture:
 
 def registry() -> dict[str, Architecture]:
     """Built-ins first, then installed entry points (a name clash keeps the built-in)."""
-    from core import zoo
+    from core import graph_program, zoo  # noqa: F401  (their families register as they load)
 
     found: dict[str, Architecture] = {a.name: a for a in zoo.BUILTINS}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
@@ -165,6 +165,15 @@ def registry() -> dict[str, Architecture]:
             continue
         found[obj.name] = obj
     return found
+
+
+def model_architecture(name: str, summary: Mapping[str, object]) -> Architecture:
+    """A stored model's architecture: a registered one by name, or (an uploaded graph) the one its
+    summary's `architecture_config` describes."""
+    config = summary.get("architecture_config")
+    if isinstance(config, Mapping):
+        return from_config(name, config)
+    return get_architecture(name)
 
 
 def get_architecture(name: str) -> Architecture:

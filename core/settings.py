@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     max_tensor_rank: int = 8
     max_tensor_elements: int = 1 << 31  # elements in one tensor
     max_classes: int = 10_000
+    max_graph_nodes: int = 10_000  # nodes in an uploaded torch.export graph (.pt2)
     max_trials: int = 100_000  # per job
     max_active_jobs: int = 8  # queued or running, per principal
     requests_per_minute: int = 600  # per principal (or per client address before authentication)

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.datastructures import FormData, UploadFile
 
 from core import methods, optimizers
-from core.architectures import Architecture, get_architecture, registry
+from core.architectures import Architecture, get_architecture, model_architecture, registry
 from core.errors import DatasetUnavailable, InvalidInput
 from core.settings import Settings
 from core.spec import JobSpec
@@ -153,7 +153,7 @@ async def _model(sub: Submission, form: FormData, session: Session, principal: P
     if sub.values["model_source"] == "existing":
         try:
             model = get_owned(session, Model, sub.values["model_id"], principal, "model")
-            return get_architecture(model.architecture), model.id
+            return model_architecture(model.architecture, model.summary), model.id
         except (ApiError, InvalidInput) as exc:
             sub.fail("model_id", exc.detail)
             return None

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from core.architectures import get_architecture
+from core.architectures import model_architecture
 from core.settings import Settings
 from core.spec import JobSpec
 from service.admission import check_admission, queue_job
@@ -33,7 +33,7 @@ def create_job(spec: JobSpec, session: WriteSession,
                cfg: Settings = Depends(settings)) -> dict[str, Any]:
     model = get_owned(session, Model, spec.model_id, principal, "model")
     dataset = get_owned(session, Dataset, spec.dataset_id, principal, "dataset")
-    check_admission(session, spec, get_architecture(model.architecture), dataset.summary, principal, cfg)
+    check_admission(session, spec, model_architecture(model.architecture, model.summary), dataset.summary, principal, cfg)
     return job_doc(queue_job(session, spec, model.id, dataset.id, principal))
 
 

@@ -9,11 +9,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.datastructures import UploadFile as StarletteUpload
 
 from core.architectures import get_architecture, registry
+from core.graph_program import graph_summary
 from core.settings import Settings
 from service.auth import Principal, current_principal
 from service.deps import db, session_factory, settings
 from service.errors import ERROR_RESPONSES, ApiError
 from service.ownership import get_owned
+from service.pt2_upload import parse_pt2
 from service.uploads import validate_weights
 from service.views import model_doc
 from store import blobs, records
@@ -39,21 +41,41 @@ def list_architectures(_: Principal = Depends(current_principal)) -> list[dict[s
 
 @router.post("/models", status_code=201)
 async def create_model(
-    weights: Annotated[UploadFile, File(description="safetensors file with float32 tensors")],
-    architecture: Annotated[str, Form(description="a registered architecture name")],
+    weights: Annotated[UploadFile | None, File(
+        description="safetensors file with the architecture's tensors")] = None,
+    architecture: Annotated[str | None, Form(description="a registered architecture name")] = None,
+    file: Annotated[UploadFile | None, File(
+        description="a torch.export archive (.pt2), instead of weights and architecture")] = None,
     name: Annotated[str | None, Form(max_length=200)] = None,
     principal: Principal = Depends(current_principal),
     cfg: Settings = Depends(settings),
     sessions: sessionmaker[Session] = Depends(session_factory),
 ) -> dict[str, Any]:
-    arch = get_architecture(architecture)
-    data = await read_upload(weights, "weights", cfg.max_upload_bytes)
-    validate_weights(data, arch, cfg)
+    if file is not None:
+        if weights is not None or architecture is not None:
+            raise ApiError(422, "invalid_input", "send either file (a .pt2 archive) or weights with "
+                           "architecture, not both")
+        archive = await read_upload(file, "file", cfg.max_upload_bytes)
+        parsed = parse_pt2(archive, cfg)
+        arch, data = parsed.architecture, parsed.weights
+        summary = {**arch.summary(), "source": "torch.export", "graph": graph_summary(
+            arch.config["program"]), "architecture_config": dict(arch.config)}  # type: ignore[arg-type]
+    else:
+        if weights is None or architecture is None:
+            raise ApiError(422, "invalid_input", "send weights and architecture (a registered "
+                           "architecture's tensors), or file (a torch.export archive, .pt2)")
+        arch = get_architecture(architecture)
+        data = await read_upload(weights, "weights", cfg.max_upload_bytes)
+        validate_weights(data, arch, cfg)
+        summary = arch.summary()
     # The write lock is taken only now, after the (possibly slow) validation.
     with transaction(sessions) as session:
         sha = blobs.put(session, data)
+        if file is not None:
+            # the archive itself, so a download can hand back the user's own program
+            summary["archive_sha256"] = blobs.put(session, archive)
         row = records.add_model(session, architecture=arch.name, weights_sha256=sha,
-                                summary=arch.summary(), name=name, owner=principal.name)
+                                summary=summary, name=name, owner=principal.name)
         return model_doc(row)
 
 

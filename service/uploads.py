@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import stat
 import zipfile
 from dataclasses import dataclass
 from math import prod
@@ -18,6 +17,7 @@ from core.errors import InvalidInput
 from core.safetensors_header import HeaderLimits, read_header
 from core.settings import Settings
 from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION, validation_size
+from core.zip_members import checked_members
 
 REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
 OPTIONAL_KEYS = ("x_val", "y_val")
@@ -26,21 +26,6 @@ BUILTIN_DATASETS = builtin_datasets.NAMES
 
 
 NUMERIC_KINDS = "biufc"  # numpy dtype kinds; parse_dataset narrows x and y further
-
-
-def _member_kind(info: zipfile.ZipInfo) -> str:
-    """What a zip member is, from the file-type bits of its Unix mode. No type bits means a plain
-    file: numpy's own savez writes only permissions (0o600), other archivers write no mode."""
-    if info.is_dir():
-        return "directory"
-    mode = info.external_attr >> 16
-    if stat.S_IFMT(mode) == 0 or stat.S_ISREG(mode):
-        return "regular file"
-    if stat.S_ISLNK(mode):
-        return "symbolic link"
-    if stat.S_ISDIR(mode):
-        return "directory"
-    return "special file (device, FIFO or socket)"
 
 
 def header_limits(cfg: Settings) -> HeaderLimits:
@@ -87,21 +72,14 @@ def _load_arrays(data: bytes, cfg: Settings) -> dict[str, np.ndarray]:
         if len(infos) > cfg.max_tensors:
             raise InvalidInput(f"file holds {len(infos)} arrays, more than the limit of "
                                f"{cfg.max_tensors}", field="file")
-        for member_info in infos:
-            kind = _member_kind(member_info)
-            if kind != "regular file":
-                raise InvalidInput(f"file: .npz member {member_info.filename!r} is a {kind}, not a regular "
-                                   "file", field="file")
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            checked_members(zf, ".npz", "file", max_members=cfg.max_tensors,
+                            max_expanded=MAX_NPZ_EXPANSION * max_bytes)
         strangers = [i.filename for i in infos if not i.filename.endswith(".npy")]
         if strangers:
             raise InvalidInput(f"file is a zip archive but not an .npz: member {strangers[0]!r} is "
                                "not a .npy array (PyTorch archives hold pickles and are refused)",
                                field="file")
-        # Sizes from the archive's directory, before anything is decompressed (zip bombs).
-        expanded = sum(i.file_size for i in infos)
-        if expanded > MAX_NPZ_EXPANSION * max_bytes:
-            raise InvalidInput(f"file expands to {expanded} bytes, more than the limit "
-                               f"{MAX_NPZ_EXPANSION * max_bytes}", field="file")
         try:
             npz = np.load(io.BytesIO(data), allow_pickle=False)
         except Exception as exc:

@@ -8,8 +8,10 @@ from store.models import Dataset, Job, Model, Trial, Worker
 
 
 def model_doc(m: Model) -> dict[str, Any]:
+    # an uploaded graph's program is stored with the model but is not part of its page
+    summary = {k: v for k, v in m.summary.items() if k != "architecture_config"}
     return {"id": m.id, "name": m.name, "weights_sha256": m.weights_sha256,
-            "created_at": m.created_at.isoformat(), **m.summary}
+            "created_at": m.created_at.isoformat(), **summary}
 
 
 def dataset_doc(d: Dataset) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load as load_safetensors  # parses tensors only, never pickle
 from sqlalchemy.orm import Session
 
-from core.architectures import Architecture, get_architecture
+from core.architectures import Architecture, model_architecture
 from core.settings import Settings
 from core.spec import JobSpec
 from store import blobs
@@ -30,9 +30,10 @@ class JobInputs:
     builtin: str | None
     data_blob: bytes | None
     dataset_summary: dict[str, Any]
+    model_summary: dict[str, Any]
 
     def arch(self) -> Architecture:
-        return get_architecture(self.architecture)
+        return model_architecture(self.architecture, self.model_summary)
 
     def params(self, device: torch.device) -> dict[str, torch.Tensor]:
         return {k: v.to(device) for k, v in load_safetensors(self.weights).items()}
@@ -55,5 +56,5 @@ def read_job_inputs(s: Session, job_id: str, settings: Settings) -> JobInputs:
         dataset_id=dataset_row.id, builtin=dataset_row.builtin,
         data_blob=(blobs.read_cached(s, dataset_row.blob_sha256, settings.cache_dir)
                    if dataset_row.blob_sha256 else None),
-        dataset_summary=dict(dataset_row.summary),
+        dataset_summary=dict(dataset_row.summary), model_summary=dict(model_row.summary),
     )

@@ -1,0 +1,104 @@
+"""Bring your own model: a net written in plain torch.nn, trained, exported with torch.export and
+uploaded as a .pt2 archive, compressed by magnitude and olmp jobs through the API, a worker and
+the database on the built-in Fashion-MNIST, and downloaded into the user's own module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import safetensors.torch
+import torch
+from fastapi.testclient import TestClient
+from torch import nn
+
+import thresher.loader
+from core import builtin_datasets
+from core.settings import Settings
+from service.app import create_app
+from tests.graph_models import NETS, export_bytes
+from tests.helpers import bearer, make_token, submit
+from workers.jobs.loop import Worker
+
+
+@pytest.fixture(scope="module")
+def fashion(mnist_dir: Path) -> builtin_datasets.Arrays:
+    return builtin_datasets.load("fashion-mnist", mnist_dir)
+
+
+def _trained(net: str, fashion: builtin_datasets.Arrays) -> nn.Module:
+    """The net after one epoch over 6,000 training images (70–80 % accurate)."""
+    torch.manual_seed(0)
+    model = NETS[net]()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x, y = torch.from_numpy(fashion.x_train[:6000]), torch.from_numpy(fashion.y_train[:6000])
+    model.train()
+    for i in range(0, len(y), 64):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64]).backward()
+        opt.step()
+    return model.eval()
+
+
+def _upload(client: TestClient, archive: bytes) -> dict[str, Any]:
+    r = client.post("/v1/models", files={"file": ("model.pt2", archive)}, data={"name": "mine"})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_an_uploaded_graph_shows_its_layers(settings: Settings) -> None:
+    with TestClient(create_app(settings), headers=bearer(make_token(settings.database_url))) as client:
+        for name, net in NETS.items():
+            doc = _upload(client, export_bytes(net()))
+            assert doc["architecture"] == "graph" and doc["source"] == "torch.export", name
+            assert doc["total_parameters"] == sum(p.numel() for p in net().parameters())
+            assert "architecture_config" not in doc  # the program is stored, not shown
+            assert doc["graph"]["dynamic_batch"] and doc["graph"]["input_shape"] == [1, 28, 28]
+            layers = {layer["name"]: layer for layer in doc["layers"]}
+            assert all(layer["prunable"] == (layer["kind"] in ("conv2d", "linear"))
+                       for layer in layers.values())
+            assert client.get(f"/v1/models/{doc['id']}").json() == doc
+
+
+# The VGG-style net (BatchNorm, dropout, a view by the symbolic batch size, a dense head worth
+# pruning): the ResNet of tests/graph_models is too small to prune at this schedule (19,810
+# weights, 69 % after its one epoch; olmp's 8 trials found 1.001×); bench/byom_fashion.py
+# compresses a trained ResNet through the same path.
+@pytest.mark.parametrize(("method", "net"), [("magnitude", "vgg"), ("olmp", "vgg")])
+def test_a_job_compresses_an_uploaded_graph_and_the_download_loads_into_the_user_s_module(
+        method: str, net: str, settings: Settings, fashion: builtin_datasets.Arrays) -> None:
+    trained = _trained(net, fashion)
+    spec: dict[str, Any] = {
+        "magnitude": {"method": "magnitude", "optimizer": "nevergrad:NGOpt", "budget": {"trials": 10}},
+        "olmp": {"method": "olmp", "optimizer": "ncs", "budget": {"trials": 8}, "search": {"population": 4},
+                 "olmp": {"rounds": 2, "adjust_iterations": 60, "retrain_iterations": 60,
+                          "evaluate_every": 30, "search_drop": 0.05}},
+    }[method]
+    with TestClient(create_app(settings), headers=bearer(make_token(settings.database_url))) as client:
+        model = _upload(client, export_bytes(trained))
+        ds = client.post("/v1/datasets", json={"builtin": "fashion-mnist"}).json()
+        job = submit(client, model["id"], ds["id"], max_accuracy_drop=0.02, seed=3, **spec)
+        Worker(settings, name="byom").serve(exit_when_idle=True)
+        done = client.get(f"/v1/jobs/{job['id']}").json()
+        assert done["status"] == "succeeded", done["error"]
+        assert done["best"]["compression_ratio"] > 1.5
+        assert done["best"]["accuracy_drop"] <= 0.02
+        data = client.get(f"/v1/jobs/{job['id']}/checkpoint").content
+    # the user's own module takes the download by load_state_dict and scores what the job said
+    state = safetensors.torch.load(data)
+    mine = NETS[net]()
+    mine.load_state_dict(state)
+    mine.eval()
+    x, y = torch.from_numpy(fashion.x_test), torch.from_numpy(fashion.y_test)
+    with torch.no_grad():
+        accuracy = sum(int((mine(x[i:i + 1000]).argmax(1) == y[i:i + 1000]).sum())
+                       for i in range(0, len(y), 1000)) / len(y)
+    assert accuracy == pytest.approx(done["test_accuracy"], abs=1e-9)
+    kept = sum(int(v.count_nonzero()) for k, v in state.items()
+               if k.endswith("weight") and v.dim() > 1)
+    assert kept < sum(v.numel() for k, v in state.items() if k.endswith("weight") and v.dim() > 1)
+    # and thresher.load rebuilds it from the file alone
+    loaded = thresher.loader.load_bytes(data)
+    with torch.no_grad():
+        assert torch.equal(loaded(x[:50]), mine(x[:50]))
