@@ -92,6 +92,13 @@ def parse_pt2(data: bytes, cfg: Settings) -> ParsedGraph:
     except zipfile.BadZipFile:
         raise InvalidInput("file is not a valid zip archive (.pt2)", field="file") from None
     with zf:
+        # the graph's size first: a graph of 10⁶ nodes is refused by the limit it breaks
+        for info in zf.infolist():
+            if info.filename.endswith("/models/model.json") and \
+                    info.file_size > BYTES_PER_NODE * cfg.max_graph_nodes:
+                raise InvalidInput(f"file: {info.filename} is {info.file_size} bytes, more than a "
+                                   f"graph of {cfg.max_graph_nodes} nodes (THRESHER_MAX_GRAPH_NODES) "
+                                   "can take", field="file")
         infos = checked_members(zf, ".pt2", "file", max_members=cfg.max_tensors + EXTRA_MEMBERS,
                                 max_expanded=MAX_EXPANSION * cfg.max_upload_bytes)
         by_name = {i.filename: i for i in infos}
@@ -114,11 +121,6 @@ def parse_pt2(data: bytes, cfg: Settings) -> ParsedGraph:
         if extra_models:
             raise InvalidInput(f"file: the archive holds more than one program ({extra_models[0]!r}); "
                                "save one exported program", field="file")
-        graph_info = by_name[f"{root}/models/model.json"]
-        if graph_info.file_size > BYTES_PER_NODE * cfg.max_graph_nodes:
-            raise InvalidInput(f"file: models/model.json is {graph_info.file_size} bytes, more than a "
-                               f"graph of {cfg.max_graph_nodes} nodes (THRESHER_MAX_GRAPH_NODES) "
-                               "can take", field="file")
         model = _json(member("models/model.json"), "models/model.json")
         weights_config = _json(member("data/weights/model_weights_config.json"),
                                "data/weights/model_weights_config.json")

@@ -106,7 +106,9 @@ def download_checkpoint(
         "model's own shapes with zeros; compact, where whole neurons or filters were pruned "
         "(methods l0, sgl), smaller dense shapes and their architecture config in the manifest; "
         "blockdiag (method mpd), the blocks and permutation indices; decomposed (method tucker), "
-        "the Tucker-2 / SVD factors. `thresher.load` runs each"),
+        "the Tucker-2 / SVD factors; pt2 (a model uploaded as a torch.export archive), that archive "
+        "with the pruned weights, for torch.export.load. `thresher.load` runs each safetensors "
+        "format"),
 ) -> StreamingResponse:
     job = get_owned(session, Job, job_id, principal, "job")
     if job.status != "succeeded" or not job.artifacts:
@@ -131,7 +133,8 @@ def download_checkpoint(
     return StreamingResponse(
         stream(), media_type="application/octet-stream",
         headers={"Content-Disposition": f'attachment; filename="thresher-{job_id}'
-                                        f'{"-compact" if format == "compact" else ""}.safetensors"',
+                                        f'{"" if format == "pruned" else "-" + format}'
+                                        f'{".pt2" if format == "pt2" else ".safetensors"}"',
                  "Content-Length": str(blob.size), "X-Checkpoint-SHA256": sha},
     )
 

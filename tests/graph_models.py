@@ -121,7 +121,7 @@ def rewrite(archive: bytes, *, model_json: Callable[[dict[str, Any]], None] | No
     members added (a ZipInfo carries a name and a Unix mode of one's choosing)."""
     src = zipfile.ZipFile(io.BytesIO(archive))
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for info in src.infolist():
             data = src.read(info)
             if info.filename.endswith("models/model.json") and model_json:
@@ -138,6 +138,7 @@ def rewrite(archive: bytes, *, model_json: Callable[[dict[str, Any]], None] | No
             zf.writestr(info.filename, data)
         for item in extra or []:
             info, payload = item if isinstance(item, tuple) else (item, b"")
+            info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, payload)
     return buf.getvalue()
 

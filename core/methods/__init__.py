@@ -50,6 +50,10 @@ class MethodInfo:
     validation_subset: int | None = None
     # where the method is listed (API errors, the dashboard's form): lower first
     rank: int = 100
+    # takes uploaded graphs (architecture "graph", a .pt2 upload): a method that deploys by
+    # rewriting the model's modules into others (block-diagonal, decomposed) needs the module
+    # structure of a built-in and says False
+    graphs: bool = True
 
     def planned(self, spec: JobSpec) -> int:
         return self.planned_trials(spec) if self.planned_trials is not None else spec.budget.trials

@@ -71,4 +71,4 @@ def _admit(spec: JobSpec, arch: Architecture, _dataset: dict[str, Any]) -> None:
 METHOD = MethodInfo(
     name="tucker", summary="training trials of Tucker-2 / SVD decompositions, ranks searched "
     "around EVBMF's", worker="workers.methods.tucker", trials="distributed", multi_objective=True,
-    artifacts=("pruned", "decomposed"), admit=_admit, rank=5)
+    artifacts=("pruned", "decomposed"), admit=_admit, rank=5, graphs=False)

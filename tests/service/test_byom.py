@@ -4,6 +4,7 @@ the database on the built-in Fashion-MNIST, and downloaded into the user's own m
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,11 @@ def test_a_job_compresses_an_uploaded_graph_and_the_download_loads_into_the_user
         assert done["best"]["compression_ratio"] > 1.5
         assert done["best"]["accuracy_drop"] <= 0.02
         data = client.get(f"/v1/jobs/{job['id']}/checkpoint").content
+        assert [a["format"] for a in done["artifacts"]] == ["pruned", "pt2"]
+        assert done["best"]["downloads"].startswith("full shape")
+        pt2 = client.get(f"/v1/jobs/{job['id']}/checkpoint", params={"format": "pt2"})
+        assert pt2.status_code == 200
+        assert pt2.headers["content-disposition"].endswith('-pt2.pt2"')
     # the user's own module takes the download by load_state_dict and scores what the job said
     state = safetensors.torch.load(data)
     mine = NETS[net]()
@@ -102,3 +108,10 @@ def test_a_job_compresses_an_uploaded_graph_and_the_download_loads_into_the_user
     loaded = thresher.loader.load_bytes(data)
     with torch.no_grad():
         assert torch.equal(loaded(x[:50]), mine(x[:50]))
+    # the user's own archive comes back with the pruned weights: torch.export.load on their side
+    # (this is the user's code, opening the service's file) runs it
+    program = torch.export.load(io.BytesIO(pt2.content))
+    assert all(torch.equal(program.state_dict[k], v) for k, v in state.items()
+               if k in program.state_dict)
+    with torch.no_grad():
+        assert torch.equal(program.module()(x[:50]), mine(x[:50]))

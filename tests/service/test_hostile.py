@@ -27,6 +27,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from store import tokens
 from store.db import make_engine, make_sessionmaker, transaction
+from tests import graph_models
 from tests.conftest import make_settings, npz_bytes
 from tests.helpers import bearer, make_token, row_counts
 
@@ -71,6 +72,70 @@ def pt2_archive() -> bytes:
     buf = io.BytesIO()
     torch.export.save(torch.export.export(Tiny(), (torch.ones(2),)), buf)
     return buf.getvalue()
+
+
+GUARDS_MARKER = Path("/tmp/thresher-hostile-guards-ran")
+
+
+def tiny_pt2() -> bytes:
+    """A real export of a small convnet with BatchNorm, dynamic batch size."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(4 * 26 * 26, 10))
+    return graph_models.export_bytes(net)
+
+
+def pt2_edit(**edits: Any) -> Request:
+    return model_file(graph_models.rewrite(tiny_pt2(), **edits))
+
+
+def model_file(payload: bytes) -> Request:
+    return lambda w: w.client.post("/v1/models", files={"file": ("model.pt2", payload)})
+
+
+def _set_target(target: str) -> Callable[[dict[str, Any]], None]:
+    def edit(d: dict[str, Any]) -> None:
+        d["graph_module"]["graph"]["nodes"][0]["target"] = target
+    return edit
+
+
+def _read_later(d: dict[str, Any]) -> None:
+    nodes = d["graph_module"]["graph"]["nodes"]  # the first node reads the last one's output
+    nodes[0]["inputs"][0]["arg"] = {"as_tensor": {"name": nodes[-1]["outputs"][0]["as_tensor"]["name"]}}
+
+
+def _read_itself(d: dict[str, Any]) -> None:
+    node = d["graph_module"]["graph"]["nodes"][0]
+    node["inputs"][0]["arg"] = {"as_tensor": {"name": node["outputs"][0]["as_tensor"]["name"]}}
+
+
+def _guards(d: dict[str, Any]) -> None:
+    d["guards_code"] = [f"open({str(GUARDS_MARKER)!r}, 'w').write('ran')"]
+
+
+def _million_nodes(d: dict[str, Any]) -> None:
+    d["graph_module"]["graph"]["nodes"] = [
+        {"target": "torch.ops.aten.relu.default", "inputs": [], "outputs": [], "name": "n"}] * 10**6
+
+
+def _first_tensor(change: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    def edit(d: dict[str, Any]) -> None:
+        change(next(iter(d["config"].values())))
+    return edit
+
+
+def _strides_past(entry: dict[str, Any]) -> None:
+    entry["tensor_meta"]["strides"] = [{"as_int": 1000 * s["as_int"]} for s in entry["tensor_meta"]["strides"]]
+
+
+def _member(name: str, mode: int | None = None) -> Any:
+    import zipfile
+
+    info = zipfile.ZipInfo(name)
+    if mode is not None:
+        info.create_system = 3
+        info.external_attr = mode << 16
+    return info
 
 
 def torchscript_file() -> bytes:
@@ -210,6 +275,36 @@ CASES: list[tuple[str, Request, int, str]] = [
      "member 'x_train.npy' is not a .npy array"),
     ("npz member that is an object array", dataset(object_array_npz()), 422,
      "member 'x_train.npy' must be a numeric array, not pickled objects"),
+    ("pt2 whose guards_code would write a file", pt2_edit(model_json=_guards), 422,
+     "carries guards_code"),
+    ("pt2 with weights flagged use_pickle", pt2_edit(weights_config=_first_tensor(
+        lambda e: e.update(use_pickle=True))), 422, "stored as a pickle (use_pickle)"),
+    ("pt2 calling builtins.exec", pt2_edit(model_json=_set_target("builtins.exec")), 422,
+     "calls 'builtins.exec', which is not on the allowlist"),
+    ("pt2 calling os.system", pt2_edit(model_json=_set_target("os.system")), 422,
+     "calls 'os.system', which is not on the allowlist"),
+    ("pt2 calling an aten op off the allowlist", pt2_edit(model_json=_set_target(
+        "torch.ops.aten._foreach_add.Scalar")), 422, "not on the allowlist"),
+    ("pt2 node reading a later value", pt2_edit(model_json=_read_later), 422, "before it is defined"),
+    ("pt2 node reading itself", pt2_edit(model_json=_read_itself), 422, "before it is defined"),
+    ("pt2 with a million nodes", pt2_edit(model_json=_million_nodes), 422, "THRESHER_MAX_GRAPH_NODES"),
+    ("pt2 of another schema version", pt2_edit(model_json=lambda d: d.update(
+        schema_version={"major": 99, "minor": 0})), 422, "schema version"),
+    ("pt2 weight whose strides point past its bytes", pt2_edit(weights_config=_first_tensor(
+        _strides_past)), 422, "point past its bytes"),
+    ("pt2 float64 weight", pt2_edit(weights_config=_first_tensor(
+        lambda e: e["tensor_meta"].update(dtype=8))), 422, "F32 is required"),
+    ("pt2 zip bomb", pt2_edit(extra=[(_member("net/extra.bin"), b"\0" * (100 * 1024 * 1024))]), 422,
+     "expands to"),
+    ("pt2 symlink member", pt2_edit(extra=[(_member("net/link", 0o120777), b"/etc/passwd")]), 422,
+     "member 'net/link' is a symbolic link"),
+    ("pt2 path-traversal member", pt2_edit(extra=[(_member("../../etc/cron.d/x"), b"")]), 422,
+     "'../../etc/cron.d/x' is not a plain relative path"),
+    ("pt2 with weights and architecture too", lambda w: w.client.post(
+        "/v1/models", data={"architecture": "lenet-300-100"},
+        files={"file": ("m.pt2", tiny_pt2()), "weights": ("w", lenet300())}), 422, "not both"),
+    ("a zip that is not a torch.export archive", model_file(npz_bytes(arrays())), 422,
+     "not a torch.export archive"),
     ("huge budget", job(budget={"trials": 50_000}), 422, "exceeds this server's limit of 10000"),
     ("absurd budget", job(budget={"trials": 10**12}), 422, "budget.trials must be at most"),
     ("δ out of range", job(max_accuracy_drop=1.5), 422, "max_accuracy_drop must be in [0, 1)"),
@@ -251,6 +346,7 @@ CASES: list[tuple[str, Request, int, str]] = [
 @pytest.mark.parametrize(("case", "send", "status", "message"), CASES, ids=[c[0] for c in CASES])
 def test_hostile_input(world: World, case: str, send: Request, status: int, message: str) -> None:
     MARKER.unlink(missing_ok=True)
+    GUARDS_MARKER.unlink(missing_ok=True)
     before = row_counts(world.url)
     response = send(world)
     assert response.status_code == status, response.text
@@ -259,9 +355,20 @@ def test_hostile_input(world: World, case: str, send: Request, status: int, mess
     assert row_counts(world.url) == before  # nothing half-written
     assert world.client.get("/healthz").json() == {"status": "ok"}
     assert not MARKER.exists(), "an upload was unpickled"
+    assert not GUARDS_MARKER.exists(), "an archive's guards_code was executed"
     if status == 404 and "another principal" in case:
         # and the owner still sees it
         assert world.client.get(f"/v1/jobs/{world.ids['job']}").status_code == 200
+
+
+def test_a_pickled_sample_input_is_accepted_and_never_read(world: World) -> None:
+    """torch.export.save always writes `sample_inputs/model.pt`, a pickle: the reader never opens
+    it, so one that would run code on unpickling changes nothing."""
+    MARKER.unlink(missing_ok=True)
+    archive = graph_models.rewrite(tiny_pt2(), members={"data/sample_inputs/model.pt": pickle.dumps(Evil())})
+    r = world.client.post("/v1/models", files={"file": ("model.pt2", archive)})
+    assert r.status_code == 201, r.text
+    assert r.json()["architecture"] == "graph" and not MARKER.exists()
 
 
 def test_there_are_at_least_25_cases() -> None:

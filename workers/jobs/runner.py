@@ -23,7 +23,7 @@ from workers.jobs import checkpoint
 from workers.jobs.inputs import JobInputs, read_job_inputs
 from workers.jobs.trial_items import TrialContexts
 from workers.methods import MethodJob, load
-from workers.models import compaction, zoo
+from workers.models import compaction, pt2_weights, zoo
 from workers.models.masking import nonzero_parameters
 from workers.runtime.data import Splits
 from workers.runtime.evaluation import accuracy
@@ -161,6 +161,16 @@ def run(sessions: sessionmaker[Session], lease: Lease, settings: Settings, devic
     artifacts = [("pruned", arch.name, dict(arch.config), data)]
     if compact is not None:
         artifacts.append(("compact", compact[2], compact[1]["architecture_config"], compact[0]))
+    archive_sha = got.model_summary.get("archive_sha256")
+    if archive_sha:  # an uploaded graph: its own .pt2 archive, with the pruned weights
+        best["downloads"] = ("full shape: an uploaded graph's downloads keep every layer's shape, "
+                             "with zeros where weights were pruned; filters are not removed from "
+                             "uploaded graphs")
+        archive = retrying(sessions, lambda s: blobs.read_cached(s, archive_sha, settings.cache_dir),
+                           what=f"reading the archive of model {got.model_id}")
+        artifacts.append(("pt2", arch.name, dict(arch.config),
+                          pt2_weights.with_weights(archive, arch.config["program"],  # type: ignore[arg-type]
+                                                   result.pruned.params)))
     for extra in result.artifacts:  # a method's own formats (workers.search.trials.ExtraArtifact)
         best[extra.format] = extra.doc
         artifacts.append((extra.format, extra.architecture, extra.architecture_config,
