@@ -166,3 +166,39 @@ def test_zoo_trains_lenet_5_to_99_percent(tmp_path: Path, mnist_dir: Path) -> No
     assert float(printed.rsplit("test accuracy", 1)[1].strip()) >= 0.990, printed
     params = safetensors.torch.load_file(str(out))
     assert sum(t.numel() for t in params.values()) == 431_080
+
+
+def _readme_blocks(section: str) -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return [b.split("\n", 1)[1] for b in body.split("```")[1::2]]
+
+
+def test_readme_bring_your_own_model_as_pasted(service: str, tmp_path: Path) -> None:
+    """The README's three blocks, run as they are: export in Python, upload / submit / download
+    with curl over real HTTP, load in Python."""
+    export, shell, load = _readme_blocks("Bring your own model: a torch.export archive")
+    token = (tmp_path / "var" / "admin-token").read_text().strip()
+    env = {**os.environ, "TOKEN": token}
+    (tmp_path / "byom.py").write_text(export)
+    subprocess.run([sys.executable, "byom.py"], cwd=tmp_path, check=True, timeout=300)
+    submit, download = shell.split("# … once it has succeeded:\n")
+    port = service.rsplit(":", 1)[1]
+    submit, download = (part.replace("127.0.0.1:8000", f"127.0.0.1:{port}") for part in (submit, download))
+    out = subprocess.run(["bash", "-euo", "pipefail", "-c", submit + '\necho "$JOB"'], cwd=tmp_path,
+                         env=env, check=True, capture_output=True, text=True, timeout=300)
+    job = out.stdout.strip().splitlines()[-1]
+    http = httpx.Client(base_url=service, timeout=60, headers={"Authorization": f"Bearer {token}"})
+    deadline = time.monotonic() + 600
+    while (state := http.get(f"/v1/jobs/{job}").json())["status"] not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, state
+        time.sleep(0.5)
+    assert state["status"] == "succeeded", state["error"]
+    subprocess.run(["bash", "-euo", "pipefail", "-c", f"JOB={job}\n" + download], cwd=tmp_path, env=env,
+                   check=True, timeout=300)
+    (tmp_path / "byom.py").write_text(export + load + "\nprint(pruned(torch.zeros(3, 1, 28, 28)).shape)\n"
+                                      "print(sum(int(p.count_nonzero()) for p in model.parameters()))\n")
+    printed = subprocess.run([sys.executable, "byom.py"], cwd=tmp_path, check=True, capture_output=True,
+                             text=True, timeout=300).stdout.splitlines()
+    assert printed[0] == "torch.Size([3, 10])"
+    assert int(printed[1]) == state["best"]["nonzero"]
