@@ -99,6 +99,25 @@ class GraphModel(nn.Module):
             *path, leaf = t["name"].split(".")
             self.homes.append((gname, _container(self, path), leaf))
         self.roles = ROLES
+        # the values each node reads for the last time: dropped after it, so a large batch's
+        # activations are freed as they would be in eager code (not held to the end of forward)
+        last: dict[str, int] = {}
+
+        def reads(a: Any) -> list[str]:
+            if isinstance(a, dict):
+                return [a["t"]] if "t" in a else list(a.get("ts", []))
+            if isinstance(a, list):
+                return [n for v in a for n in reads(v)]
+            return []
+
+        for i, node in enumerate(self.nodes):
+            for a in [*node["args"], *node["kwargs"].values()]:
+                for name in reads(a):
+                    last[name] = i
+        self.dying: list[list[str]] = [[] for _ in self.nodes]
+        for name, i in last.items():
+            if name != self.output_name:
+                self.dying[i].append(name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         env: dict[str, Any] = {g: getattr(module, leaf) for g, module, leaf in self.homes}
@@ -121,6 +140,8 @@ class GraphModel(nn.Module):
             if i in self.norms:
                 norm = self.get_submodule(self.norms[i])
                 env[node["out"]] = norm(env[node["args"][0]["t"]])
+                for name in self.dying[i]:
+                    env.pop(name, None)
                 continue
             args = [value(a) for a in node["args"]]
             kwargs = {k: value(v) for k, v in node["kwargs"].items()}
@@ -136,5 +157,7 @@ class GraphModel(nn.Module):
             if op in IN_PLACE and node["args"] and isinstance(node["args"][0], dict) \
                     and "t" in node["args"][0]:
                 env[node["args"][0]["t"]] = env[node["out"]]
+            for name in self.dying[i]:
+                env.pop(name, None)
         out: torch.Tensor = env[self.output_name]
         return out

@@ -1,0 +1,84 @@
+"""The worker's graph interpreter against the user's eager module: forward (eval, no gradient)
+and forward+backward (train mode) at batch 1 and 256, one torch thread, for the nets of
+tests/graph_models.py (a ResNet, a MobileNetV2-style net, a VGG-style net, an MLP), each exported
+with torch.export and read back the way an upload is. Medians of interleaved repeats, so that
+both see the same machine; the ratio is interpreter ÷ eager.
+
+    .venv/bin/python bench/graph_interpreter.py
+
+Writes bench/results/graph_interpreter_cpu.json.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from olmp_mnist import write_results  # noqa: E402
+
+from core.settings import Settings  # noqa: E402
+from service.pt2_upload import parse_pt2  # noqa: E402
+from tests.graph_models import NETS, export_bytes  # noqa: E402
+from workers.models import zoo  # noqa: E402
+
+REPEATS = {1: 300, 256: 15}
+
+
+def step(net: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], None]:
+    def run() -> None:
+        if mode == "forward":
+            net.eval()
+            with torch.no_grad():
+                net(x)
+        else:
+            net.train()
+            net.zero_grad(set_to_none=True)
+            net(x).square().mean().backward()
+    return run
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    rows: dict[str, Any] = {}
+    for name, make in NETS.items():
+        torch.manual_seed(0)
+        eager = make()
+        parsed = parse_pt2(export_bytes(eager), Settings())
+        graph = zoo.build(parsed.architecture)
+        graph.load_state_dict(safetensors.torch.load(parsed.weights))
+        for batch, repeats in REPEATS.items():
+            x = torch.randn(batch, 1, 28, 28)
+            for mode in ("forward", "forward+backward"):
+                runs = {"eager": step(eager, x, mode), "graph": step(graph, x, mode)}
+                times: dict[str, list[float]] = {k: [] for k in runs}
+                for run in runs.values():
+                    run()  # warm-up
+                for _ in range(repeats):
+                    for k, run in runs.items():
+                        t0 = time.perf_counter()
+                        run()
+                        times[k].append(time.perf_counter() - t0)
+                e, g = statistics.median(times["eager"]), statistics.median(times["graph"])
+                rows[f"{name} batch {batch} {mode}"] = {"eager_ms": 1e3 * e, "graph_ms": 1e3 * g,
+                                                        "ratio": g / e}
+                print(f"{name:<10} batch {batch:>3} {mode:<17} eager {1e3 * e:8.3f} ms  "
+                      f"graph {1e3 * g:8.3f} ms  ratio {g / e:5.2f}", flush=True)
+    worst = max(r["ratio"] for r in rows.values())
+    print(f"\nworst interpreter ÷ eager: {worst:.2f}")
+    write_results("graph_interpreter", False, torch.device("cpu"), {"rows": rows, "worst_ratio": worst})
+
+
+if __name__ == "__main__":
+    main()
