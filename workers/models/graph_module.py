@@ -10,12 +10,13 @@ ops run out of place and rebind their input, which is what a later reader of tha
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from core.graph_program import ALLOWED_OPS, ROLES, TRAINING_ARGUMENT
+from core.graph_program import ALLOWED_OPS, TRAINING_ARGUMENT
 
 
 def _resolve(op: str) -> Callable[..., Any]:
@@ -26,6 +27,20 @@ def _resolve(op: str) -> Callable[..., Any]:
 # in-place ops (relu_, add_, …) resolve to their out-of-place twins
 OPS: dict[str, Callable[..., Any]] = {op: _resolve(op) for op in sorted(ALLOWED_OPS)}
 IN_PLACE = frozenset(op for op in ALLOWED_OPS if op.split(".")[1].endswith("_"))
+
+
+@dataclass
+class _Step:
+    call: Callable[..., Any]  # the aten op, or the BatchNorm module that stands for the node
+    args: list[Any]  # constants in place, None where a reference goes
+    refs: list[tuple[int, str]]  # (position, name) of the tensors and sizes the node reads
+    nested: list[tuple[int, Any]]  # (position, argument) of lists that hold references
+    kwargs: dict[str, Any]
+    flag: tuple[str, int] | None  # the training flag the module's mode replaces
+    out: str
+    rebind: str | None  # an in-place op's input, which later readers see as its output
+    dying: tuple[str, ...]
+    norm: bool
 
 
 class GraphBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -98,7 +113,6 @@ class GraphModel(nn.Module):
         for gname, t in specs.items():
             *path, leaf = t["name"].split(".")
             self.homes.append((gname, _container(self, path), leaf))
-        self.roles = ROLES
         # the values each node reads for the last time: dropped after it, so a large batch's
         # activations are freed as they would be in eager code (not held to the end of forward)
         last: dict[str, int] = {}
@@ -119,6 +133,36 @@ class GraphModel(nn.Module):
             if name != self.output_name:
                 self.dying[i].append(name)
 
+        self.steps = [self._compile(i, node) for i, node in enumerate(self.nodes)]
+
+    def _compile(self, i: int, node: dict[str, Any]) -> _Step:
+        """A node as a call with its constants in place and the positions its references fill:
+        resolving each argument at every call cost as much as the ops at batch 1."""
+        op = node["op"]
+        args: list[Any] = []
+        refs: list[tuple[int, str]] = []
+        nested: list[tuple[int, Any]] = []
+        for pos, a in enumerate(node["args"]):
+            if isinstance(a, dict) and ("t" in a or "s" in a):
+                refs.append((pos, str(a["t"] if "t" in a else a["s"])))
+                args.append(None)
+            elif isinstance(a, (dict, list)):
+                nested.append((pos, a))
+                args.append(None)
+            else:
+                args.append(a)
+        flag = TRAINING_ARGUMENT.get(op)
+        # a BatchNorm without running statistics normalises by the batch in either mode
+        if op == "aten.batch_norm.default" and len(args) > 3 and args[3] is None and \
+                not any(pos == 3 for pos, _ in refs):
+            flag = None
+        first = node["args"][0] if node["args"] else None
+        rebind = first["t"] if op in IN_PLACE and isinstance(first, dict) and "t" in first else None
+        norm = self.get_submodule(self.norms[i]) if i in self.norms else None
+        return _Step(call=norm if norm is not None else OPS[op], args=args, refs=refs, nested=nested,
+                     kwargs=dict(node["kwargs"]), flag=flag, out=node["out"], rebind=rebind,
+                     dying=tuple(self.dying[i]), norm=norm is not None)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         env: dict[str, Any] = {g: getattr(module, leaf) for g, module, leaf in self.homes}
         env[self.input_name] = x
@@ -135,29 +179,28 @@ class GraphModel(nn.Module):
                 return [value(v) for v in a]
             return a
 
-        for i, node in enumerate(self.nodes):
-            op = node["op"]
-            if i in self.norms:
-                norm = self.get_submodule(self.norms[i])
-                env[node["out"]] = norm(env[node["args"][0]["t"]])
-                for name in self.dying[i]:
-                    env.pop(name, None)
-                continue
-            args = [value(a) for a in node["args"]]
-            kwargs = {k: value(v) for k, v in node["kwargs"].items()}
-            flag = TRAINING_ARGUMENT.get(op)
-            # a BatchNorm without running statistics normalises by the batch in either mode
-            if flag is not None and not (op == "aten.batch_norm.default" and args[3] is None):
-                name, position = flag
-                if name in kwargs:
-                    kwargs[name] = self.training
-                elif len(args) > position:
-                    args[position] = self.training
-            env[node["out"]] = OPS[op](*args, **kwargs)
-            if op in IN_PLACE and node["args"] and isinstance(node["args"][0], dict) \
-                    and "t" in node["args"][0]:
-                env[node["args"][0]["t"]] = env[node["out"]]
-            for name in self.dying[i]:
+        training = self.training
+        for step in self.steps:
+            if step.norm:  # the BatchNorm module: its mode, momentum and step counter
+                result = step.call(env[step.refs[0][1]])
+            else:
+                args = step.args.copy()
+                for pos, name in step.refs:
+                    args[pos] = env[name]
+                for pos, raw in step.nested:
+                    args[pos] = value(raw)
+                kwargs = {k: value(v) for k, v in step.kwargs.items()} if step.kwargs else {}
+                if step.flag is not None:
+                    name, position = step.flag
+                    if name in kwargs:
+                        kwargs[name] = training
+                    elif len(args) > position:
+                        args[position] = training
+                result = step.call(*args, **kwargs)
+            env[step.out] = result
+            if step.rebind is not None:
+                env[step.rebind] = result
+            for name in step.dying:
                 env.pop(name, None)
         out: torch.Tensor = env[self.output_name]
         return out
