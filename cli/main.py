@@ -1,4 +1,5 @@
-"""`thresher`: migrate, serve, worker, up, token, zoo train.
+"""`thresher`: migrate, serve, worker, up, token, zoo train; and for users of a running service,
+login, submit, jobs, models, datasets (cli.client_commands).
 
 Heavy imports stay inside the subcommands: `serve` must never load torch, and `--help` is instant.
 """
@@ -14,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cli import client_commands
 from core import builtin_datasets, zoo
 from core.errors import SchemaBehind
 from core.settings import Settings
@@ -240,11 +242,14 @@ def parser() -> argparse.ArgumentParser:
                     help=f"caffe: SGD iterations of 64 images (default {CAFFE_ITERATIONS})")
     tp.add_argument("--seed", type=int, default=0)
     tp.add_argument("--device", help="cpu, cuda, … (default: THRESHER_DEVICE or auto)")
+    client_commands.add_parsers(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command in client_commands.COMMANDS:  # over HTTP: no settings, no database
+        return client_commands.run(args)
     logging.basicConfig(level=os.environ.get("THRESHER_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per plugin otherwise

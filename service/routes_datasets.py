@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.datastructures import UploadFile
@@ -108,6 +108,19 @@ async def create_dataset(request: Request, cfg: Settings = Depends(settings),
             return dataset_doc(row)
     raise ApiError(415, "unsupported_media_type",
                    "send multipart/form-data with a 'file', or JSON {\"builtin\": \"mnist\"}")
+
+
+@router.get("/datasets")
+def list_datasets(
+    session: Session = Depends(db),
+    principal: Principal = Depends(current_principal),
+    offset: int = Query(0, ge=0, le=10_000_000),
+    limit: int = Query(50, ge=1, le=500),
+) -> dict[str, Any]:
+    """The principal's datasets, newest first: {"items", "total", "offset", "limit"}."""
+    rows, total = records.page_of(session, Dataset, offset=offset, limit=limit,
+                                  owner=principal.owner_filter())
+    return {"items": [dataset_doc(d) for d in rows], "total": total, "offset": offset, "limit": limit}
 
 
 @router.get("/datasets/{dataset_id}")

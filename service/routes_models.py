@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.datastructures import UploadFile as StarletteUpload
 
@@ -77,6 +77,19 @@ async def create_model(
         row = records.add_model(session, architecture=arch.name, weights_sha256=sha,
                                 summary=summary, name=name, owner=principal.name)
         return model_doc(row)
+
+
+@router.get("/models")
+def list_models(
+    session: Session = Depends(db),
+    principal: Principal = Depends(current_principal),
+    offset: int = Query(0, ge=0, le=10_000_000),
+    limit: int = Query(50, ge=1, le=500),
+) -> dict[str, Any]:
+    """The principal's models, newest first: {"items", "total", "offset", "limit"}."""
+    rows, total = records.page_of(session, Model, offset=offset, limit=limit,
+                                  owner=principal.owner_filter())
+    return {"items": [model_doc(m) for m in rows], "total": total, "offset": offset, "limit": limit}
 
 
 @router.get("/models/{model_id}")

@@ -136,19 +136,28 @@ def trial_points(session: Session, job_id: str) -> list[TrialPoint]:
     return [TrialPoint(*row[:9], pruned=bool(row[9])) for row in rows]
 
 
+def page_of(session: Session, table: type[Model] | type[Dataset], *, offset: int, limit: int,
+            owner: str | None) -> tuple[list[Any], int]:
+    """One page of models or datasets, newest first, and how many there are; `owner=None` lists
+    every principal's."""
+    query = select(table)
+    count = select(func.count()).select_from(table)
+    if owner is not None:
+        query = query.where(table.owner == owner)
+        count = count.where(table.owner == owner)
+    rows = session.scalars(query.order_by(table.created_at.desc(), table.id).offset(offset).limit(limit))
+    return list(rows), int(session.scalar(count) or 0)
+
+
 def list_models(session: Session, owner: str | None, limit: int = 100) -> list[Model]:
     """Newest first; `owner=None` lists every principal's."""
-    query = select(Model).order_by(Model.created_at.desc(), Model.id).limit(limit)
-    if owner is not None:
-        query = query.where(Model.owner == owner)
-    return list(session.scalars(query))
+    rows, _ = page_of(session, Model, offset=0, limit=limit, owner=owner)
+    return rows
 
 
 def list_datasets(session: Session, owner: str | None, limit: int = 100) -> list[Dataset]:
-    query = select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id).limit(limit)
-    if owner is not None:
-        query = query.where(Dataset.owner == owner)
-    return list(session.scalars(query))
+    rows, _ = page_of(session, Dataset, offset=0, limit=limit, owner=owner)
+    return rows
 
 
 def trials_numbered(session: Session, job_id: str, numbers: Sequence[int]) -> list[Trial]:
