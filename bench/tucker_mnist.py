@@ -147,6 +147,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--train-subset", type=int, default=None)
     ap.add_argument("--objective", default="parameters", choices=["parameters", "flops"])
+    ap.add_argument("--log2-rank-scale", nargs=2, type=float, metavar=("LO", "HI"),
+                    help="tucker.log2_rank_scale, the box of the rank multipliers (default: the method's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
@@ -154,7 +156,8 @@ def main() -> None:
     cfg = Settings()
     name = "tucker_mnist" + (f"_{args.tag}" if args.tag else "")
     tk = {"epochs": args.epochs, "objective": args.objective,
-          **({"train_subset": args.train_subset} if args.train_subset else {})}
+          **({"train_subset": args.train_subset} if args.train_subset else {}),
+          **({"log2_rank_scale": args.log2_rank_scale} if args.log2_rank_scale else {})}
     results: dict[str, Any] = {"delta": DELTA, "optimizer": OPTIMIZER, "budget": args.budget,
                                "tucker": tk, "seeds": args.seeds, "published": PUBLISHED, "rows": {}}
     t0 = time.perf_counter()
@@ -176,8 +179,12 @@ def main() -> None:
                             "budget": {"trials": budget}, "seed": seed, "tucker": tk}
                     done, seconds = run_job(client, worker, body)
                     if done["status"] != "succeeded":
+                        # what the trials reached, to see how far from δ they stayed
+                        reached = [{"val_drop": t["metrics"].get("accuracy_drop"),
+                                    "weights_ratio": t["metrics"].get("compression_ratio")}
+                                   for t in client.get(f"/v1/jobs/{done['id']}/trials").json()["items"]]
                         rows[kind].append({"seed": seed, "status": done["status"], "error": done["error"],
-                                           "seconds": seconds})
+                                           "seconds": seconds, "trials": reached})
                         print(f"  {run} {kind} seed {seed}: {done['status']}: {done['error']}", flush=True)
                         continue
                     full = client.get(f"/v1/jobs/{done['id']}/checkpoint").content
