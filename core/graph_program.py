@@ -80,8 +80,8 @@ def _as_int(v: Any, where: str) -> int:
     raise _fail(f"{where}: a fixed integer size is required, got {str(v)[:80]}")
 
 
-def _sizes(meta: Mapping[str, Any], where: str, allow_symbolic_first: bool = False) -> list[int | None]:
-    sizes = meta.get("sizes")
+def _sizes(meta: Any, where: str, allow_symbolic_first: bool = False) -> list[int | None]:
+    sizes = meta.get("sizes") if isinstance(meta, Mapping) else None
     if not isinstance(sizes, list):
         raise _fail(f"{where}: no sizes")
     out: list[int | None] = []
@@ -286,7 +286,8 @@ def program_from_export(model: Mapping[str, Any], weights_config: Mapping[str, A
             raise _fail(f"tensor {sd_name!r} has no entry in the weights config")
         meta = entry.get("tensor_meta", {})
         shape = [int(s) for s in _sizes(meta, f"tensor {sd_name!r}") if s is not None]
-        dtype = DTYPES.get(meta.get("dtype"))
+        code = meta.get("dtype") if isinstance(meta, Mapping) else None
+        dtype = DTYPES.get(code) if isinstance(code, int) else None
         if is_buffer:
             kind = roles.get(gname) or ("num_batches_tracked" if sd_name.endswith(".num_batches_tracked")
                                         else None)
@@ -299,7 +300,7 @@ def program_from_export(model: Mapping[str, Any], weights_config: Mapping[str, A
                 raise _fail(f"tensor {sd_name!r} is a {kind} weight of shape {shape}")
         want = "I64" if kind == "num_batches_tracked" else "F32"
         if dtype != want:
-            raise _fail(f"tensor {sd_name!r} has dtype code {meta.get('dtype')}; {want} is required "
+            raise _fail(f"tensor {sd_name!r} has dtype code {code}; {want} is required "
                         "(parameters and running statistics float32, step counters int64)")
         tensors.append({"name": sd_name, "graph": gname, "kind": kind, "shape": shape})
     return {"version": PROGRAM_VERSION, "input": {"name": user_inputs[0], "shape": in_sizes},

@@ -130,9 +130,14 @@ def parse_pt2(data: bytes, cfg: Settings) -> ParsedGraph:
             if consts.get("config"):
                 raise InvalidInput("file: the archive holds lifted constants; they are not "
                                    "supported (make them parameters or buffers)", field="file")
-        program = program_from_export(model, weights_config,
-                                      GraphLimits(max_nodes=cfg.max_graph_nodes,
-                                                  max_tensors=cfg.max_tensors))
+        try:
+            program = program_from_export(model, weights_config,
+                                          GraphLimits(max_nodes=cfg.max_graph_nodes,
+                                                      max_tensors=cfg.max_tensors))
+        except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:
+            # a field of an unexpected JSON type that the checks above did not name
+            raise InvalidInput(f"file: models/model.json is not a torch.export graph this reader "
+                               f"understands ({type(exc).__name__}: {exc})", field="file") from None
         config = weights_config["config"]
         assert isinstance(config, dict)
         tensors: dict[str, np.ndarray] = {}

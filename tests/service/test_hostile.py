@@ -481,3 +481,32 @@ def test_a_2_gb_upload_is_refused_early_with_bounded_memory(live_server: tuple[s
     assert _peak_rss_kib(pid) < 400 * 1024  # far below the 2 GB sent
     assert httpx.get(f"{url}/healthz").status_code == 200
     assert row_counts(app_db_url) == before
+
+
+def test_mangled_graph_json_is_refused_not_crashed_on(world: World) -> None:
+    """300 seeded mutations of a real export's graph and weights config (a value replaced by one
+    of another JSON type, anywhere in the tree): each upload is accepted or answered 422, never a
+    5xx, and a refusal stores nothing."""
+    import random
+
+    rng = random.Random(0)
+    strangers: list[Any] = [None, 7, -1, 1.5, "x", [], {}, [1, "a"], {"as_int": "x"}, True]
+
+    def mutate(doc: Any) -> None:
+        node, path = doc, []
+        while isinstance(node, (dict, list)) and node and rng.random() < 0.85:
+            key = rng.choice(list(node)) if isinstance(node, dict) else rng.randrange(len(node))
+            path.append((node, key))
+            node = node[key]
+        if path:
+            parent, key = path[-1]
+            parent[key] = rng.choice(strangers)
+
+    archive = tiny_pt2()
+    for i in range(300):
+        edits = {"model_json": mutate} if i % 2 == 0 else {"weights_config": mutate}
+        before = row_counts(world.url)
+        r = world.client.post("/v1/models", files={"file": ("m.pt2", graph_models.rewrite(archive, **edits))})
+        assert r.status_code in (201, 422), (i, r.text)
+        if r.status_code == 422:
+            assert r.json()["detail"].startswith("file") and row_counts(world.url) == before
