@@ -14,6 +14,7 @@ from service.pt2_upload import parse_pt2
 from tests.graph_models import NETS, export_bytes
 from workers.models import zoo
 from workers.runtime.batchnorm import recalibrate
+from workers.runtime.evaluation import activation_elements
 
 
 def _pair(name: str) -> tuple[nn.Module, nn.Module]:
@@ -80,3 +81,16 @@ def test_recalibration_finds_the_graph_s_batchnorms() -> None:
     with torch.no_grad():
         first = eager.features[0](x)
     assert torch.allclose(buffers["features.1.running_mean"], first.mean(dim=(0, 2, 3)), atol=1e-5)
+
+
+def test_batched_evaluation_sizes_a_graph_by_all_its_activations() -> None:
+    """The batched evaluator (GPU) sizes its chunks by the activations of one sample; a graph has
+    no Conv or ReLU modules for hooks to see, so it shows its nodes' outputs instead."""
+    eager, graph = _pair("resnet")
+    x = torch.randn(4, 1, 28, 28)
+    params = dict(graph.named_parameters()) | dict(graph.named_buffers())
+    counted = activation_elements(graph, params, x)
+    eager_params = dict(eager.named_parameters()) | dict(eager.named_buffers())
+    # eager's hooks see the convolutions, BatchNorms and shortcuts; the graph every node
+    assert counted >= activation_elements(eager, eager_params, x) > 0
+    assert graph.visit_outputs is None

@@ -134,6 +134,9 @@ class GraphModel(nn.Module):
                 self.dying[i].append(name)
 
         self.steps = [self._compile(i, node) for i, node in enumerate(self.nodes)]
+        # shown every node's tensor output while set: what forward hooks on a built-in's modules
+        # see (workers.runtime.evaluation sizes its batches by it); a graph has no such modules
+        self.visit_outputs: Callable[[torch.Tensor], None] | None = None
 
     def _compile(self, i: int, node: dict[str, Any]) -> _Step:
         """A node as a call with its constants in place and the positions its references fill:
@@ -198,6 +201,8 @@ class GraphModel(nn.Module):
                         args[position] = training
                 result = step.call(*args, **kwargs)
             env[step.out] = result
+            if self.visit_outputs is not None and isinstance(result, torch.Tensor):
+                self.visit_outputs(result)
             if step.rebind is not None:
                 env[step.rebind] = result
             for name in step.dying:

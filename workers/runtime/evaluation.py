@@ -44,12 +44,18 @@ def _trace(model: nn.Module, params: dict[str, torch.Tensor], sample: torch.Tens
             visit(module, out)
 
     handles = [m.register_forward_hook(hook) for m in model.modules()]
+    # an uploaded graph (workers.models.graph_module) shows its nodes' outputs instead
+    graph = hasattr(model, "visit_outputs")
+    if graph:
+        setattr(model, "visit_outputs", lambda out: visit(model, out))  # noqa: B010 (not a module)
     try:
         with torch.inference_mode():
             functional_call(model, params, (sample[:1],))
     finally:
         for h in handles:
             h.remove()
+        if graph:
+            setattr(model, "visit_outputs", None)  # noqa: B010
 
 
 def activation_elements(model: nn.Module, params: dict[str, torch.Tensor], sample: torch.Tensor) -> int:
