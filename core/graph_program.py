@@ -20,6 +20,7 @@ tensor), {"ts": [names]} (a list of tensors) or {"s": name} (a symbolic size com
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,7 @@ TRAINING_ARGUMENT = {"aten.batch_norm.default": ("training", 5), "aten.dropout.d
                      "aten.dropout_.default": ("train", 2)}
 # schema dtype codes (torch/_export/serde/schema.py ScalarType) → safetensors dtype
 DTYPES = {7: "F32", 5: "I64"}
+STATE_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 CONSTANT_KINDS = ("as_int", "as_float", "as_bool", "as_string", "as_ints", "as_floats", "as_bools")
 
 
@@ -208,6 +210,19 @@ def program_from_export(model: Mapping[str, Any], weights_config: Mapping[str, A
     if len(user_inputs) != 1:
         raise _fail(f"the graph takes {len(user_inputs)} inputs; exactly one (the batch of samples) "
                     "is supported")
+    # state-dict names become module paths in the worker: plain dotted names, each once, none
+    # both a tensor and a module holding others
+    names = [sd for sd, _ in owned.values()]
+    seen: set[str] = set()
+    for sd in names:
+        if not STATE_NAME.fullmatch(sd):
+            raise _fail(f"tensor name {sd[:80]!r} is not a dotted name of letters, digits and _")
+        if sd in seen:
+            raise _fail(f"tensor name {sd!r} is given twice")
+        seen.add(sd)
+    prefixes = {sd.rsplit(".", i)[0] for sd in names for i in range(1, sd.count(".") + 1)}
+    if seen & prefixes:
+        raise _fail(f"tensor name {sorted(seen & prefixes)[0]!r} is also the path of other tensors")
     if len(owned) > limits.max_tensors:
         raise _fail(f"the graph has {len(owned)} tensors, more than the limit of {limits.max_tensors}")
 
@@ -251,13 +266,13 @@ def program_from_export(model: Mapping[str, Any], weights_config: Mapping[str, A
         produced = outputs[0]
         if op == "aten.sym_size.int":
             name = produced.get("as_sym_int", {}).get("as_name") if isinstance(produced.get("as_sym_int"), dict) else None
-            if not isinstance(name, str) or name in symbols:
+            if not isinstance(name, str) or name in symbols or name in defined:
                 raise _fail(f"{where}: malformed or repeated size output")
             symbols.add(name)
         else:
             ref = produced.get("as_tensor")
             name = ref.get("name") if isinstance(ref, dict) else None
-            if not isinstance(name, str) or name in defined:
+            if not isinstance(name, str) or name in defined or name in symbols:
                 raise _fail(f"{where}: malformed or repeated output")
             defined.add(name)
         out_nodes.append({"op": op, "args": args, "kwargs": kwargs, "out": name})
@@ -295,6 +310,9 @@ def program_from_export(model: Mapping[str, Any], weights_config: Mapping[str, A
                 raise _fail(f"buffer {sd_name!r} is neither a BatchNorm statistic nor its step counter")
         else:
             kind = roles.get(gname, "other")
+            if kind in ("running_mean", "running_var"):
+                raise _fail(f"tensor {sd_name!r} is a parameter read as a BatchNorm {kind}; "
+                            "running statistics must be buffers")
             if (kind in ("conv1d", "conv2d") and len(shape) != int(kind[-2]) + 2) or \
                     (kind == "linear" and len(shape) != 2):
                 raise _fail(f"tensor {sd_name!r} is a {kind} weight of shape {shape}")

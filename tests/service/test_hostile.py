@@ -109,6 +109,16 @@ def _read_itself(d: dict[str, Any]) -> None:
     node["inputs"][0]["arg"] = {"as_tensor": {"name": node["outputs"][0]["as_tensor"]["name"]}}
 
 
+def _rename(first: str | None, second_as_first: bool = False) -> Callable[[dict[str, Any]], None]:
+    def edit(d: dict[str, Any]) -> None:
+        specs = d["graph_module"]["signature"]["input_specs"]
+        if first is not None:
+            specs[0]["parameter"]["parameter_name"] = first
+        if second_as_first:
+            specs[1]["parameter"]["parameter_name"] = specs[0]["parameter"]["parameter_name"]
+    return edit
+
+
 def _guards(d: dict[str, Any]) -> None:
     d["guards_code"] = [f"open({str(GUARDS_MARKER)!r}, 'w').write('ran')"]
 
@@ -287,6 +297,10 @@ CASES: list[tuple[str, Request, int, str]] = [
         "torch.ops.aten._foreach_add.Scalar")), 422, "not on the allowlist"),
     ("pt2 node reading a later value", pt2_edit(model_json=_read_later), 422, "before it is defined"),
     ("pt2 node reading itself", pt2_edit(model_json=_read_itself), 422, "before it is defined"),
+    ("pt2 tensor named like a path", pt2_edit(model_json=_rename("../../etc/x")), 422,
+     "is not a dotted name"),
+    ("pt2 tensor name given twice", pt2_edit(model_json=_rename(None, second_as_first=True)), 422,
+     "is given twice"),
     ("pt2 with a million nodes", pt2_edit(model_json=_million_nodes), 422, "THRESHER_MAX_GRAPH_NODES"),
     ("pt2 of another schema version", pt2_edit(model_json=lambda d: d.update(
         schema_version={"major": 99, "minor": 0})), 422, "schema version"),
