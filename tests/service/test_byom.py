@@ -91,6 +91,10 @@ def test_a_job_compresses_an_uploaded_graph_and_the_download_loads_into_the_user
         pt2 = client.get(f"/v1/jobs/{job['id']}/checkpoint", params={"format": "pt2"})
         assert pt2.status_code == 200
         assert pt2.headers["content-disposition"].endswith('-pt2.pt2"')
+        # the dashboard's job page offers both downloads
+        token = client.headers["Authorization"].split()[1]
+        page = client.get(f"/jobs/{job['id']}", cookies={"thresher_session": token})
+        assert page.status_code == 200 and 'id="download-pt2"' in page.text
     # the user's own module takes the download by load_state_dict and scores what the job said
     state = safetensors.torch.load(data)
     mine = NETS[net]()
