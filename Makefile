@@ -32,7 +32,7 @@ run: $(STAMP)
 	$(BIN)/thresher up --host $(HOST) --port $(PORT)
 
 test: $(STAMP) $(CHROMIUM)
-	$(BIN)/ruff check core store service workers cli thresher migrations tests bench
+	$(BIN)/ruff check core store service workers cli thresher migrations tests bench examples
 	$(BIN)/mypy core store service workers cli thresher
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -46,7 +46,7 @@ test: $(STAMP) $(CHROMIUM)
 	fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check core store service workers cli thresher migrations tests bench
+	$(BIN)/ruff check core store service workers cli thresher migrations tests bench examples
 	$(BIN)/mypy core store service workers cli thresher
 	$(BIN)/lint-imports
 

@@ -135,3 +135,13 @@ def test_every_subcommand_speaks_json_and_login_remembers(user: dict[str, Any]) 
     saved = Path(plain["XDG_CONFIG_HOME"]) / "thresher" / "client.json"
     assert saved.stat().st_mode & 0o077 == 0
     assert json.loads(cli("jobs", "list", "--json", env=plain, cwd=cwd).stdout)["total"] == 1
+
+
+def test_the_python_client_example_runs(user: dict[str, Any]) -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "client.py")], cwd=user["cwd"],
+                         env={**user["env"], "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    last = out.stdout.strip().splitlines()[-1]
+    assert "x smaller" in last and "test accuracy" in last
+    assert "10/10 trials" in out.stdout
