@@ -9,6 +9,7 @@ message is printed as it is), 130 interrupted (a followed job keeps running)."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -192,6 +193,24 @@ def _jobs(client: Client, args: argparse.Namespace) -> int:
         job = client.cancel(args.id)
         _print_json(job) if args.json else print(f"job {args.id} {job['status']}")
         return OK
+    if cmd == "export-optuna":
+        from cli.optuna_export import export
+
+        if importlib.util.find_spec("optuna") is None:
+            print("thresher jobs export-optuna needs optuna: install the worker extra "
+                  "(pip install 'thresher[worker]')", file=sys.stderr)
+            return USAGE
+        out = Path(args.out)
+        if out.exists():
+            print(f"thresher jobs export-optuna: {out} exists; choose a new file", file=sys.stderr)
+            return USAGE
+        job, trials = client.job(args.id), client.trials(args.id)
+        name = export(job, trials, out, args.study_name)
+        doc = {"storage": f"sqlite:///{out}", "study": name, "trials": len(trials)}
+        _print_json(doc) if args.json else print(
+            f"wrote {len(trials)} trials to study {name!r} in {out}; open it with "
+            f"`optuna-dashboard sqlite:///{out}`")
+        return OK
     # download
     suffix = ".pt2" if args.format == "pt2" else ".safetensors"
     path = client.download(args.id, args.output or f"thresher-{args.id}-{args.format}{suffix}", args.format)
@@ -256,6 +275,10 @@ def add_parsers(sub: Any) -> None:
     for name, helptext in (("show", "a job's status and downloads"), ("watch", "follow a job to its end"),
                            ("cancel", "cancel a queued or running job")):
         connection(jsub.add_parser(name, help=helptext)).add_argument("id")
+    je = connection(jsub.add_parser("export-optuna", help="the job's trials as an optuna study (optuna-dashboard opens it)"))
+    je.add_argument("id")
+    je.add_argument("--out", required=True, help="a new SQLite file for the study")
+    je.add_argument("--study-name", help="default: thresher-<job id>")
     jd = connection(jsub.add_parser("download", help="one of a finished job's downloads"))
     jd.add_argument("id")
     jd.add_argument("--format", default="pruned", help="pruned (default), compact, blockdiag, decomposed, pt2")

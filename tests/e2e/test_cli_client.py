@@ -122,6 +122,18 @@ def test_every_subcommand_speaks_json_and_login_remembers(user: dict[str, Any]) 
     got = cli("jobs", "download", job["id"], "--format", "pt2", "--json", env=env, cwd=cwd)
     assert got.returncode == 0
     assert Path(cwd / json.loads(got.stdout)["path"]).read_bytes()[:2] == b"PK"
+    exported = cli("jobs", "export-optuna", job["id"], "--out", "study.db", "--json", env=env, cwd=cwd)
+    assert exported.returncode == 0, exported.stderr
+    import optuna
+
+    study = optuna.load_study(study_name=json.loads(exported.stdout)["study"],
+                              storage=f"sqlite:///{cwd / 'study.db'}")
+    thresher_trials = json.loads(cli("jobs", "show", job["id"], "--json", env=env, cwd=cwd).stdout)
+    assert len(study.trials) == thresher_trials["progress"]["trials_done"] == 3
+    assert study.user_attrs["thresher_job"] == job["id"]
+    assert all(t.user_attrs["stage"] for t in study.trials) and study.best_trial.value is not None
+    again = cli("jobs", "export-optuna", job["id"], "--out", "study.db", env=env, cwd=cwd)
+    assert again.returncode == 2 and "exists" in again.stderr
     models = json.loads(cli("models", "list", "--json", env=env, cwd=cwd).stdout)
     assert models["total"] == 1 and models["items"][0]["architecture"] == "graph"
     datasets = json.loads(cli("datasets", "list", "--json", env=env, cwd=cwd).stdout)
