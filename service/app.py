@@ -11,7 +11,15 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from core.settings import Settings
-from service import dashboard, errors, job_form, routes_datasets, routes_jobs, routes_models
+from service import (
+    dashboard,
+    errors,
+    job_form,
+    metrics,
+    routes_datasets,
+    routes_jobs,
+    routes_models,
+)
 from service.auth import (
     SESSION_COOKIE,
     Principal,
@@ -60,6 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if cfg.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_credentials=False,
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
+    metrics.install(app, app.state.sessions)
+    app.include_router(metrics.router)
     app.include_router(routes_models.router)
     app.include_router(routes_datasets.router)
     app.include_router(routes_jobs.router)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -188,3 +189,42 @@ def write_trials(session: Session, lease: Lease, trials: Sequence[dict[str, Any]
 
 def list_workers(session: Session) -> list[Worker]:
     return list(session.scalars(select(Worker).order_by(Worker.last_seen.desc())))
+
+
+@dataclass(frozen=True)
+class FleetFigures:
+    """What every API process reads alike from the database for /metrics."""
+
+    jobs_by_status: dict[str, int]
+    trials_by_method: dict[str, int]
+    trial_seconds_sum: float
+    trial_count: int
+    trial_seconds_buckets: dict[float, int]  # upper bound (s) → trials at most that long
+    workers: dict[str, float]  # worker name → seconds since its last heartbeat
+
+
+TRIAL_BUCKETS = (0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0)
+
+
+def fleet_figures(session: Session, now: datetime) -> FleetFigures:
+    jobs = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).tuples().all())
+    per_job = session.execute(select(Trial.job_id, func.count()).group_by(Trial.job_id)).tuples().all()
+    methods: dict[str, dict[str, Any]] = dict(session.execute(select(Job.id, Job.spec)).tuples().all())
+    by_method: dict[str, int] = {}
+    for job_id, n in per_job:
+        method = str((methods.get(job_id) or {}).get("method", "unknown"))
+        by_method[method] = by_method.get(method, 0) + int(n)
+    seconds = Trial.duration_ms / 1000.0
+    total, count = session.execute(select(func.coalesce(func.sum(seconds), 0.0), func.count())
+                                   .select_from(Trial)).one()
+    buckets = {b: int(session.scalar(select(func.count()).select_from(Trial).where(seconds <= b)) or 0)
+               for b in TRIAL_BUCKETS}
+    workers = {w.name: max(0.0, (now - _aware(w.last_seen)).total_seconds())
+               for w in session.scalars(select(Worker))}
+    return FleetFigures(jobs_by_status={k: int(v) for k, v in jobs.items()}, trials_by_method=by_method,
+                        trial_seconds_sum=float(total), trial_count=int(count),
+                        trial_seconds_buckets=buckets, workers=workers)
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
