@@ -150,7 +150,7 @@ def test_a_layer_whose_decomposition_is_not_smaller_stays_as_it_is() -> None:
     torch.manual_seed(0)
     reference = {k: v.detach().clone() for k, v in zoo.build(LENET_5).state_dict().items()}
     spec = JobSpec(model_id="m", dataset_id="d", method="tucker", max_accuracy_drop=0.1,
-                   budget={"trials": 1}, tucker={"log2_rank_scale": [-1, 8]})
+                   budget={"trials": 1}, tucker={"log2_rank_scale": [-1, 8], "min_layer_share": 0})
     ranks = tucker.ranks_of(LENET_5, spec.tucker, reference, [8.0, 8.0, 8.0, 8.0])
     # conv1 at its full rank 20 (Tucker-1: 25·20 + 20·20 weights > 500) and conv2 at (50, 20)
     # would grow: they stay; whatever is decomposed is smaller than the layer
@@ -213,3 +213,15 @@ def test_a_flops_objective_picks_the_trial_with_the_fewest_multiply_accumulates(
         assert abs(chosen["metrics"]["objective"] - math.log10(best["nonzero"] / best["total"])) > 1e-4
         feasible = [t for t in trials if t["feasible"]]
         assert chosen["metrics"]["objective"] == min(t["metrics"]["objective"] for t in feasible)
+
+
+def test_layers_too_small_to_matter_stay_as_they_are() -> None:
+    """By default a layer holding under 2 % of the parameters is not decomposed: vgg-fashion's
+    conv1 (288 weights) and classifier (1,280) got EVBMF rank 1, which collapsed the model."""
+    from core.methods.tucker import TuckerOptions, decomposable
+    from core.zoo import VGG_FASHION
+
+    assert decomposable(VGG_FASHION, TuckerOptions()) == [
+        "conv2.weight", "conv3.weight", "conv4.weight", "conv5.weight", "conv6.weight"]
+    assert decomposable(LENET_5, TuckerOptions()) == ["conv2.weight", "fc1.weight"]
+    assert len(decomposable(LENET_5, TuckerOptions(min_layer_share=0))) == 4
