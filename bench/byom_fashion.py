@@ -222,7 +222,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--methods", nargs="+", default=list(PLANS), choices=list(PLANS))
+    ap.add_argument("--tag", default="", help="suffix of the results file (methods run apart)")
     args = ap.parse_args()
+    bench = "byom_fashion" + (f"_{args.tag}" if args.tag else "")
     cfg = Settings()
     summary = {"validation": {"fraction": DEFAULT_VALIDATION_FRACTION, "seed": DEFAULT_SPLIT_SEED}}
     splits = split_arrays(builtin_arrays("fashion-mnist", cfg.datasets_dir), summary)
@@ -238,7 +240,7 @@ def main() -> None:
     u = results["uniform"]
     print(f"uniform keep ratio: {u['ratio']:.2f}× at val drop {u['val_drop']:+.4f}", flush=True)
     device = torch.device("cpu")
-    write_results("byom_fashion", False, device, results)
+    write_results(bench, False, device, results)
     with tempfile.TemporaryDirectory() as tmp, service(exported(state), Path(tmp)) as (client, worker, ids):
         for method in args.methods:
             for seed in args.seeds:
@@ -265,7 +267,7 @@ def main() -> None:
                 print(f"  {method} seed {seed}: {row['ratio']:.2f}× at val drop {row['val_drop']:+.4f}, "
                       f"test {100 * row['test_accuracy']:.2f} % (ref {100 * ref_test:.2f} %), "
                       f"{seconds:.0f} s", flush=True)
-                write_results("byom_fashion", False, device, results)
+                write_results(bench, False, device, results)
     print(f"\nResNet (plain torch.nn, uploaded as .pt2) on Fashion-MNIST through the service, δ = {DELTA}")
     print(f"{'method':<12}{'seed':>5}{'ratio':>9}{'val drop':>10}{'test loss':>11}{'s':>7}")
     for r in results["rows"]:
@@ -277,7 +279,7 @@ def main() -> None:
     for k, v in results.get("interpreter", {}).items():
         print(f"interpreter ÷ eager, {k.replace('_', ' ')}: {v['ratio']:.2f} "
               f"({v['graph_ms']:.2f} ms against {v['eager_ms']:.2f} ms, one thread)")
-    write_results("byom_fashion", False, device, results)
+    write_results(bench, False, device, results)
 
 
 if __name__ == "__main__":
