@@ -119,3 +119,30 @@ def test_a_job_compresses_an_uploaded_graph_and_the_download_loads_into_the_user
                if k in program.state_dict)
     with torch.no_grad():
         assert torch.equal(program.module()(x[:50]), mine(x[:50]))
+
+
+@pytest.mark.parametrize("method", ["l0", "sgl"])
+def test_training_methods_take_an_uploaded_graph(method: str, settings: Settings,
+                                                 fashion: builtin_datasets.Arrays) -> None:
+    """l0 (weight gates) and sgl train the interpreted graph in train mode and score it in eval
+    mode; their download loads into the user's module and scores what the job reported."""
+    trained = _trained("vgg", fashion)
+    with TestClient(create_app(settings), headers=bearer(make_token(settings.database_url))) as client:
+        model = _upload(client, export_bytes(trained))
+        ds = client.post("/v1/datasets", json={"builtin": "fashion-mnist"}).json()
+        job = submit(client, model["id"], ds["id"], method=method, optimizer="optuna:tpe",
+                     max_accuracy_drop=0.05, seed=1, budget={"trials": 2},
+                     regularization={"epochs": 1, "finetune_epochs": 1, "train_subset": 2000})
+        Worker(settings, name="byom").serve(exit_when_idle=True)
+        done = client.get(f"/v1/jobs/{job['id']}").json()
+        assert done["status"] == "succeeded", done["error"]
+        data = client.get(f"/v1/jobs/{job['id']}/checkpoint").content
+    mine = NETS["vgg"]()
+    mine.load_state_dict(safetensors.torch.load(data))
+    mine.eval()
+    x, y = torch.from_numpy(fashion.x_test), torch.from_numpy(fashion.y_test)
+    with torch.no_grad():
+        accuracy = sum(int((mine(x[i:i + 1000]).argmax(1) == y[i:i + 1000]).sum())
+                       for i in range(0, len(y), 1000)) / len(y)
+    assert accuracy == pytest.approx(done["test_accuracy"], abs=1e-9)
+    assert done["best"]["accuracy_drop"] <= 0.05
