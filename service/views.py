@@ -14,6 +14,13 @@ def model_doc(m: Model) -> dict[str, Any]:
             "created_at": m.created_at.isoformat(), **summary}
 
 
+def _shown_config(config: dict[str, Any]) -> dict[str, Any]:
+    # an uploaded graph's program travels in its downloads' manifests; the job page names it only
+    if "program" in config:
+        return {k: v for k, v in config.items() if k != "program"}
+    return config
+
+
 def dataset_doc(d: Dataset) -> dict[str, Any]:
     return {"id": d.id, "name": d.name, "builtin": d.builtin, "created_at": d.created_at.isoformat(),
             **d.summary}
@@ -50,7 +57,8 @@ def job_doc(j: Job) -> dict[str, Any]:
         "test_accuracy": j.test_accuracy,
         # the downloads it offers: GET /v1/jobs/{id}/checkpoint?format=<format>
         "artifacts": [{"format": a.format, "architecture": a.architecture,
-                       "architecture_config": a.architecture_config, "sha256": a.blob_sha256}
+                       "architecture_config": _shown_config(a.architecture_config),
+                       "sha256": a.blob_sha256}
                       for a in j.artifacts],
         "error": j.error,
         "attempt": j.attempt,

@@ -87,6 +87,8 @@ def test_a_job_compresses_an_uploaded_graph_and_the_download_loads_into_the_user
         assert done["best"]["accuracy_drop"] <= 0.02
         data = client.get(f"/v1/jobs/{job['id']}/checkpoint").content
         assert [a["format"] for a in done["artifacts"]] == ["pruned", "pt2"]
+        # the program is in the downloads' manifests, not repeated in every job document
+        assert all(a["architecture_config"] == {"base": "graph"} for a in done["artifacts"])
         assert done["best"]["downloads"].startswith("full shape")
         pt2 = client.get(f"/v1/jobs/{job['id']}/checkpoint", params={"format": "pt2"})
         assert pt2.status_code == 200
