@@ -21,7 +21,9 @@ from core.graph_program import ALLOWED_OPS, TRAINING_ARGUMENT
 
 def _resolve(op: str) -> Callable[..., Any]:
     _, name, overload = op.split(".")
-    return getattr(getattr(torch.ops.aten, name.removesuffix("_")), overload)  # type: ignore[no-any-return]
+    resolved = getattr(getattr(torch.ops.aten, name.removesuffix("_")), overload)
+    # the overload's C++ callable, without OpOverload.__call__'s Python frame (same op)
+    return getattr(resolved, "_op", resolved)  # type: ignore[no-any-return]
 
 
 # in-place ops (relu_, add_, …) resolve to their out-of-place twins
@@ -107,12 +109,6 @@ class GraphModel(nn.Module):
                 holder.register_buffer(leaf, torch.zeros(t["shape"], dtype=dtype))
             else:
                 holder.register_parameter(leaf, nn.Parameter(torch.zeros(t["shape"])))
-        # where each graph tensor lives: read at every call, so torch.func.functional_call's
-        # substitutes are what the graph computes with
-        self.homes: list[tuple[str, nn.Module, str]] = []
-        for gname, t in specs.items():
-            *path, leaf = t["name"].split(".")
-            self.homes.append((gname, _container(self, path), leaf))
         # the values each node reads for the last time: dropped after it, so a large batch's
         # activations are freed as they would be in eager code (not held to the end of forward)
         last: dict[str, int] = {}
@@ -134,6 +130,20 @@ class GraphModel(nn.Module):
                 self.dying[i].append(name)
 
         self.steps = [self._compile(i, node) for i, node in enumerate(self.nodes)]
+        # where each tensor an op reads lives (a BatchNorm module reads its own): looked up in
+        # the holder's parameter or buffer dict at every call, which is where
+        # torch.func.functional_call puts its substitutes (nn.Module.__getattr__ is slower)
+        read = {name for step in self.steps if not step.norm for _, name in step.refs}
+        read |= {n for step in self.steps if not step.norm
+                 for a in [*(raw for _, raw in step.nested), *step.kwargs.values()] for n in reads(a)}
+        self.homes: list[tuple[str, dict[str, Any], str]] = []
+        for gname, t in specs.items():
+            if gname not in read:
+                continue
+            *path, leaf = t["name"].split(".")
+            holder = _container(self, path)
+            store = holder._parameters if leaf in holder._parameters else holder._buffers
+            self.homes.append((gname, store, leaf))
         # shown every node's tensor output while set: what forward hooks on a built-in's modules
         # see (workers.runtime.evaluation sizes its batches by it); a graph has no such modules
         self.visit_outputs: Callable[[torch.Tensor], None] | None = None
@@ -167,7 +177,7 @@ class GraphModel(nn.Module):
                      dying=tuple(self.dying[i]), norm=norm is not None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        env: dict[str, Any] = {g: getattr(module, leaf) for g, module, leaf in self.homes}
+        env: dict[str, Any] = {g: store[leaf] for g, store, leaf in self.homes}
         env[self.input_name] = x
 
         def value(a: Any) -> Any:
