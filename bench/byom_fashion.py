@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from graph_interpreter import compare  # noqa: E402
 from olmp_mnist import run_job, write_results  # noqa: E402
 
 import thresher.loader  # noqa: E402
@@ -177,45 +176,13 @@ def uniform(state: dict[str, torch.Tensor], splits: Any, ref_val: float) -> dict
             "test_accuracy": accuracy(net, splits.x_test, splits.y_test)}
 
 
-def timed(run: Any, repeats: int) -> float:
-    run()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def interpreter_speed(state: dict[str, torch.Tensor], checkpoint: bytes) -> dict[str, Any]:
-    """The worker's graph module (thresher.load of the download) ÷ this eager module, one thread."""
+def interpreter_speed(checkpoint: bytes) -> dict[str, Any]:
+    """The worker's graph module (thresher.load of the download) ÷ this eager module, one thread
+    (bench/graph_interpreter.py's timing)."""
     eager = ResNet()
     eager.load_state_dict(safetensors.torch.load(checkpoint))
     graph = thresher.loader.load_bytes(checkpoint)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    out: dict[str, Any] = {}
-    try:
-        for batch in (1, 256):
-            x = torch.randn(batch, 1, 28, 28)
-            for mode in ("forward", "forward+backward"):
-                def run(net: nn.Module, mode: str = mode, x: torch.Tensor = x) -> None:
-                    if mode == "forward":
-                        net.eval()
-                        with torch.no_grad():
-                            net(x)
-                    else:
-                        net.train()
-                        net.zero_grad()
-                        net(x).square().mean().backward()
-                reps = 200 if batch == 1 else 10
-                t_eager = timed(lambda: run(eager), reps)
-                t_graph = timed(lambda: run(graph), reps)
-                out[f"batch_{batch}_{mode}"] = {"eager_ms": 1e3 * t_eager, "graph_ms": 1e3 * t_graph,
-                                                "ratio": t_graph / t_eager}
-    finally:
-        torch.set_num_threads(threads)
-    return out
+    return {f"batch_{batch}_{mode}": r for (batch, mode), r in compare(eager, graph).items()}
 
 
 def main() -> None:
@@ -262,7 +229,7 @@ def main() -> None:
                            reported_ratio=done["best"]["compression_ratio"],
                            reported_test_accuracy=done["test_accuracy"])
                 if "interpreter" not in results:
-                    results["interpreter"] = interpreter_speed(state, checkpoint)
+                    results["interpreter"] = interpreter_speed(checkpoint)
                 results["rows"].append(row)
                 print(f"  {method} seed {seed}: {row['ratio']:.2f}× at val drop {row['val_drop']:+.4f}, "
                       f"test {100 * row['test_accuracy']:.2f} % (ref {100 * ref_test:.2f} %), "

@@ -8,7 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,40 @@ from tests.helpers import trials
 from tests.pg_cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def serving(command: str, env: dict[str, str], cwd: Path, log_path: Path | None = None, *,
+            up_seconds: float, stop_seconds: float, poll_seconds: float = 0.2) -> Iterator[str]:
+    """`thresher COMMAND --port P` (serve or up) on a free port, logging to a file (not a pipe:
+    nobody reads a pipe while the test runs, and a full one blocks the server); its base URL once
+    /healthz answers; SIGTERM at the end, SIGKILL past `stop_seconds`. The log is
+    `log_path`, else COMMAND-PORT.log in `cwd`."""
+    port = free_port()
+    log_path = log_path or cwd / f"{command}-{port}.log"
+    log = log_path.open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", command, "--port", str(port)], env=env,
+                            cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + up_seconds
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, f"thresher {command} did not come up"
+            time.sleep(poll_seconds)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=stop_seconds)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 180.0) -> None:

@@ -5,19 +5,19 @@ Playwright never downloads a browser of its own here."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import BrowserContext, Page, sync_playwright
+
+from tests.processes import serving
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -39,33 +39,9 @@ def service_env(db_url: str, datasets_dir: Path, cache_dir: Path) -> dict[str, s
                 THRESHER_CACHE_DIR=str(cache_dir), PYTHONPATH=str(ROOT), THRESHER_POLL_SECONDS="0.2")
 
 
-@contextmanager
-def api_server(env: dict[str, str], cwd: Path) -> Iterator[str]:
+def api_server(env: dict[str, str], cwd: Path) -> contextlib.AbstractContextManager[str]:
     """`thresher serve` on a free port; its base URL once /healthz answers."""
-    port = free_port()
-    log = (cwd / f"serve-{port}.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port)], env=env,
-                            cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, (cwd / f"serve-{port}.log").read_text()
-            assert time.monotonic() < deadline, "the API did not come up"
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    return serving("serve", env, cwd, up_seconds=60, stop_seconds=30)
 
 
 def start_worker(env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:

@@ -42,6 +42,13 @@ def _trained(net: str, fashion: builtin_datasets.Arrays) -> nn.Module:
     return model.eval()
 
 
+def _test_accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """The user's own scoring of their module on the test split, in batches of 1,000."""
+    with torch.no_grad():
+        return sum(int((net(x[i:i + 1000]).argmax(1) == y[i:i + 1000]).sum())
+                   for i in range(0, len(y), 1000)) / len(y)
+
+
 def _upload(client: TestClient, archive: bytes) -> dict[str, Any]:
     r = client.post("/v1/models", files={"file": ("model.pt2", archive)}, data={"name": "mine"})
     assert r.status_code == 201, r.text
@@ -103,9 +110,7 @@ def test_a_job_compresses_an_uploaded_graph_and_the_download_loads_into_the_user
     mine.load_state_dict(state)
     mine.eval()
     x, y = torch.from_numpy(fashion.x_test), torch.from_numpy(fashion.y_test)
-    with torch.no_grad():
-        accuracy = sum(int((mine(x[i:i + 1000]).argmax(1) == y[i:i + 1000]).sum())
-                       for i in range(0, len(y), 1000)) / len(y)
+    accuracy = _test_accuracy(mine, x, y)
     assert accuracy == pytest.approx(done["test_accuracy"], abs=1e-9)
     kept = sum(int(v.count_nonzero()) for k, v in state.items()
                if k.endswith("weight") and v.dim() > 1)
@@ -143,8 +148,6 @@ def test_training_methods_take_an_uploaded_graph(method: str, settings: Settings
     mine.load_state_dict(safetensors.torch.load(data))
     mine.eval()
     x, y = torch.from_numpy(fashion.x_test), torch.from_numpy(fashion.y_test)
-    with torch.no_grad():
-        accuracy = sum(int((mine(x[i:i + 1000]).argmax(1) == y[i:i + 1000]).sum())
-                       for i in range(0, len(y), 1000)) / len(y)
+    accuracy = _test_accuracy(mine, x, y)
     assert accuracy == pytest.approx(done["test_accuracy"], abs=1e-9)
     assert done["best"]["accuracy_drop"] <= 0.05
