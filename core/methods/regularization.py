@@ -25,6 +25,10 @@ class RegularizationOptions(BaseModel):
         1, ge=0, le=1000,
         description="epochs after pruning with the zeros frozen (l0: deterministic gates; sgl: "
         "MobilePrune's masked retraining)")
+    ramp_epochs: float = Field(
+        0.0, ge=0, le=1000,
+        description="continuation: the searched strengths rise linearly from 0 to their values "
+        "over this many of the regularized epochs (0: full strength from the first step)")
     batch_size: int = Field(100, ge=1, le=65_536)
     lr: float = Field(1e-3, gt=0, le=10, description="Adam learning rate")
     drop_rate_init: float = Field(0.3, gt=0, lt=1,

@@ -93,6 +93,12 @@ class _Batches:
             self.check()
         self.count += 1
 
+    def ramp(self, epochs: float) -> float:
+        """The strength factor of the step just ticked: rises linearly from 1/steps to 1 over the
+        first `epochs` epochs, then stays at 1 (1 throughout when `epochs` is 0)."""
+        steps = epochs * -(-self.x.shape[0] // self.batch_size)
+        return 1.0 if steps <= 0 else min(1.0, self.count / steps)
+
 
 class _Trial:
     def __init__(self, arch: Architecture, reference: dict[str, torch.Tensor], splits: Splits,
@@ -208,8 +214,10 @@ class _Trial:
                 self.batches.tick()
                 opt.zero_grad(set_to_none=True)
                 loss = self.loss(gated(lambda la: hc.sample(la, self.noise)), xb, yb)
+                ramp = self.batches.ramp(opts.ramp_epochs)
                 for name, la in log_alpha.items():
-                    loss = loss + strength[name] * weight_of_gate[name] * hc.prob_nonzero(la).sum()
+                    loss = loss + (ramp * strength[name] * weight_of_gate[name]
+                                   * hc.prob_nonzero(la).sum())
                 loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
             with torch.no_grad():
@@ -238,9 +246,10 @@ class _Trial:
                 opt.zero_grad(set_to_none=True)
                 self.loss(self.weights, xb, yb).backward()  # type: ignore[no-untyped-call]
                 opt.step()
+                ramp = self.batches.ramp(opts.ramp_epochs)
                 with torch.no_grad():
                     for t, w, lam, eta in layers:
-                        step = adam_step_size(opt, w)
+                        step = ramp * adam_step_size(opt, w)
                         w.copy_(group_prox.prox(w, t.kind, step, lam, eta))
             current = self.detached()
             self.recalibrate(current)

@@ -1,0 +1,92 @@
+"""Single l0 / sgl trials outside the service, to see which options buy what before a search.
+
+    .venv/bin/python bench/regularization_probe.py --model lenet-5 --method sgl \\
+        --strengths -5 -5 -5 -5 -4 -4 -4 -4 --set epochs=5 ramp_epochs=3 [--set …] [--seed 3]
+
+Runs workers.methods.regularized.run_trial once on the Caffe reference of bench/olmp_mnist.py
+with the given log10 strengths (l0: one λ per prunable tensor; sgl: all λ, then all η) and
+options, and prints one JSON line: validation accuracy and its drop against the reference's
+(validation split only: this probe is for choosing defaults, so it never scores the test
+split), weights ratio, units left per layer, epochs per second and wall time. A `--strengths`
+of one value is used for every tensor. Appends the line to --out when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from olmp_mnist import reference  # noqa: E402
+
+from core.architectures import get_architecture  # noqa: E402
+from core.methods.regularization import RegularizationOptions  # noqa: E402
+from core.settings import Settings  # noqa: E402
+from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION  # noqa: E402
+from workers.methods.regularized import run_trial, strengths_needed  # noqa: E402
+from workers.models import zoo  # noqa: E402
+from workers.runtime.data import builtin_arrays, split_arrays  # noqa: E402
+from workers.runtime.evaluation import accuracy  # noqa: E402
+
+REFERENCE_ITERATIONS = 10_000
+
+
+def option_value(text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="lenet-5", choices=["lenet-5", "lenet-300-100"])
+    ap.add_argument("--method", default="sgl", choices=["l0", "sgl"])
+    ap.add_argument("--strengths", type=float, nargs="+", required=True)
+    ap.add_argument("--set", nargs="*", default=[], help="option=value pairs of the regularization spec")
+    ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--label", default="")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    torch.manual_seed(args.seed)
+    cfg = Settings()
+    device = torch.device("cpu")
+    arch = get_architecture(args.model)
+    options = RegularizationOptions(**{k: option_value(v) for k, v in (s.split("=", 1) for s in args.set)})
+    needed = strengths_needed(args.method, arch)
+    strengths = args.strengths * needed if len(args.strengths) == 1 else args.strengths
+    summary = {"validation": {"fraction": DEFAULT_VALIDATION_FRACTION, "seed": DEFAULT_SPLIT_SEED}}
+    splits = split_arrays(builtin_arrays("mnist", cfg.datasets_dir), summary)
+    path, _ = reference(args.model, REFERENCE_ITERATIONS, device, cfg)
+    ref = safetensors.torch.load(path.read_bytes())
+    net = zoo.build(arch).eval()
+    ref_val = accuracy(net, ref, splits.x_val, splits.y_val)
+    started = time.perf_counter()
+    out = run_trial(args.method, arch, ref, splits, options, strengths, seed=args.seed, device=device,
+                    report=lambda epoch, acc: False, check=lambda: None)
+    seconds = time.perf_counter() - started
+    epochs = options.epochs + options.finetune_epochs
+    line = {"label": args.label, "model": args.model, "method": args.method, "seed": args.seed,
+            "options": options.model_dump(exclude_defaults=True), "strengths": strengths,
+            "val_accuracy": out.val_accuracy, "val_drop_pt": 100 * (ref_val - out.val_accuracy),
+            "weights_ratio": out.total / out.nonzero, "nonzero": out.nonzero,
+            "groups_kept": out.groups_kept, "kept": out.kept,
+            "intermediate": out.intermediate, "seconds": round(seconds, 1),
+            "epochs_per_s": epochs / seconds}
+    print(json.dumps(line), flush=True)
+    if args.out is not None:
+        with args.out.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+if __name__ == "__main__":
+    main()
