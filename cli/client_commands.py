@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from thresher.client import Client, RequestRefused, Unreachable
+from pydantic import BaseModel
+
+from thresher.client import Client, JobDoc, RequestRefused, Unreachable
 
 OK, JOB_FAILED, USAGE, UNREACHABLE, AUTH, REFUSED, INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -42,23 +44,27 @@ def _connection(args: argparse.Namespace) -> tuple[str, str | None]:
 
 
 def _print_json(value: Any) -> None:
+    if isinstance(value, BaseModel):
+        # exactly what the API sent: fields it left out stay out
+        value = value.model_dump(mode="json", exclude_unset=True)
     print(json.dumps(value, indent=2, sort_keys=True))
 
 
-def _progress_line(job: dict[str, Any], started: float) -> str:
-    p = job["progress"]
-    best = job.get("best") or {}
-    delta = job["max_accuracy_drop"]
-    done, total = p["trials_done"], p["trials_total"]
+def progress_line(job: JobDoc, started: float) -> str:
+    p, best = job.progress, job.best
+    done, total = p.trials_done, p.trials_total
     elapsed = time.monotonic() - started
     eta = f", about {elapsed * (total - done) / done:.0f} s left" if 0 < done < total else ""
-    ratio = (f", best {best['compression_ratio']:.2f}× at drop {best['accuracy_drop']:+.4f} "
-             f"(δ {delta})" if best.get("compression_ratio") else "")
-    return (f"{job['status']}: {done}/{total} trials, stage {p.get('stage') or '-'}{ratio}, "
+    ratio = (f", best {best.compression_ratio:.2f}× at drop {best.accuracy_drop or 0.0:+.4f} "
+             f"(δ {job.max_accuracy_drop})" if best is not None and best.compression_ratio else "")
+    # multi-round methods: rounds count from 0; retraining attempts come after the last round
+    round_ = (f", round {min(p.round, p.rounds - 1) + 1}/{p.rounds}"
+              if p.round is not None and p.rounds else "")
+    return (f"{job.status}: {done}/{total} trials, stage {p.stage or '-'}{round_}{ratio}, "
             f"{elapsed:.0f} s{eta}")
 
 
-def follow(client: Client, job_id: str, quiet: bool = False) -> dict[str, Any]:
+def follow(client: Client, job_id: str, quiet: bool = False) -> JobDoc:
     """Poll the job to its end, showing a live bar on a terminal (rich) or one line per change
     otherwise; returns the finished document."""
     started = time.monotonic()
@@ -76,17 +82,17 @@ def follow(client: Client, job_id: str, quiet: bool = False) -> dict[str, Any]:
         with Progress(*columns, transient=False) as bar:
             task = bar.add_task(f"job {job_id[:8]}", total=None, note="")
 
-            def show(job: dict[str, Any]) -> None:
-                p = job["progress"]
-                bar.update(task, completed=p["trials_done"], total=p["trials_total"] or None,
-                           note=_progress_line(job, started))
+            def show(job: JobDoc) -> None:
+                p = job.progress
+                bar.update(task, completed=p.trials_done, total=p.trials_total or None,
+                           note=progress_line(job, started))
 
             return client.wait(job_id, progress=show)
     last = ""
 
-    def line(job: dict[str, Any]) -> None:
+    def line(job: JobDoc) -> None:
         nonlocal last
-        text = _progress_line(job, started)
+        text = progress_line(job, started)
         key = text.split(", ")[0:3]
         if not quiet and str(key) != last:
             last = str(key)
@@ -95,20 +101,22 @@ def follow(client: Client, job_id: str, quiet: bool = False) -> dict[str, Any]:
     return client.wait(job_id, progress=line)
 
 
-def _finished(client: Client, job: dict[str, Any], out: str | None, as_json: bool) -> int:
-    if job["status"] != "succeeded":
+def _finished(client: Client, job: JobDoc, out: str | None, as_json: bool) -> int:
+    if job.status != "succeeded":
         if as_json:
             _print_json(job)
-        print(f"job {job['id']} {job['status']}: {job.get('error') or ''}".rstrip(": "), file=sys.stderr)
+        print(f"job {job.id} {job.status}: {job.error or ''}".rstrip(": "), file=sys.stderr)
         return JOB_FAILED
-    path = Path(out or f"thresher-{job['id']}.safetensors")
-    client.download(job["id"], path)
+    path = Path(out or f"thresher-{job.id}.safetensors")
+    client.download(job.id, path)
     if as_json:
-        _print_json({**job, "downloaded": str(path)})
+        _print_json({**job.model_dump(mode="json", exclude_unset=True), "downloaded": str(path)})
     else:
-        best = job["best"]
-        print(f"job {job['id']} succeeded: {best['compression_ratio']:.2f}× at validation drop "
-              f"{best['accuracy_drop']:+.4f}, test accuracy {job['test_accuracy']:.4f}; wrote {path}")
+        best = job.best
+        assert best is not None  # a succeeded job has its best trial
+        print(f"job {job.id} succeeded: {best.compression_ratio or 0.0:.2f}× at validation drop "
+              f"{best.accuracy_drop or 0.0:+.4f}, test accuracy {job.test_accuracy or 0.0:.4f}; "
+              f"wrote {path}")
     return OK
 
 
@@ -130,15 +138,15 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
         spec["optimizer"] = args.optimizer
     if args.spec:
         spec.update(json.loads(args.spec))
-    job = client.submit(model["id"], data["id"], **spec)
+    job = client.submit(model.id, data.id, **spec)
     if not args.follow:
         if args.json:
             _print_json(job)
         else:
-            print(job["id"])
+            print(job.id)
         return OK
-    print(f"job {job['id']} queued: {args.method}, δ {args.delta}, {args.budget} trials", file=sys.stderr)
-    return _following(client, job["id"], args.out, args.json)
+    print(f"job {job.id} queued: {args.method}, δ {args.delta}, {args.budget} trials", file=sys.stderr)
+    return _following(client, job.id, args.out, args.json)
 
 
 def _following(client: Client, job_id: str, out: str | None, as_json: bool) -> int:
@@ -165,18 +173,18 @@ def _jobs(client: Client, args: argparse.Namespace) -> int:
         if args.json:
             _print_json(page)
             return OK
-        _table([[j["id"], j["status"], j["method"], f"{j['progress']['trials_done']}/{j['progress']['trials_total']}",
-                 f"{(j.get('best') or {}).get('compression_ratio') or 0:.2f}×", str(j["max_accuracy_drop"])]
-                for j in page["items"]], ["id", "status", "method", "trials", "best", "δ"])
+        _table([[j.id, j.status, j.method, f"{j.progress.trials_done}/{j.progress.trials_total}",
+                 f"{(j.best.compression_ratio if j.best else None) or 0:.2f}×", str(j.max_accuracy_drop)]
+                for j in page.items], ["id", "status", "method", "trials", "best", "δ"])
         return OK
     if cmd == "show":
         job = client.job(args.id)
         if args.json:
             _print_json(job)
         else:
-            print(_progress_line(job, time.monotonic()))
-            for a in job.get("artifacts") or []:
-                print(f"  download: thresher jobs download {job['id']} --format {a['format']}")
+            print(progress_line(job, time.monotonic()))
+            for a in job.artifacts:
+                print(f"  download: thresher jobs download {job.id} --format {a.format}")
         return OK
     if cmd == "watch":
         try:
@@ -187,11 +195,11 @@ def _jobs(client: Client, args: argparse.Namespace) -> int:
         if args.json:
             _print_json(done)
         else:
-            print(_progress_line(done, time.monotonic()))
-        return OK if done["status"] == "succeeded" else JOB_FAILED
+            print(progress_line(done, time.monotonic()))
+        return OK if done.status == "succeeded" else JOB_FAILED
     if cmd == "cancel":
         job = client.cancel(args.id)
-        _print_json(job) if args.json else print(f"job {args.id} {job['status']}")
+        _print_json(job) if args.json else print(f"job {args.id} {job.status}")
         return OK
     if cmd == "export-optuna":
         from cli.optuna_export import export
@@ -220,16 +228,16 @@ def _jobs(client: Client, args: argparse.Namespace) -> int:
 
 def _listing(client: Client, args: argparse.Namespace) -> int:
     if args.command == "models":
-        page = client.models(limit=args.limit)
-        rows = [[m["id"], m.get("name") or "", m["architecture"], str(m["total_parameters"])]
-                for m in page["items"]]
-        header = ["id", "name", "architecture", "parameters"]
+        models = client.models(limit=args.limit)
+        rows = [[m.id, m.name or "", m.architecture, str(m.total_parameters)] for m in models.items]
+        header, page = ["id", "name", "architecture", "parameters"], models.model_dump(
+            mode="json", exclude_unset=True)
     else:
-        page = client.datasets(limit=args.limit)
-        rows = [[d["id"], d.get("name") or "", d["source"], str(d["classes"]),
-                 "/".join(str(d["splits"][k]) for k in ("train", "validation", "test"))]
-                for d in page["items"]]
-        header = ["id", "name", "source", "classes", "train/val/test"]
+        datasets = client.datasets(limit=args.limit)
+        rows = [[d.id, d.name or "", d.source, str(d.classes),
+                 f"{d.splits.train}/{d.splits.validation}/{d.splits.test}"] for d in datasets.items]
+        header, page = ["id", "name", "source", "classes", "train/val/test"], datasets.model_dump(
+            mode="json", exclude_unset=True)
     _print_json(page) if args.json else _table(rows, header)
     return OK
 

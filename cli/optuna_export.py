@@ -11,44 +11,46 @@ one PRUNED. Needs optuna (the `worker` extra)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+
+from core.documents import JobDoc, TrialDoc
 
 
-def names_of(trials: list[dict[str, Any]]) -> list[str]:
-    width = max((len(t.get("candidate") or []) for t in trials), default=0)
-    layers = next((list(t["keep_ratios"]) for t in trials if t.get("keep_ratios")), [])
+def names_of(trials: list[TrialDoc]) -> list[str]:
+    width = max((len(t.candidate) for t in trials), default=0)
+    layers = next((list(t.keep_ratios) for t in trials if t.keep_ratios), [])
     return layers if len(layers) == width else [f"x{i}" for i in range(width)]
 
 
-def export(job: dict[str, Any], trials: list[dict[str, Any]], out: Path, study_name: str | None) -> str:
+def export(job: JobDoc, trials: list[TrialDoc], out: Path, study_name: str | None) -> str:
     import optuna
     from optuna.distributions import FloatDistribution
     from optuna.trial import TrialState, create_trial
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     names = names_of(trials)
-    values = {n: [float(t["candidate"][i]) for t in trials if t.get("candidate") and len(t["candidate"]) > i]
+    values = {n: [float(t.candidate[i]) for t in trials if len(t.candidate) > i]
               for i, n in enumerate(names)}
     distributions = {n: FloatDistribution(min(v), max(v)) for n, v in values.items() if v}
-    name = study_name or f"thresher-{job['id']}"
+    name = study_name or f"thresher-{job.id}"
     study = optuna.create_study(study_name=name, storage=f"sqlite:///{out}", direction="minimize")
-    for key, value in (("thresher_job", job["id"]), ("method", job["method"]),
-                       ("optimizer", job["optimizer"]), ("max_accuracy_drop", job["max_accuracy_drop"]),
-                       ("seed", job["seed"])):
+    for key, value in (("thresher_job", job.id), ("method", job.method),
+                       ("optimizer", job.optimizer), ("max_accuracy_drop", job.max_accuracy_drop),
+                       ("seed", job.seed)):
         study.set_user_attr(key, value)
     for t in trials:
-        candidate = t.get("candidate") or []
-        metrics = t["metrics"]
-        state = (TrialState.PRUNED if t.get("pruned") else TrialState.FAIL
-                 if t.get("error") or metrics.get("objective") is None else TrialState.COMPLETE)
-        attrs = {"thresher_trial": t["number"], "stage": t["stage"], "round": t.get("round"),
-                 "feasible": t["feasible"], "keep_ratios": t.get("keep_ratios"),
-                 **{k: metrics.get(k) for k in ("compression_ratio", "weights_ratio", "val_accuracy",
-                                                "accuracy_drop", "nonzero", "total")}}
-        if t.get("error"):
-            attrs["error"] = t["error"]
+        candidate = t.candidate
+        metrics = t.metrics
+        state = (TrialState.PRUNED if t.pruned else TrialState.FAIL
+                 if t.error or metrics.objective is None else TrialState.COMPLETE)
+        attrs = {"thresher_trial": t.number, "stage": t.stage, "round": t.round,
+                 "feasible": t.feasible, "keep_ratios": t.keep_ratios,
+                 **{k: getattr(metrics, k) for k in ("compression_ratio", "weights_ratio",
+                                                     "val_accuracy", "accuracy_drop", "nonzero",
+                                                     "total")}}
+        if t.error:
+            attrs["error"] = t.error
         study.add_trial(create_trial(
-            state=state, value=metrics["objective"] if state == TrialState.COMPLETE else None,
+            state=state, value=metrics.objective if state == TrialState.COMPLETE else None,
             params={n: float(candidate[i]) for i, n in enumerate(names) if i < len(candidate)},
             distributions={n: distributions[n] for i, n in enumerate(names) if i < len(candidate)},
             user_attrs=attrs))

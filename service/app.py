@@ -10,6 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from core.documents import Health
 from core.settings import Settings
 from service import (
     dashboard,
@@ -98,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                    swagger_favicon_url="/docs/assets/favicon.png",
                                    swagger_ui_parameters={"validatorUrl": None})
 
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], response_model=Health)
     def healthz() -> dict[str, Any]:
         return {"status": "ok"}
 

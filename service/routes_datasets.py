@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.datastructures import UploadFile
 
+from core.documents import DatasetDoc, Page
 from core.settings import Settings
 from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION
 from service.auth import Principal, current_principal
@@ -69,7 +70,7 @@ _OPENAPI = {
 }
 
 
-@router.post("/datasets", status_code=201, openapi_extra=_OPENAPI)
+@router.post("/datasets", status_code=201, openapi_extra=_OPENAPI, response_model=DatasetDoc)
 async def create_dataset(request: Request, cfg: Settings = Depends(settings),
                          sessions: sessionmaker[Session] = Depends(session_factory),
                          principal: Principal = Depends(current_principal)) -> dict[str, Any]:
@@ -110,7 +111,7 @@ async def create_dataset(request: Request, cfg: Settings = Depends(settings),
                    "send multipart/form-data with a 'file', or JSON {\"builtin\": \"mnist\"}")
 
 
-@router.get("/datasets")
+@router.get("/datasets", response_model=Page[DatasetDoc])
 def list_datasets(
     session: Session = Depends(db),
     principal: Principal = Depends(current_principal),
@@ -123,7 +124,7 @@ def list_datasets(
     return {"items": [dataset_doc(d) for d in rows], "total": total, "offset": offset, "limit": limit}
 
 
-@router.get("/datasets/{dataset_id}")
+@router.get("/datasets/{dataset_id}", response_model=DatasetDoc)
 def get_dataset(dataset_id: str, session: Session = Depends(db),
                 principal: Principal = Depends(current_principal)) -> dict[str, Any]:
     return dataset_doc(get_owned(session, Dataset, dataset_id, principal, "dataset"))

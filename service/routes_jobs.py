@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from core.architectures import model_architecture
+from core.documents import JobDoc, Page, ParetoDoc, TrialDoc, WorkerDoc
 from core.settings import Settings
 from core.spec import JobSpec
 from service.admission import check_admission, queue_job
@@ -27,7 +28,7 @@ router = APIRouter(prefix="/v1", tags=["jobs"], responses=ERROR_RESPONSES)
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
-@router.post("/jobs", status_code=201)
+@router.post("/jobs", status_code=201, response_model=JobDoc)
 def create_job(spec: JobSpec, session: WriteSession,
                principal: Principal = Depends(current_principal),
                cfg: Settings = Depends(settings)) -> dict[str, Any]:
@@ -37,7 +38,7 @@ def create_job(spec: JobSpec, session: WriteSession,
     return job_doc(queue_job(session, spec, model.id, dataset.id, principal))
 
 
-@router.get("/jobs")
+@router.get("/jobs", response_model=Page[JobDoc])
 def list_jobs(
     session: Session = Depends(db),
     principal: Principal = Depends(current_principal),
@@ -53,13 +54,13 @@ def list_jobs(
     return {"items": [job_doc(j) for j in rows], "total": total, "offset": offset, "limit": limit}
 
 
-@router.get("/jobs/{job_id}")
+@router.get("/jobs/{job_id}", response_model=JobDoc)
 def get_job(job_id: str, session: Session = Depends(db),
             principal: Principal = Depends(current_principal)) -> dict[str, Any]:
     return job_doc(get_owned(session, Job, job_id, principal, "job"))
 
 
-@router.get("/jobs/{job_id}/trials")
+@router.get("/jobs/{job_id}/trials", response_model=Page[TrialDoc])
 def get_trials(
     job_id: str,
     session: Session = Depends(db),
@@ -72,7 +73,7 @@ def get_trials(
     return {"items": [trial_doc(t) for t in rows], "total": total, "offset": offset, "limit": limit}
 
 
-@router.get("/jobs/{job_id}/pareto")
+@router.get("/jobs/{job_id}/pareto", response_model=ParetoDoc)
 def get_pareto(job_id: str, session: Session = Depends(db),
                principal: Principal = Depends(current_principal)) -> dict[str, Any]:
     """The non-dominated trials: none other has both a higher compression ratio and a higher
@@ -84,7 +85,7 @@ def get_pareto(job_id: str, session: Session = Depends(db),
             "items": [trial_doc(t) for t in rows], "total": len(rows)}
 
 
-@router.post("/jobs/{job_id}/cancel")
+@router.post("/jobs/{job_id}/cancel", response_model=JobDoc)
 def cancel_job(job_id: str, session: WriteSession,
                principal: Principal = Depends(current_principal)) -> dict[str, Any]:
     job = get_owned(session, Job, job_id, principal, "job")
@@ -139,7 +140,7 @@ def download_checkpoint(
     )
 
 
-@router.get("/workers", tags=["workers"])
+@router.get("/workers", tags=["workers"], response_model=list[WorkerDoc])
 def list_workers(session: Session = Depends(db),
                  principal: Principal = Depends(current_principal)) -> list[dict[str, Any]]:
     require_admin(principal)  # worker rows name other principals' jobs

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.datastructures import UploadFile as StarletteUpload
 
 from core.architectures import get_architecture, registry
+from core.documents import ArchitectureDoc, ModelDoc, Page
 from core.graph_program import graph_summary
 from core.settings import Settings
 from service.auth import Principal, current_principal
@@ -34,12 +35,12 @@ async def read_upload(upload: StarletteUpload, field: str, limit: int) -> bytes:
     return data
 
 
-@router.get("/architectures")
+@router.get("/architectures", response_model=list[ArchitectureDoc])
 def list_architectures(_: Principal = Depends(current_principal)) -> list[dict[str, Any]]:
     return [{"name": a.name, "description": a.description, **a.summary()} for a in registry().values()]
 
 
-@router.post("/models", status_code=201)
+@router.post("/models", status_code=201, response_model=ModelDoc)
 async def create_model(
     weights: Annotated[UploadFile | None, File(
         description="safetensors file with the architecture's tensors")] = None,
@@ -79,7 +80,7 @@ async def create_model(
         return model_doc(row)
 
 
-@router.get("/models")
+@router.get("/models", response_model=Page[ModelDoc])
 def list_models(
     session: Session = Depends(db),
     principal: Principal = Depends(current_principal),
@@ -92,7 +93,7 @@ def list_models(
     return {"items": [model_doc(m) for m in rows], "total": total, "offset": offset, "limit": limit}
 
 
-@router.get("/models/{model_id}")
+@router.get("/models/{model_id}", response_model=ModelDoc)
 def get_model(model_id: str, session: Session = Depends(db),
               principal: Principal = Depends(current_principal)) -> dict[str, Any]:
     return model_doc(get_owned(session, Model, model_id, principal, "model"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from core import methods
 from store.models import Dataset, Job, Model, Trial, Worker
 
 
@@ -29,6 +30,7 @@ def dataset_doc(d: Dataset) -> dict[str, Any]:
 def job_doc(j: Job) -> dict[str, Any]:
     spec = j.spec
     ref = j.reference or {}
+    rounds = methods.get(spec["method"]).rounds
     return {
         "id": j.id,
         "status": j.status,
@@ -44,6 +46,8 @@ def job_doc(j: Job) -> dict[str, Any]:
             "trials_total": j.trials_total,
             "fraction": j.trials_done / j.trials_total if j.trials_total else 0.0,
             "stage": j.stage,
+            "round": j.round if rounds is not None else None,
+            "rounds": rounds(spec) if rounds is not None else None,
         },
         "reference": {
             "val_accuracy": ref.get("val_accuracy"),

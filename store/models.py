@@ -109,6 +109,8 @@ class Job(Base):
     trials_done: Mapped[int] = mapped_column(Integer, default=0)
     trials_total: Mapped[int] = mapped_column(Integer)
     stage: Mapped[str | None] = mapped_column(String(40))
+    # the round of the last trial recorded (multi-round methods: olmp's rounds, then its attempts)
+    round: Mapped[int | None] = mapped_column(Integer)
     reference: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     best: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     test_accuracy: Mapped[float | None] = mapped_column(Float)

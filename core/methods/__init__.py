@@ -54,6 +54,9 @@ class MethodInfo:
     # rewriting the model's modules into others (block-diagonal, decomposed) needs the module
     # structure of a built-in and says False
     graphs: bool = True
+    # multi-round methods: the rounds a job plans, read from its stored spec (every default
+    # filled in); the job's progress then shows the round its last trial belongs to
+    rounds: Callable[[dict[str, Any]], int] | None = None
 
     def planned(self, spec: JobSpec) -> int:
         return self.planned_trials(spec) if self.planned_trials is not None else spec.budget.trials

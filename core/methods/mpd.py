@@ -126,4 +126,4 @@ def _admit(spec: JobSpec, arch: Architecture, _dataset: dict[str, Any]) -> None:
 METHOD = MethodInfo(
     name="mpd", summary="training trials under permuted block-diagonal masks, blocks per layer searched",
     worker="workers.methods.mpd", trials="distributed", multi_objective=True,
-    artifacts=("pruned", "blockdiag"), admit=_admit, rank=4, graphs=False)
+    artifacts=("pruned", "blockdiag"), admit=_admit, rank=4)

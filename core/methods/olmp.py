@@ -164,4 +164,5 @@ METHOD = MethodInfo(
     admit=admit,
     validation_subset=OLMP_SEARCH_SUBSET,
     rank=1,
+    rounds=lambda spec: int(spec["olmp"]["rounds"]),
 )

@@ -151,3 +151,44 @@ def test_training_methods_take_an_uploaded_graph(method: str, settings: Settings
     accuracy = _test_accuracy(mine, x, y)
     assert accuracy == pytest.approx(done["test_accuracy"], abs=1e-9)
     assert done["best"]["accuracy_drop"] <= 0.05
+
+
+def test_mpd_trains_block_diagonal_masks_into_an_uploaded_graph(settings: Settings,
+                                                                fashion: builtin_datasets.Arrays) -> None:
+    """mpd on an uploaded graph: its convolutions and linear layers take the searched block
+    counts; the full-shape download holds, per layer, a permuted block-diagonal zero pattern
+    (every row and column of a k-block layer meets about 1/k of the other side), loads into the
+    user's module and scores what the job reported; there is no block-diagonal download."""
+    trained = _trained("vgg", fashion)
+    with TestClient(create_app(settings), headers=bearer(make_token(settings.database_url))) as client:
+        model = _upload(client, export_bytes(trained))
+        ds = client.post("/v1/datasets", json={"builtin": "fashion-mnist"}).json()
+        job = submit(client, model["id"], ds["id"], method="mpd", optimizer="optuna:tpe",
+                     max_accuracy_drop=0.05, seed=2, budget={"trials": 2},
+                     mpd={"blocks": [2, 4], "share_blocks": True, "epochs": 1, "train_subset": 2000,
+                          "lr": 3e-3})
+        Worker(settings, name="byom").serve(exit_when_idle=True)
+        done = client.get(f"/v1/jobs/{job['id']}").json()
+        assert done["status"] == "succeeded", done["error"]
+        assert [a["format"] for a in done["artifacts"]] == ["pruned", "pt2"]
+        refused = client.get(f"/v1/jobs/{job['id']}/checkpoint", params={"format": "blockdiag"})
+        assert refused.status_code == 409 and "offers ['pruned', 'pt2']" in refused.json()["detail"]
+        data = client.get(f"/v1/jobs/{job['id']}/checkpoint").content
+        trials = client.get(f"/v1/jobs/{job['id']}/trials").json()["items"]
+    state = safetensors.torch.load(data)
+    k = int(trials[done["best"]["trial_number"]]["candidate"][0])
+    # conv1 has one input channel and stays dense; the others hold k (or fewer) blocks
+    blocked = {"features.4.weight": min(k, 8), "classifier.0.weight": k, "classifier.3.weight": k}
+    for name, blocks in blocked.items():
+        w = state[name]
+        pattern = (w.reshape(w.shape[0], w.shape[1], -1).abs().sum(-1) if w.dim() > 2 else w.abs()) != 0
+        # after the blocking's permutations, each row meets the columns of its own block only
+        assert pattern.float().mean().item() <= 1.0 / blocks + 0.02, (name, blocks)
+        assert pattern.sum(1).max().item() <= -(-w.shape[1] // blocks), name
+    assert state["features.0.weight"].count_nonzero() == state["features.0.weight"].numel()
+    mine = NETS["vgg"]()
+    mine.load_state_dict(state)
+    mine.eval()
+    x, y = torch.from_numpy(fashion.x_test), torch.from_numpy(fashion.y_test)
+    assert _test_accuracy(mine, x, y) == pytest.approx(done["test_accuracy"], abs=1e-9)
+    assert done["best"]["compression_ratio"] > 1.5 and done["best"]["accuracy_drop"] <= 0.05

@@ -13,6 +13,7 @@ from core.settings import Settings
 from service.pt2_upload import parse_pt2
 from tests.graph_models import NETS, export_bytes
 from workers.models import zoo
+from workers.models.flops import macs
 from workers.runtime.batchnorm import recalibrate
 from workers.runtime.evaluation import activation_elements
 
@@ -94,3 +95,19 @@ def test_batched_evaluation_sizes_a_graph_by_all_its_activations() -> None:
     # eager's hooks see the convolutions, BatchNorms and shortcuts; the graph every node
     assert counted >= activation_elements(eager, eager_params, x) > 0
     assert graph.visit_outputs is None
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_a_graph_counts_the_multiply_accumulates_of_its_eager_module(name: str) -> None:
+    """flops.macs counts a graph's convolutions and linear ops as it counts a built-in's Conv and
+    Linear modules (mpd's and tucker's FLOPs objective, the downloads' figures), pruned or not."""
+    eager, graph = _pair(name)
+    shape = (1, 28, 28)
+    assert macs(graph, shape) == macs(eager, shape) > 0
+    with torch.no_grad():
+        for module in (eager, graph):
+            for p in module.parameters():
+                if p.dim() > 1:
+                    p.mul_((torch.arange(p.numel()) % 3 != 0).reshape(p.shape))
+    assert macs(graph, shape, nonzero=True) == macs(eager, shape, nonzero=True) < macs(graph, shape)
+    assert graph.visit_weighted is None

@@ -20,12 +20,14 @@ from fastapi.testclient import TestClient
 from safetensors import safe_open
 from sqlalchemy import create_engine, select
 
+from cli.client_commands import progress_line
+from core.documents import JobDoc
 from core.optimizers import SCALAR_OPTIMIZERS
 from core.settings import Settings
 from core.spec import JobSpec, planned_trials
 from service.app import create_app
 from store.models import Blob, Job
-from tests.helpers import bearer, make_token, submit, upload_dataset, upload_model
+from tests.helpers import bearer, make_token, submit, text_of, upload_dataset, upload_model
 from tests.helpers import trials as all_trials
 from workers.jobs.loop import Worker
 
@@ -78,6 +80,8 @@ def test_an_olmp_job_reports_rounds_and_its_checkpoint_reproduces_its_figures(
     total = planned_trials(JobSpec.model_validate({**job["spec"]}))
     # planned: every retraining attempt (two, three scorings each and its end on the hold-out)
     assert job["progress"]["trials_total"] == total == 16 + 1 + 2 + 2 * 4
+    # a queued job plans its rounds and has recorded none
+    assert (job["progress"]["round"], job["progress"]["rounds"]) == (None, 2)
     assert _run_worker(settings) == 1
     done = client.get(f"/v1/jobs/{job['id']}").json()
     assert done["status"] == "succeeded", done["error"]
@@ -93,6 +97,8 @@ def test_an_olmp_job_reports_rounds_and_its_checkpoint_reproduces_its_figures(
                 + ([("retrain", 3)] * 3 + [("confirm", 3)] if recorded == total else []))
     assert stages == ([("reference", 0)] + [("search", 0)] * 8 + [("adjust", 0)]
                       + [("search", 1)] * 8 + [("adjust", 1)] + attempts)
+    # the progress names the round of the last trial recorded (the last retraining attempt)
+    assert (done["progress"]["round"], done["progress"]["rounds"]) == (trials[-1]["round"], 2)
 
     best = done["best"]
     assert best["stage"] in ("adjust", "retrain", "confirm") and best["accuracy_drop"] <= 0.02
@@ -197,6 +203,12 @@ def test_a_worker_killed_while_training_resumes_from_the_saved_state(api, settin
     mid = client.get(f"/v1/jobs/{job['id']}").json()
     assert mid["status"] == "running" and mid["progress"]["trials_done"] < mid["progress"]["trials_total"]
     before = {t["number"]: t for t in all_trials(client, job["id"])}
+    # while it runs, the progress is in the round its last stored trial belongs to
+    assert mid["progress"]["round"] == before[max(before)]["round"]
+    # which the job page and `thresher jobs watch` show, counted from 1
+    shown = f"round {mid['progress']['round'] + 1} of 2"
+    assert text_of(client.get(f"/jobs/{job['id']}").text, "job-round") == shown
+    assert f"round {mid['progress']['round'] + 1}/2" in progress_line(JobDoc.model_validate(mid), time.monotonic())
 
     time.sleep(2.1)  # the dead worker's lease expires
     _run_worker(settings)

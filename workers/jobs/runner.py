@@ -55,7 +55,8 @@ class DbRecorder:
     def write(self, trials: Sequence[Evaluated], *, trials_done: int, stage: str,
               best: Evaluated | None) -> None:
         self._buffer.extend(trials)
-        self._progress = {"trials_done": trials_done, "stage": stage}
+        self._progress = {"trials_done": trials_done, "stage": stage,
+                          **({"round": trials[-1].round} if trials else {})}
         if best is not None:
             self._progress["best"] = best.best_doc()
         if time.monotonic() - self._last_flush >= self.flush_seconds:

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from core.architectures import Architecture, Tensor
+from core.architectures import Architecture, Tensor, family_of
+from core.graph_program import GRAPH
 from core.methods.mpd import MpdOptions, choices, shared_k
 from core.spec import JobSpec
 from workers.jobs.coordinator import DistributedSearch
@@ -221,6 +222,10 @@ def run(job: MethodJob) -> SearchResult:
         size=o.objective,
         sessions=job.sessions, lease=job.lease, settings=job.settings, device=job.device,
         should_stop=job.should_stop, contexts=job.contexts).run()
+    if family_of(job.arch) is GRAPH:
+        # an uploaded graph has no modules to rewrite into grouped convolutions and batched
+        # matmuls: its downloads are the full-shape ones (pruned, pt2), zeros off the blocks
+        return result
     plan = plan_of(job.arch, o, result.best.candidate)
     result.artifacts.append(blockdiag_result(job.arch, job.params, result.pruned.params, plan,
                                              job.splits))

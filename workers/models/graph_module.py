@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.graph_program import ALLOWED_OPS, TRAINING_ARGUMENT
+from core.graph_program import ALLOWED_OPS, ROLES, TRAINING_ARGUMENT
 
 
 def _resolve(op: str) -> Callable[..., Any]:
@@ -29,6 +29,8 @@ def _resolve(op: str) -> Callable[..., Any]:
 # in-place ops (relu_, add_, …) resolve to their out-of-place twins
 OPS: dict[str, Callable[..., Any]] = {op: _resolve(op) for op in sorted(ALLOWED_OPS)}
 IN_PLACE = frozenset(op for op in ALLOWED_OPS if op.split(".")[1].endswith("_"))
+# the ops whose second argument is a layer's weight (convolutions, linear)
+WEIGHTED_OPS = frozenset(op for op, roles in ROLES.items() if roles.get("weight") != "batchnorm")
 
 
 @dataclass
@@ -43,6 +45,7 @@ class _Step:
     rebind: str | None  # an in-place op's input, which later readers see as its output
     dying: tuple[str, ...]
     norm: bool
+    weighted: bool  # a convolution or linear op: args[1] is its weight
 
 
 class GraphBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -147,6 +150,9 @@ class GraphModel(nn.Module):
         # shown every node's tensor output while set: what forward hooks on a built-in's modules
         # see (workers.runtime.evaluation sizes its batches by it); a graph has no such modules
         self.visit_outputs: Callable[[torch.Tensor], None] | None = None
+        # shown (weight, output) of every convolution and linear op while set (workers.models.flops
+        # counts multiply-accumulates by it, as it does by hooks on a built-in's Linear and Conv)
+        self.visit_weighted: Callable[[torch.Tensor, torch.Tensor], None] | None = None
 
     def _compile(self, i: int, node: dict[str, Any]) -> _Step:
         """A node as a call with its constants in place and the positions its references fill:
@@ -174,7 +180,8 @@ class GraphModel(nn.Module):
         norm = self.get_submodule(self.norms[i]) if i in self.norms else None
         return _Step(call=norm if norm is not None else OPS[op], args=args, refs=refs, nested=nested,
                      kwargs=dict(node["kwargs"]), flag=flag, out=node["out"], rebind=rebind,
-                     dying=tuple(self.dying[i]), norm=norm is not None)
+                     dying=tuple(self.dying[i]), norm=norm is not None,
+                     weighted=op in WEIGHTED_OPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         env: dict[str, Any] = {g: store[leaf] for g, store, leaf in self.homes}
@@ -193,6 +200,8 @@ class GraphModel(nn.Module):
             return a
 
         training = self.training
+        # one flag read per node in the common case, where nothing is visiting
+        visiting = self.visit_outputs is not None or self.visit_weighted is not None
         for step in self.steps:
             if step.norm:  # the BatchNorm module: its mode, momentum and step counter
                 result = step.call(env[step.refs[0][1]])
@@ -211,11 +220,19 @@ class GraphModel(nn.Module):
                         args[position] = training
                 result = step.call(*args, **kwargs)
             env[step.out] = result
-            if self.visit_outputs is not None and isinstance(result, torch.Tensor):
-                self.visit_outputs(result)
+            if visiting:
+                self._visit(step, args if not step.norm else None, result)
             if step.rebind is not None:
                 env[step.rebind] = result
             for name in step.dying:
                 env.pop(name, None)
         out: torch.Tensor = env[self.output_name]
         return out
+
+    def _visit(self, step: _Step, args: list[Any] | None, result: Any) -> None:
+        if not isinstance(result, torch.Tensor):
+            return
+        if self.visit_outputs is not None:
+            self.visit_outputs(result)
+        if self.visit_weighted is not None and step.weighted and args is not None:
+            self.visit_weighted(args[1], result)
