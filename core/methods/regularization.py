@@ -25,6 +25,9 @@ class RegularizationOptions(BaseModel):
         1, ge=0, le=1000,
         description="epochs after pruning with the zeros frozen (l0: deterministic gates; sgl: "
         "MobilePrune's masked retraining)")
+    finetune_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="the fine-tuning learning rate: lr throughout, or lr "
+        "cosine-annealed to 0 over the fine-tuning epochs")
     ramp_epochs: float = Field(
         0.0, ge=0, le=1000,
         description="continuation: the searched strengths rise linearly from 0 to their values "

@@ -265,6 +265,10 @@ class _Trial:
         masks = {t.name: params[t.name] != 0 for t in self.prunable}
         weights = {k: v.clone().requires_grad_(True) for k, v in params.items()}
         opt = torch.optim.Adam(list(weights.values()), lr=self.options.lr)
+        steps = self.options.finetune_epochs * -(-self.batches.x.shape[0] // self.batches.batch_size)
+        sched = (torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, steps) / steps)))
+            if self.options.finetune_schedule == "cosine" else None)
         for _ in range(self.options.finetune_epochs):
             for xb, yb in self.batches.epoch():
                 self.batches.tick()
@@ -275,6 +279,8 @@ class _Trial:
                     if grad is not None:
                         grad.mul_(m)
                 opt.step()
+                if sched is not None:
+                    sched.step()
                 with torch.no_grad():
                     for name, m in masks.items():
                         weights[name].mul_(m)
