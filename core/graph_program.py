@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.architectures import Architecture, Family, Tensor, register_family
+from core.architectures import Architecture, Family, Tensor, family_of, register_family
 from core.errors import InvalidInput
 
 PROGRAM_VERSION = 1
@@ -340,6 +340,82 @@ def graph_architecture(config: Mapping[str, object]) -> Architecture:
         input_shape=tuple(int(s) for s in shape[1:] if s is not None),
         num_classes=int(program["num_classes"]), tensors=tensors, builder=BUILDER,
         config={"base": "graph", "program": program})
+
+
+@dataclass(frozen=True)
+class LayerNode:
+    """A convolution or linear node that is a layer of the user's module: its weight is `path.weight`
+    (and its bias `path.bias`, or none), read by this node alone, every other argument a constant,
+    nothing else under `path`. The worker runs it as a real nn.Conv / nn.Linear at `path`."""
+
+    path: str
+    op: str
+    shape: tuple[int, ...]  # the weight's
+    bias: bool
+    stride: tuple[int, ...] = (1,)
+    padding: tuple[int, ...] = (0,)
+    dilation: tuple[int, ...] = (1,)
+    groups: int = 1
+
+
+# a convolution's arguments after input and weight, with the defaults torch.export leaves out
+_CONV_ARGUMENTS = (None, [1], [0], [1], 1)  # bias, stride, padding, dilation, groups
+
+
+def layer_nodes(program: Mapping[str, Any]) -> dict[int, LayerNode]:
+    """Node index → LayerNode, for the convolution and linear nodes that are layers."""
+    specs = {t["graph"]: t for t in program["tensors"]}
+    names = [t["name"] for t in program["tensors"]]
+    uses: dict[str, int] = {}
+    for node in program["nodes"]:
+        for a in [*node["args"], *node["kwargs"].values()]:
+            if isinstance(a, dict) and "t" in a:
+                uses[a["t"]] = uses.get(a["t"], 0) + 1
+    out: dict[int, LayerNode] = {}
+    for i, node in enumerate(program["nodes"]):
+        op, args = node["op"], node["args"]
+        if ROLES.get(op, {}).get("weight") not in ("conv1d", "conv2d", "linear") or node["kwargs"] \
+                or len(args) < 2:
+            continue
+        weight = args[1]
+        if not isinstance(weight, dict) or weight.get("t") not in specs:
+            continue
+        name = specs[weight["t"]]["name"]
+        if not name.endswith(".weight") or uses.get(weight["t"]) != 1:
+            continue
+        path = name.removesuffix(".weight")
+        conv = op != "aten.linear.default"
+        rest = list(args[2:]) + (list(_CONV_ARGUMENTS[len(args) - 2:]) if conv else [None] * (3 - len(args)))
+        bias = rest[0]
+        if bias is not None and (not isinstance(bias, dict) or bias.get("t") not in specs
+                                 or specs[bias["t"]]["name"] != f"{path}.bias"
+                                 or uses.get(bias["t"]) != 1):
+            continue
+        if any(n.startswith(f"{path}.") and n not in (name, f"{path}.bias") for n in names):
+            continue
+        shape = tuple(int(v) for v in specs[weight["t"]]["shape"])
+        if not conv:
+            if len(rest) == 1:
+                out[i] = LayerNode(path, op, shape, bias is not None)
+            continue
+        stride, padding, dilation, groups = rest[1:5]
+        ints = [stride, padding, dilation]
+        if not all(isinstance(v, list) and v and all(type(x) is int for x in v) for v in ints) \
+                or type(groups) is not int or groups < 1 or len(rest) != 5:
+            continue
+        out[i] = LayerNode(path, op, shape, bias is not None, tuple(stride), tuple(padding),
+                           tuple(dilation), groups)
+    return out
+
+
+def plain_layers(arch: Architecture) -> frozenset[str] | None:
+    """The weights of an uploaded graph's layer nodes with groups = 1: those a method may
+    rewrite into other modules (tucker's decompositions, mpd's block-diagonal ones). None for an
+    architecture that is not an uploaded graph (a built-in's layers all qualify)."""
+    if family_of(arch) is not GRAPH:
+        return None
+    program: Mapping[str, Any] = arch.config["program"]  # type: ignore[assignment]
+    return frozenset(f"{n.path}.weight" for n in layer_nodes(program).values() if n.groups == 1)
 
 
 def graph_summary(program: Mapping[str, Any]) -> dict[str, Any]:

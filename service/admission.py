@@ -10,7 +10,6 @@ from sqlalchemy.orm import Session
 from core import methods
 from core.architectures import Architecture
 from core.errors import InvalidInput
-from core.graph_program import GRAPH
 from core.settings import Settings
 from core.spec import JobSpec, planned_trials
 from service.auth import Principal
@@ -32,11 +31,6 @@ def check_admission(session: Session, spec: JobSpec, arch: Architecture,
         raise InvalidInput(f"search.validation_subset {subset} exceeds the dataset's {n_val} "
                            "validation samples", field="search.validation_subset")
     info = methods.get(spec.method)
-    if arch.name == GRAPH.name and not info.graphs:
-        takers = [m for m in methods.names() if methods.get(m).graphs]
-        raise InvalidInput(f"method {spec.method} does not take uploaded graphs (.pt2) yet: it "
-                           "deploys by rewriting a built-in's modules; choose one of "
-                           f"{takers}", field="method")
     admit = info.admit
     if admit is not None:
         try:

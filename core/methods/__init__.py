@@ -50,10 +50,6 @@ class MethodInfo:
     validation_subset: int | None = None
     # where the method is listed (API errors, the dashboard's form): lower first
     rank: int = 100
-    # takes uploaded graphs (architecture "graph", a .pt2 upload): a method that deploys by
-    # rewriting the model's modules into others (block-diagonal, decomposed) needs the module
-    # structure of a built-in and says False
-    graphs: bool = True
     # multi-round methods: the rounds a job plans, read from its stored spec (every default
     # filled in); the job's progress then shows the round its last trial belongs to
     rounds: Callable[[dict[str, Any]], int] | None = None

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from core.graph_program import plain_layers
 from core.methods import MethodInfo
 
 if TYPE_CHECKING:
@@ -81,44 +82,57 @@ class MpdOptions(BaseModel):
         return v
 
 
-def allowed(t: Tensor, k: int) -> bool:
-    """Whether layer `t` can hold k blocks."""
+def allowed(t: Tensor, k: int, fixed: frozenset[str] = frozenset()) -> bool:
+    """Whether layer `t` can hold k blocks (a layer in `fixed`, see `fixed_layers`, only 1)."""
+    if t.name in fixed:
+        return k == 1
     m, n = t.shape[0], t.shape[1]
     if t.kind in CONV_KINDS:
         return m % k == 0 and n % k == 0
     return 1 <= k <= min(m, n)
 
 
-def choices(t: Tensor, options: MpdOptions) -> tuple[int, ...]:
+def fixed_layers(arch: Architecture) -> frozenset[str]:
+    """Layers that stay dense whatever the spec: in an uploaded graph, the convolutions and
+    linear ops that are not plain layer nodes (grouped or depthwise convolutions, shared
+    weights), which a block-diagonal module cannot replace."""
+    plain = plain_layers(arch)
+    return frozenset() if plain is None else frozenset(t.name for t in arch.prunable if t.name not in plain)
+
+
+def choices(t: Tensor, options: MpdOptions, fixed: frozenset[str] = frozenset()) -> tuple[int, ...]:
     """The block counts layer `t` may take under the spec (possibly only (1,))."""
     if options.share_blocks:
         return (1,)  # shared: the one searched k is mapped per layer by `shared_k`
-    values = tuple(k for k in options.blocks if allowed(t, k))
+    values = tuple(k for k in options.blocks if allowed(t, k, fixed))
     return values or (1,)
 
 
-def shared_k(t: Tensor, k: int) -> int:
+def shared_k(t: Tensor, k: int, fixed: frozenset[str] = frozenset()) -> int:
     """The largest block count at most k that layer `t` allows."""
-    return next(j for j in range(k, 0, -1) if allowed(t, j))
+    return next(j for j in range(k, 0, -1) if allowed(t, j, fixed))
 
 
 def _admit(spec: JobSpec, arch: Architecture, _dataset: dict[str, Any]) -> None:
     o = spec.mpd
     layers = arch.prunable
+    fixed = fixed_layers(arch)
     if o.share_blocks:
-        if all(shared_k(t, max(o.blocks)) == 1 for t in layers):
+        if all(shared_k(t, max(o.blocks), fixed) == 1 for t in layers):
             raise ValueError(f"mpd.blocks {list(o.blocks)}: no layer of {arch.name} allows more "
                              "than one block")
         return
     if 1 not in o.blocks:
         for t in layers:
-            if not any(allowed(t, k) for k in o.blocks):
-                rule = ("a k dividing both its channel counts" if t.kind in CONV_KINDS
+            if not any(allowed(t, k, fixed) for k in o.blocks):
+                rule = ("k = 1: a grouped convolution or shared weight of an uploaded graph "
+                        "stays dense" if t.name in fixed else
+                        "a k dividing both its channel counts" if t.kind in CONV_KINDS
                         else f"a k up to {min(t.shape[0], t.shape[1])}")
                 raise ValueError(
                     f"mpd.blocks {list(o.blocks)}: layer {t.name} ({t.kind} {list(t.shape)}) "
                     f"allows none of them (it needs {rule}); add 1 to let it stay dense")
-    if all(choices(t, o) == (1,) for t in layers):
+    if all(choices(t, o, fixed) == (1,) for t in layers):
         raise ValueError(f"mpd.blocks {list(o.blocks)}: no layer of {arch.name} allows any of "
                          "them but 1: there is nothing to search")
 

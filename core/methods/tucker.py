@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from core.graph_program import plain_layers
 from core.methods import MethodInfo
 
 if TYPE_CHECKING:
@@ -58,10 +59,15 @@ class TuckerOptions(BaseModel):
 def decomposable(arch: Architecture, o: TuckerOptions) -> list[str]:
     """The layers a job may decompose: convolutions with more than one output channel (one with
     few inputs keeps its input mode) and, with decompose_linear, linear layers whose sides both
-    exceed 1; in either case holding at least min_layer_share of the parameters."""
+    exceed 1; in either case holding at least min_layer_share of the parameters. In an uploaded
+    graph, only the layer nodes the worker runs as modules (core.graph_program.layer_nodes) with
+    groups = 1: a grouped or depthwise convolution is left as it is."""
+    plain = plain_layers(arch)
     out = []
     for t in arch.prunable:
         if t.numel < o.min_layer_share * arch.total_parameters:
+            continue
+        if plain is not None and t.name not in plain:
             continue
         if t.kind in CONV_KINDS and t.shape[0] > 1:
             out.append(t.name)
@@ -79,4 +85,4 @@ def _admit(spec: JobSpec, arch: Architecture, _dataset: dict[str, Any]) -> None:
 METHOD = MethodInfo(
     name="tucker", summary="training trials of Tucker-2 / SVD decompositions, ranks searched "
     "around EVBMF's", worker="workers.methods.tucker", trials="distributed", multi_objective=True,
-    artifacts=("pruned", "decomposed"), admit=_admit, rank=5, graphs=False)
+    artifacts=("pruned", "decomposed"), admit=_admit, rank=5)

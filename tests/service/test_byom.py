@@ -158,7 +158,9 @@ def test_mpd_trains_block_diagonal_masks_into_an_uploaded_graph(settings: Settin
     """mpd on an uploaded graph: its convolutions and linear layers take the searched block
     counts; the full-shape download holds, per layer, a permuted block-diagonal zero pattern
     (every row and column of a k-block layer meets about 1/k of the other side), loads into the
-    user's module and scores what the job reported; there is no block-diagonal download."""
+    user's module and scores what the job reported; the `blockdiag` download (the graph's convs
+    as grouped convolutions, its linears as batched matmuls) is rebuilt by thresher.load and
+    computes what the full-shape file does."""
     trained = _trained("vgg", fashion)
     with TestClient(create_app(settings), headers=bearer(make_token(settings.database_url))) as client:
         model = _upload(client, export_bytes(trained))
@@ -170,10 +172,9 @@ def test_mpd_trains_block_diagonal_masks_into_an_uploaded_graph(settings: Settin
         Worker(settings, name="byom").serve(exit_when_idle=True)
         done = client.get(f"/v1/jobs/{job['id']}").json()
         assert done["status"] == "succeeded", done["error"]
-        assert [a["format"] for a in done["artifacts"]] == ["pruned", "pt2"]
-        refused = client.get(f"/v1/jobs/{job['id']}/checkpoint", params={"format": "blockdiag"})
-        assert refused.status_code == 409 and "offers ['pruned', 'pt2']" in refused.json()["detail"]
+        assert sorted(a["format"] for a in done["artifacts"]) == ["blockdiag", "pruned", "pt2"]
         data = client.get(f"/v1/jobs/{job['id']}/checkpoint").content
+        blocked_file = client.get(f"/v1/jobs/{job['id']}/checkpoint", params={"format": "blockdiag"}).content
         trials = client.get(f"/v1/jobs/{job['id']}/trials").json()["items"]
     state = safetensors.torch.load(data)
     k = int(trials[done["best"]["trial_number"]]["candidate"][0])
@@ -192,3 +193,46 @@ def test_mpd_trains_block_diagonal_masks_into_an_uploaded_graph(settings: Settin
     x, y = torch.from_numpy(fashion.x_test), torch.from_numpy(fashion.y_test)
     assert _test_accuracy(mine, x, y) == pytest.approx(done["test_accuracy"], abs=1e-9)
     assert done["best"]["compression_ratio"] > 1.5 and done["best"]["accuracy_drop"] <= 0.05
+    deployed = thresher.loader.load_bytes(blocked_file)
+    with torch.no_grad():
+        assert (deployed(x[:64]) - mine(x[:64])).abs().max() < 1e-4
+    assert sum(p.numel() for p in deployed.parameters()) < sum(p.numel() for p in mine.parameters())
+    assert done["best"]["blockdiag"]["test_accuracy"] == pytest.approx(done["test_accuracy"], abs=2e-3)
+
+
+def test_tucker_decomposes_an_uploaded_graph_s_layers(settings: Settings,
+                                                      fashion: builtin_datasets.Arrays) -> None:
+    """tucker on an uploaded graph: its convolutions run as real modules, so each decomposed
+    one becomes three (and linear layers two); the `decomposed` download is the smaller model,
+    which thresher.load rebuilds from the file and which scores what the job reported; the
+    pruned and pt2 downloads hold the decompositions composed back into the user's shapes."""
+    trained = _trained("vgg", fashion)
+    with TestClient(create_app(settings), headers=bearer(make_token(settings.database_url))) as client:
+        model = _upload(client, export_bytes(trained))
+        ds = client.post("/v1/datasets", json={"builtin": "fashion-mnist"}).json()
+        job = submit(client, model["id"], ds["id"], method="tucker", optimizer="optuna:tpe",
+                     max_accuracy_drop=0.05, seed=2, budget={"trials": 2},
+                     tucker={"epochs": 1, "train_subset": 2000, "log2_rank_scale": [0.0, 1.5]})
+        Worker(settings, name="byom").serve(exit_when_idle=True)
+        done = client.get(f"/v1/jobs/{job['id']}").json()
+        assert done["status"] == "succeeded", done["error"]
+        assert sorted(a["format"] for a in done["artifacts"]) == ["decomposed", "pruned", "pt2"]
+        pruned = client.get(f"/v1/jobs/{job['id']}/checkpoint").content
+        small = client.get(f"/v1/jobs/{job['id']}/checkpoint", params={"format": "decomposed"}).content
+    dec = done["best"]["decomposed"]
+    assert set(dec["layers"]) and all(not name.startswith("classifier.") or doc["form"] == "svd"
+                                      for name, doc in dec["layers"].items())
+    x, y = torch.from_numpy(fashion.x_test), torch.from_numpy(fashion.y_test)
+    rebuilt = thresher.loader.load_bytes(small)
+    parameters = sum(p.numel() for p in rebuilt.parameters())
+    assert parameters == dec["parameters"] < sum(p.numel() for p in trained.parameters())
+    assert _test_accuracy(rebuilt, x, y) == pytest.approx(dec["test_accuracy"], abs=1e-9)
+    # a decomposed convolution is three modules with nothing between them
+    first = next(n for n, d in dec["layers"].items() if d["form"] == "tucker2")
+    assert isinstance(rebuilt.get_submodule(first.removesuffix(".weight")), nn.Sequential)
+    mine = NETS["vgg"]()
+    mine.load_state_dict(safetensors.torch.load(pruned))
+    mine.eval()
+    assert _test_accuracy(mine, x, y) == pytest.approx(done["test_accuracy"], abs=1e-9)
+    with torch.no_grad():  # the composed weights compute what the decomposed model does
+        assert (mine(x[:64]) - rebuilt(x[:64])).abs().max() < 1e-3

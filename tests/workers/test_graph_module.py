@@ -9,6 +9,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from core.methods.mpd import MpdOptions, choices, fixed_layers
+from core.methods.tucker import TuckerOptions, decomposable
 from core.settings import Settings
 from service.pt2_upload import parse_pt2
 from tests.graph_models import NETS, export_bytes
@@ -111,3 +113,24 @@ def test_a_graph_counts_the_multiply_accumulates_of_its_eager_module(name: str) 
                     p.mul_((torch.arange(p.numel()) % 3 != 0).reshape(p.shape))
     assert macs(graph, shape, nonzero=True) == macs(eager, shape, nonzero=True) < macs(graph, shape)
     assert graph.visit_weighted is None
+
+
+def test_tucker_and_mpd_leave_a_graph_s_grouped_convolutions_as_they_are() -> None:
+    """In a MobileNetV2-style graph the depthwise convolutions (groups = channels) run as grouped
+    nn.Conv2d modules and are not offered to tucker, and mpd keeps them dense; the pointwise and
+    full ones are offered to both."""
+    _, graph = _pair("mobilenet")
+    parsed = parse_pt2(export_bytes(NETS["mobilenet"]()), Settings())
+    offered = set(decomposable(parsed.architecture, TuckerOptions(min_layer_share=0.0)))
+    convs = {f"{n}.weight": m for n, m in graph.named_modules() if isinstance(m, nn.Conv2d)}
+    depthwise = {n for n, m in convs.items() if m.groups > 1}
+    assert depthwise and not depthwise & offered
+    assert {n for n, m in convs.items() if m.groups == 1 and m.out_channels > 1} <= offered
+    fixed = fixed_layers(parsed.architecture)
+    assert depthwise <= fixed
+    pointwise = next(n for n, m in convs.items() if m.groups == 1 and m.out_channels % 4 == 0
+                     and m.in_channels % 4 == 0)
+    table = {t.name: t for t in parsed.architecture.prunable}
+    options = MpdOptions(blocks=(1, 2, 4))
+    assert choices(table[pointwise], options, fixed) == (1, 2, 4)
+    assert all(choices(table[n], options, fixed) == (1,) for n in depthwise)

@@ -164,8 +164,9 @@ def run(sessions: sessionmaker[Session], lease: Lease, settings: Settings, devic
         artifacts.append(("compact", compact[2], compact[1]["architecture_config"], compact[0]))
     archive_sha = got.model_summary.get("archive_sha256")
     if archive_sha:  # an uploaded graph: its own .pt2 archive, with the pruned weights
-        best["downloads"] = ("full shape: an uploaded graph's downloads keep every layer's shape, "
-                             "with zeros where weights were pruned; filters are not removed from "
+        best["downloads"] = ("full shape: an uploaded graph's pruned and pt2 downloads keep every "
+                             "layer's shape, with zeros where weights were pruned (tucker: the "
+                             "decomposed layers composed back); filters are not removed from "
                              "uploaded graphs")
         archive = retrying(sessions, lambda s: blobs.read_cached(s, archive_sha, settings.cache_dir),
                            what=f"reading the archive of model {got.model_id}")

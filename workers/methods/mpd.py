@@ -24,9 +24,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from core.architectures import Architecture, Tensor, family_of
-from core.graph_program import GRAPH
-from core.methods.mpd import MpdOptions, choices, shared_k
+from core.architectures import Architecture, Tensor
+from core.methods.mpd import MpdOptions, choices, fixed_layers, shared_k
 from core.spec import JobSpec
 from workers.jobs.coordinator import DistributedSearch
 from workers.methods import MethodJob, TrialOutcome
@@ -69,7 +68,8 @@ class Plan:
 
 
 def _searched(arch: Architecture, o: MpdOptions) -> list[Tensor]:
-    return [t for t in arch.prunable if len(choices(t, o)) > 1]
+    fixed = fixed_layers(arch)
+    return [t for t in arch.prunable if len(choices(t, o, fixed)) > 1]
 
 
 def search_space(arch: Architecture, o: MpdOptions) -> tuple[Space, list[Value]]:
@@ -82,8 +82,9 @@ def search_space(arch: Architecture, o: MpdOptions) -> tuple[Space, list[Value]]
         variables.append(Choice(values))
         start.append(values[len(values) // 2])
     else:
+        fixed = fixed_layers(arch)
         for t in _searched(arch, o):
-            values = choices(t, o)
+            values = choices(t, o, fixed)
             variables.append(Choice(values))
             start.append(values[len(values) // 2])
     if o.permutation_seeds > 1:
@@ -99,13 +100,14 @@ def search_space(arch: Architecture, o: MpdOptions) -> tuple[Space, list[Value]]
 def plan_of(arch: Architecture, o: MpdOptions, candidate: Sequence[Any]) -> Plan:
     values = list(candidate)
     blocks = {t.name: 1 for t in arch.prunable}
+    fixed = fixed_layers(arch)
     if o.share_blocks:
         k = int(values.pop(0))
-        blocks = {t.name: shared_k(t, k) for t in arch.prunable}
+        blocks = {t.name: shared_k(t, k, fixed) for t in arch.prunable}
     else:
         for t in _searched(arch, o):
             k = int(values.pop(0))
-            if k not in choices(t, o):
+            if k not in choices(t, o, fixed):
                 raise ValueError(f"layer {t.name} cannot take {k} blocks")
             blocks[t.name] = k
     seed = int(values.pop(0)) if o.permutation_seeds > 1 else 0
@@ -222,10 +224,6 @@ def run(job: MethodJob) -> SearchResult:
         size=o.objective,
         sessions=job.sessions, lease=job.lease, settings=job.settings, device=job.device,
         should_stop=job.should_stop, contexts=job.contexts).run()
-    if family_of(job.arch) is GRAPH:
-        # an uploaded graph has no modules to rewrite into grouped convolutions and batched
-        # matmuls: its downloads are the full-shape ones (pruned, pt2), zeros off the blocks
-        return result
     plan = plan_of(job.arch, o, result.best.candidate)
     result.artifacts.append(blockdiag_result(job.arch, job.params, result.pruned.params, plan,
                                              job.splits))

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.graph_program import ALLOWED_OPS, ROLES, TRAINING_ARGUMENT
+from core.graph_program import ALLOWED_OPS, ROLES, TRAINING_ARGUMENT, LayerNode, layer_nodes
 
 
 def _resolve(op: str) -> Callable[..., Any]:
@@ -35,7 +35,7 @@ WEIGHTED_OPS = frozenset(op for op, roles in ROLES.items() if roles.get("weight"
 
 @dataclass
 class _Step:
-    call: Callable[..., Any]  # the aten op, or the BatchNorm module that stands for the node
+    call: Callable[..., Any]  # the aten op (a module node calls the module at `at` instead)
     args: list[Any]  # constants in place, None where a reference goes
     refs: list[tuple[int, str]]  # (position, name) of the tensors and sizes the node reads
     nested: list[tuple[int, Any]]  # (position, argument) of lists that hold references
@@ -44,8 +44,9 @@ class _Step:
     out: str
     rebind: str | None  # an in-place op's input, which later readers see as its output
     dying: tuple[str, ...]
-    norm: bool
+    norm: bool  # the node runs as the module at `at` (BatchNorm, Conv, Linear) on its input
     weighted: bool  # a convolution or linear op: args[1] is its weight
+    at: tuple[dict[str, nn.Module | None], str] | None = None  # (the parent's _modules, the child's name)
 
 
 class GraphBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -65,6 +66,24 @@ def _container(root: nn.Module, path: list[str]) -> nn.Module:
             module.add_module(part, child)
         module = child
     return module
+
+
+_CONV_MODULES: dict[str, type[nn.Module]] = {"aten.conv1d.default": nn.Conv1d,
+                                             "aten.conv2d.default": nn.Conv2d}
+
+
+def _layer_module(layer: LayerNode) -> nn.Module | None:
+    """The nn.Conv / nn.Linear a layer node stands for (None: out channels its groups do not
+    divide; the op says so when it runs)."""
+    if layer.op == "aten.linear.default":
+        return nn.Linear(layer.shape[1], layer.shape[0], bias=layer.bias)
+    try:
+        return _CONV_MODULES[layer.op](
+            layer.shape[1] * layer.groups, layer.shape[0], tuple(layer.shape[2:]),
+            stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
+            groups=layer.groups, bias=layer.bias)
+    except ValueError:
+        return None
 
 
 class GraphModel(nn.Module):
@@ -102,6 +121,18 @@ class GraphModel(nn.Module):
             taken.update(n for n in names if n)
             taken.add(f"{prefix}.num_batches_tracked")
             self.norms[i] = prefix
+        # convolutions and linear ops as real modules at their weight's path (core.graph_program
+        # says which): hooks see them, and a method may replace them (tucker's decompositions)
+        self.layers: dict[int, str] = {}
+        for i, node_layer in layer_nodes(program).items():
+            made = _layer_module(node_layer)
+            *parents, leaf = node_layer.path.split(".")
+            holder = _container(self, parents)
+            if made is None or leaf in holder._modules or node_layer.path in self.norms.values():
+                continue
+            holder.add_module(leaf, made)
+            taken.update({f"{node_layer.path}.weight", f"{node_layer.path}.bias"})
+            self.layers[i] = node_layer.path
         for t in program["tensors"]:
             if t["name"] in taken:
                 continue
@@ -177,11 +208,15 @@ class GraphModel(nn.Module):
             flag = None
         first = node["args"][0] if node["args"] else None
         rebind = first["t"] if op in IN_PLACE and isinstance(first, dict) and "t" in first else None
-        norm = self.get_submodule(self.norms[i]) if i in self.norms else None
-        return _Step(call=norm if norm is not None else OPS[op], args=args, refs=refs, nested=nested,
+        path = self.norms.get(i, self.layers.get(i))
+        at = None
+        if path is not None:
+            *parents, leaf = path.split(".")
+            at = (self.get_submodule(".".join(parents))._modules, leaf)
+        return _Step(call=OPS[op], args=args, refs=refs, nested=nested,
                      kwargs=dict(node["kwargs"]), flag=flag, out=node["out"], rebind=rebind,
-                     dying=tuple(self.dying[i]), norm=norm is not None,
-                     weighted=op in WEIGHTED_OPS)
+                     dying=tuple(self.dying[i]), norm=path is not None,
+                     weighted=op in WEIGHTED_OPS and path is None, at=at)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         env: dict[str, Any] = {g: store[leaf] for g, store, leaf in self.homes}
@@ -203,8 +238,12 @@ class GraphModel(nn.Module):
         # one flag read per node in the common case, where nothing is visiting
         visiting = self.visit_outputs is not None or self.visit_weighted is not None
         for step in self.steps:
-            if step.norm:  # the BatchNorm module: its mode, momentum and step counter
-                result = step.call(env[step.refs[0][1]])
+            if step.at is not None:
+                # the module at the node's path, looked up now: a method may have replaced it
+                # (BatchNorm: its mode, momentum and step counter)
+                modules, leaf = step.at
+                layer: Any = modules[leaf]
+                result = layer(env[step.refs[0][1]])
             else:
                 args = step.args.copy()
                 for pos, name in step.refs:
