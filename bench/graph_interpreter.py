@@ -4,7 +4,8 @@ tests/graph_models.py (a ResNet, a MobileNetV2-style net, a VGG-style net, an ML
 with torch.export and read back the way an upload is. Repeats are interleaved in ABBA order, so
 that both see the same machine, and the ratio is the median over repeats of interpreter ÷ eager
 within each pair (with its quartiles): a slow stretch of a shared machine slows both runs of a
-pair rather than one side's median.
+pair rather than one side's median. Both run under the allocator settings every worker sets
+(workers.runtime.allocator).
 
     .venv/bin/python bench/graph_interpreter.py
 
@@ -34,6 +35,7 @@ from core.settings import Settings  # noqa: E402
 from service.pt2_upload import parse_pt2  # noqa: E402
 from tests.graph_models import NETS, export_bytes  # noqa: E402
 from workers.models import zoo  # noqa: E402
+from workers.runtime import allocator  # noqa: E402
 
 REPEATS = {1: 300, 256: 40}
 
@@ -85,6 +87,10 @@ def compare(eager: nn.Module, graph: nn.Module) -> dict[tuple[int, str], dict[st
 
 
 def main() -> None:
+    # the allocator a worker runs with (workers.runtime.allocator), for both sides: with glibc's
+    # defaults, page faults took half of a batch-256 forward pass (bench/allocator.py) and how
+    # many depends on the order tensors are freed in, not on what computes them
+    kept = allocator.keep_freed_memory()
     rows: dict[str, Any] = {}
     for name, make in NETS.items():
         torch.manual_seed(0)
@@ -99,7 +105,8 @@ def main() -> None:
                   f"(quartiles {r['ratio_q1']:.2f}–{r['ratio_q3']:.2f})", flush=True)
     worst = max(r["ratio"] for r in rows.values())
     print(f"\nworst interpreter ÷ eager: {worst:.2f}")
-    write_results("graph_interpreter", False, torch.device("cpu"), {"rows": rows, "worst_ratio": worst})
+    write_results("graph_interpreter", False, torch.device("cpu"),
+                  {"rows": rows, "worst_ratio": worst, "worker_allocator": kept})
 
 
 if __name__ == "__main__":

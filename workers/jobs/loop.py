@@ -25,6 +25,7 @@ from store.db import check_schema, make_engine, make_sessionmaker, transaction
 from store.queue import Lease, LeaseLost
 from store.reconnect import Backoff, describe, is_unavailable, retrying, wait_for_database
 from workers.jobs import runner, trial_items
+from workers.runtime import allocator
 from workers.runtime import device as devices
 from workers.runtime.heartbeat import Heartbeat
 from workers.runtime.stopping import Stop
@@ -38,6 +39,7 @@ PERMANENT = (InvalidInput, DatasetUnavailable)
 class Worker:
     def __init__(self, settings: Settings, name: str | None = None) -> None:
         self.settings = settings
+        allocator.keep_freed_memory()  # before the first tensor: see workers.runtime.allocator
         self.name = name or settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
         self.engine = make_engine(settings.database_url,
                                   sqlite_busy_timeout=settings.sqlite_busy_timeout_seconds)
