@@ -1,9 +1,13 @@
 """The torch module of an uploaded graph: the normalised program of core.graph_program run node
 by node with the allowlisted aten ops, its tensors held under the user's own state-dict names.
 
-Each BatchNorm whose tensors share a prefix (`bn1.weight`, `bn1.running_mean`, …) becomes a real
-BatchNorm module at that path, so train mode updates its statistics and step counter as the
-user's module would, and the shared BatchNorm recalibration finds it. The graph's training flags
+Each convolution and linear node that is one of the user's layers (core.graph_program.layer_nodes)
+becomes a real nn.Conv / nn.Linear at its weight's path, looked up when the node runs, so forward
+hooks see it and a method may replace it by other modules (tucker's decompositions, mpd's
+block-diagonal layers). Each BatchNorm whose tensors share a prefix (`bn1.weight`,
+`bn1.running_mean`, …) becomes a real BatchNorm module at that path, so train mode updates its
+statistics and step counter as the user's module would, and the shared BatchNorm recalibration
+finds it. The graph's training flags
 (an archive exported in eval mode says `training=False`) follow the module's mode instead. In-place
 ops run out of place and rebind their input, which is what a later reader of that input saw."""
 
@@ -44,7 +48,7 @@ class _Step:
     out: str
     rebind: str | None  # an in-place op's input, which later readers see as its output
     dying: tuple[str, ...]
-    norm: bool  # the node runs as the module at `at` (BatchNorm, Conv, Linear) on its input
+    module: bool  # the node runs as the module at `at` (BatchNorm, Conv, Linear) on its input
     weighted: bool  # a convolution or linear op: args[1] is its weight
     at: tuple[dict[str, nn.Module | None], str] | None = None  # (the parent's _modules, the child's name)
 
@@ -126,9 +130,11 @@ class GraphModel(nn.Module):
         self.layers: dict[int, str] = {}
         for i, node_layer in layer_nodes(program).items():
             made = _layer_module(node_layer)
+            if made is None or node_layer.path in self.norms.values():
+                continue
             *parents, leaf = node_layer.path.split(".")
             holder = _container(self, parents)
-            if made is None or leaf in holder._modules or node_layer.path in self.norms.values():
+            if leaf in holder._modules:
                 continue
             holder.add_module(leaf, made)
             taken.update({f"{node_layer.path}.weight", f"{node_layer.path}.bias"})
@@ -167,8 +173,8 @@ class GraphModel(nn.Module):
         # where each tensor an op reads lives (a BatchNorm module reads its own): looked up in
         # the holder's parameter or buffer dict at every call, which is where
         # torch.func.functional_call puts its substitutes (nn.Module.__getattr__ is slower)
-        read = {name for step in self.steps if not step.norm for _, name in step.refs}
-        read |= {n for step in self.steps if not step.norm
+        read = {name for step in self.steps if not step.module for _, name in step.refs}
+        read |= {n for step in self.steps if not step.module
                  for a in [*(raw for _, raw in step.nested), *step.kwargs.values()] for n in reads(a)}
         self.homes: list[tuple[str, dict[str, Any], str]] = []
         for gname, t in specs.items():
@@ -215,7 +221,7 @@ class GraphModel(nn.Module):
             at = (self.get_submodule(".".join(parents))._modules, leaf)
         return _Step(call=OPS[op], args=args, refs=refs, nested=nested,
                      kwargs=dict(node["kwargs"]), flag=flag, out=node["out"], rebind=rebind,
-                     dying=tuple(self.dying[i]), norm=path is not None,
+                     dying=tuple(self.dying[i]), module=path is not None,
                      weighted=op in WEIGHTED_OPS and path is None, at=at)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
