@@ -12,8 +12,12 @@ import argparse
 import importlib.util
 import json
 import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +68,34 @@ def progress_line(job: JobDoc, started: float) -> str:
             f"{elapsed:.0f} s{eta}")
 
 
+@contextmanager
+def _interrupt_between_polls() -> Iterator[Callable[[], None]]:
+    """Ctrl-C while following takes effect between two polls, as a KeyboardInterrupt raised by
+    the returned check, never inside an HTTP read, a document's validation or rich's drawing:
+    an interrupt landing there once left the CLI hung with the bar still drawing (CI). The
+    wait between polls is at most a second, so Ctrl-C still answers at once to a person."""
+    pressed = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, lambda *_: pressed.set())
+
+    def check() -> None:
+        if pressed.is_set():
+            raise KeyboardInterrupt
+
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def follow(client: Client, job_id: str, quiet: bool = False) -> JobDoc:
     """Poll the job to its end, showing a live bar on a terminal (rich) or one line per change
-    otherwise; returns the finished document."""
+    otherwise; returns the finished document. Ctrl-C raises KeyboardInterrupt between polls."""
+    with _interrupt_between_polls() as check:
+        return _follow(client, job_id, quiet, check)
+
+
+def _follow(client: Client, job_id: str, quiet: bool, check: Callable[[], None]) -> JobDoc:
     started = time.monotonic()
     if not quiet and sys.stderr.isatty():
         from rich.progress import (
@@ -83,15 +112,18 @@ def follow(client: Client, job_id: str, quiet: bool = False) -> JobDoc:
             task = bar.add_task(f"job {job_id[:8]}", total=None, note="")
 
             def show(job: JobDoc) -> None:
+                check()
                 p = job.progress
                 bar.update(task, completed=p.trials_done, total=p.trials_total or None,
                            note=progress_line(job, started))
+                check()
 
             return client.wait(job_id, progress=show)
     last = ""
 
     def line(job: JobDoc) -> None:
         nonlocal last
+        check()
         text = progress_line(job, started)
         key = text.split(", ")[0:3]
         if not quiet and str(key) != last:
