@@ -21,3 +21,18 @@ def test_api_app_loads_no_torch_nevergrad_or_optuna(sqlite_url: str) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).parents[1])
     assert out.stdout.strip() == "[]"
+
+
+def test_the_user_side_client_and_cli_load_no_server_or_torch_code() -> None:
+    """`pip install thresher` without the worker extra: the client and the CLI's client
+    commands import httpx, pydantic and the declared documents only."""
+    code = (
+        "import sys\n"
+        "import thresher.client, cli.client_commands\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'numpy', 'sqlalchemy', "
+        "'fastapi', 'nevergrad', 'optuna', 'service', 'store', 'workers'})\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[1])
+    assert out.stdout.strip() == "[]"
