@@ -20,6 +20,7 @@ from core.architectures import get_architecture
 from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION
 from core.zoo import CAFFE_ITERATIONS, ONECYCLE, TRAINING_RECIPES, OneCycle
 from workers.models import zoo
+from workers.runtime import allocator
 from workers.runtime.data import Splits, builtin_arrays, split_arrays
 from workers.runtime.evaluation import accuracy
 from workers.runtime.masked_sgd import MaskedTrainer, SolverConfig
@@ -117,6 +118,7 @@ def train_builtin(arch_name: str, dataset: str, datasets_dir: Path, *, seed: int
                   device: torch.device, out: Path, recipe: str = "onecycle", epochs: int | None = None,
                   iterations: int = CAFFE_ITERATIONS,
                   progress: Callable[[int, int, str], None] | None = None) -> TrainResult:
+    allocator.keep_freed_memory()  # as a worker does: freed activations stay mapped
     arrays = builtin_arrays(dataset, datasets_dir)
     summary = {"validation": {"fraction": DEFAULT_VALIDATION_FRACTION, "seed": DEFAULT_SPLIT_SEED}}
     splits = split_arrays(arrays, summary)
