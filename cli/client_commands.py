@@ -259,17 +259,16 @@ def _jobs(client: Client, args: argparse.Namespace) -> int:
 
 
 def _listing(client: Client, args: argparse.Namespace) -> int:
+    page: BaseModel
     if args.command == "models":
         models = client.models(limit=args.limit)
         rows = [[m.id, m.name or "", m.architecture, str(m.total_parameters)] for m in models.items]
-        header, page = ["id", "name", "architecture", "parameters"], models.model_dump(
-            mode="json", exclude_unset=True)
+        header, page = ["id", "name", "architecture", "parameters"], models
     else:
         datasets = client.datasets(limit=args.limit)
         rows = [[d.id, d.name or "", d.source, str(d.classes),
                  f"{d.splits.train}/{d.splits.validation}/{d.splits.test}"] for d in datasets.items]
-        header, page = ["id", "name", "source", "classes", "train/val/test"], datasets.model_dump(
-            mode="json", exclude_unset=True)
+        header, page = ["id", "name", "source", "classes", "train/val/test"], datasets
     _print_json(page) if args.json else _table(rows, header)
     return OK
 

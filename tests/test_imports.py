@@ -3,6 +3,13 @@ import sys
 from pathlib import Path
 
 
+def _printed(code: str) -> str:
+    """What `code` prints, run in a fresh interpreter from the repository root."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[1])
+    return out.stdout.strip()
+
+
 def test_api_app_loads_no_torch_nevergrad_or_optuna(sqlite_url: str) -> None:
     """DESIGN §1: the API process never imports torch (nor the optimizers)."""
     code = (
@@ -18,9 +25,7 @@ def test_api_app_loads_no_torch_nevergrad_or_optuna(sqlite_url: str) -> None:
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'nevergrad', 'optuna'})\n"
         "print(heavy)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).parents[1])
-    assert out.stdout.strip() == "[]"
+    assert _printed(code) == "[]"
 
 
 def test_the_user_side_client_and_cli_load_no_server_or_torch_code() -> None:
@@ -33,6 +38,4 @@ def test_the_user_side_client_and_cli_load_no_server_or_torch_code() -> None:
         "'fastapi', 'nevergrad', 'optuna', 'service', 'store', 'workers'})\n"
         "print(heavy)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).parents[1])
-    assert out.stdout.strip() == "[]"
+    assert _printed(code) == "[]"

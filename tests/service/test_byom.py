@@ -55,6 +55,18 @@ def _upload(client: TestClient, archive: bytes) -> dict[str, Any]:
     return r.json()
 
 
+def _finished_job(client: TestClient, settings: Settings, trained: nn.Module, **spec: Any) -> dict[str, Any]:
+    """The user's module exported and uploaded, a job on the built-in fashion-mnist run to its
+    end by a worker: the job's document, which must say succeeded."""
+    model = _upload(client, export_bytes(trained))
+    ds = client.post("/v1/datasets", json={"builtin": "fashion-mnist"}).json()
+    job = submit(client, model["id"], ds["id"], **spec)
+    Worker(settings, name="byom").serve(exit_when_idle=True)
+    done: dict[str, Any] = client.get(f"/v1/jobs/{job['id']}").json()
+    assert done["status"] == "succeeded", done["error"]
+    return done
+
+
 def test_an_uploaded_graph_shows_its_layers(settings: Settings) -> None:
     with TestClient(create_app(settings), headers=bearer(make_token(settings.database_url))) as client:
         for name, net in NETS.items():
@@ -84,25 +96,20 @@ def test_a_job_compresses_an_uploaded_graph_and_the_download_loads_into_the_user
                           "evaluate_every": 30, "search_drop": 0.05}},
     }[method]
     with TestClient(create_app(settings), headers=bearer(make_token(settings.database_url))) as client:
-        model = _upload(client, export_bytes(trained))
-        ds = client.post("/v1/datasets", json={"builtin": "fashion-mnist"}).json()
-        job = submit(client, model["id"], ds["id"], max_accuracy_drop=0.02, seed=3, **spec)
-        Worker(settings, name="byom").serve(exit_when_idle=True)
-        done = client.get(f"/v1/jobs/{job['id']}").json()
-        assert done["status"] == "succeeded", done["error"]
+        done = _finished_job(client, settings, trained, max_accuracy_drop=0.02, seed=3, **spec)
         assert done["best"]["compression_ratio"] > 1.5
         assert done["best"]["accuracy_drop"] <= 0.02
-        data = client.get(f"/v1/jobs/{job['id']}/checkpoint").content
+        data = client.get(f"/v1/jobs/{done['id']}/checkpoint").content
         assert [a["format"] for a in done["artifacts"]] == ["pruned", "pt2"]
         # the program is in the downloads' manifests, not repeated in every job document
         assert all(a["architecture_config"] == {"base": "graph"} for a in done["artifacts"])
         assert done["best"]["downloads"].startswith("full shape")
-        pt2 = client.get(f"/v1/jobs/{job['id']}/checkpoint", params={"format": "pt2"})
+        pt2 = client.get(f"/v1/jobs/{done['id']}/checkpoint", params={"format": "pt2"})
         assert pt2.status_code == 200
         assert pt2.headers["content-disposition"].endswith('-pt2.pt2"')
         # the dashboard's job page offers both downloads
         token = client.headers["Authorization"].split()[1]
-        page = client.get(f"/jobs/{job['id']}", cookies={"thresher_session": token})
+        page = client.get(f"/jobs/{done['id']}", cookies={"thresher_session": token})
         assert page.status_code == 200 and 'id="download-pt2"' in page.text
     # the user's own module takes the download by load_state_dict and scores what the job said
     state = safetensors.torch.load(data)
@@ -135,15 +142,10 @@ def test_training_methods_take_an_uploaded_graph(method: str, settings: Settings
     mode; their download loads into the user's module and scores what the job reported."""
     trained = _trained("vgg", fashion)
     with TestClient(create_app(settings), headers=bearer(make_token(settings.database_url))) as client:
-        model = _upload(client, export_bytes(trained))
-        ds = client.post("/v1/datasets", json={"builtin": "fashion-mnist"}).json()
-        job = submit(client, model["id"], ds["id"], method=method, optimizer="optuna:tpe",
-                     max_accuracy_drop=0.05, seed=1, budget={"trials": 2},
-                     regularization={"epochs": 1, "finetune_epochs": 1, "train_subset": 2000})
-        Worker(settings, name="byom").serve(exit_when_idle=True)
-        done = client.get(f"/v1/jobs/{job['id']}").json()
-        assert done["status"] == "succeeded", done["error"]
-        data = client.get(f"/v1/jobs/{job['id']}/checkpoint").content
+        done = _finished_job(client, settings, trained, method=method, optimizer="optuna:tpe",
+                             max_accuracy_drop=0.05, seed=1, budget={"trials": 2},
+                             regularization={"epochs": 1, "finetune_epochs": 1, "train_subset": 2000})
+        data = client.get(f"/v1/jobs/{done['id']}/checkpoint").content
     mine = NETS["vgg"]()
     mine.load_state_dict(safetensors.torch.load(data))
     mine.eval()
@@ -163,19 +165,14 @@ def test_mpd_trains_block_diagonal_masks_into_an_uploaded_graph(settings: Settin
     computes what the full-shape file does."""
     trained = _trained("vgg", fashion)
     with TestClient(create_app(settings), headers=bearer(make_token(settings.database_url))) as client:
-        model = _upload(client, export_bytes(trained))
-        ds = client.post("/v1/datasets", json={"builtin": "fashion-mnist"}).json()
-        job = submit(client, model["id"], ds["id"], method="mpd", optimizer="optuna:tpe",
-                     max_accuracy_drop=0.05, seed=2, budget={"trials": 2},
-                     mpd={"blocks": [2, 4], "share_blocks": True, "epochs": 1, "train_subset": 2000,
-                          "lr": 3e-3})
-        Worker(settings, name="byom").serve(exit_when_idle=True)
-        done = client.get(f"/v1/jobs/{job['id']}").json()
-        assert done["status"] == "succeeded", done["error"]
+        done = _finished_job(client, settings, trained, method="mpd", optimizer="optuna:tpe",
+                             max_accuracy_drop=0.05, seed=2, budget={"trials": 2},
+                             mpd={"blocks": [2, 4], "share_blocks": True, "epochs": 1,
+                                  "train_subset": 2000, "lr": 3e-3})
         assert sorted(a["format"] for a in done["artifacts"]) == ["blockdiag", "pruned", "pt2"]
-        data = client.get(f"/v1/jobs/{job['id']}/checkpoint").content
-        blocked_file = client.get(f"/v1/jobs/{job['id']}/checkpoint", params={"format": "blockdiag"}).content
-        trials = client.get(f"/v1/jobs/{job['id']}/trials").json()["items"]
+        data = client.get(f"/v1/jobs/{done['id']}/checkpoint").content
+        blocked_file = client.get(f"/v1/jobs/{done['id']}/checkpoint", params={"format": "blockdiag"}).content
+        trials = client.get(f"/v1/jobs/{done['id']}/trials").json()["items"]
     state = safetensors.torch.load(data)
     k = int(trials[done["best"]["trial_number"]]["candidate"][0])
     # conv1 has one input channel and stays dense; the others hold k (or fewer) blocks
@@ -208,17 +205,13 @@ def test_tucker_decomposes_an_uploaded_graph_s_layers(settings: Settings,
     pruned and pt2 downloads hold the decompositions composed back into the user's shapes."""
     trained = _trained("vgg", fashion)
     with TestClient(create_app(settings), headers=bearer(make_token(settings.database_url))) as client:
-        model = _upload(client, export_bytes(trained))
-        ds = client.post("/v1/datasets", json={"builtin": "fashion-mnist"}).json()
-        job = submit(client, model["id"], ds["id"], method="tucker", optimizer="optuna:tpe",
-                     max_accuracy_drop=0.05, seed=2, budget={"trials": 2},
-                     tucker={"epochs": 1, "train_subset": 2000, "log2_rank_scale": [0.0, 1.5]})
-        Worker(settings, name="byom").serve(exit_when_idle=True)
-        done = client.get(f"/v1/jobs/{job['id']}").json()
-        assert done["status"] == "succeeded", done["error"]
+        done = _finished_job(client, settings, trained, method="tucker", optimizer="optuna:tpe",
+                             max_accuracy_drop=0.05, seed=2, budget={"trials": 2},
+                             tucker={"epochs": 1, "train_subset": 2000,
+                                     "log2_rank_scale": [0.0, 1.5]})
         assert sorted(a["format"] for a in done["artifacts"]) == ["decomposed", "pruned", "pt2"]
-        pruned = client.get(f"/v1/jobs/{job['id']}/checkpoint").content
-        small = client.get(f"/v1/jobs/{job['id']}/checkpoint", params={"format": "decomposed"}).content
+        pruned = client.get(f"/v1/jobs/{done['id']}/checkpoint").content
+        small = client.get(f"/v1/jobs/{done['id']}/checkpoint", params={"format": "decomposed"}).content
     dec = done["best"]["decomposed"]
     assert set(dec["layers"]) and all(not name.startswith("classifier.") or doc["form"] == "svd"
                                       for name, doc in dec["layers"].items())

@@ -67,8 +67,7 @@ class Plan:
         return out
 
 
-def _searched(arch: Architecture, o: MpdOptions) -> list[Tensor]:
-    fixed = fixed_layers(arch)
+def _searched(arch: Architecture, o: MpdOptions, fixed: frozenset[str]) -> list[Tensor]:
     return [t for t in arch.prunable if len(choices(t, o, fixed)) > 1]
 
 
@@ -83,7 +82,7 @@ def search_space(arch: Architecture, o: MpdOptions) -> tuple[Space, list[Value]]
         start.append(values[len(values) // 2])
     else:
         fixed = fixed_layers(arch)
-        for t in _searched(arch, o):
+        for t in _searched(arch, o, fixed):
             values = choices(t, o, fixed)
             variables.append(Choice(values))
             start.append(values[len(values) // 2])
@@ -105,7 +104,7 @@ def plan_of(arch: Architecture, o: MpdOptions, candidate: Sequence[Any]) -> Plan
         k = int(values.pop(0))
         blocks = {t.name: shared_k(t, k, fixed) for t in arch.prunable}
     else:
-        for t in _searched(arch, o):
+        for t in _searched(arch, o, fixed):
             k = int(values.pop(0))
             if k not in choices(t, o, fixed):
                 raise ValueError(f"layer {t.name} cannot take {k} blocks")

@@ -48,6 +48,7 @@ from workers.models import compaction, zoo
 from workers.models.masking import nonzero_parameters
 from workers.runtime.data import Splits
 from workers.runtime.evaluation import accuracy
+from workers.runtime.fine_tuning import cosine_annealed
 
 METHODS = ("l0", "sgl")
 CHECK_EVERY = 50  # batches between calls of `check` (cancel / lease loss)
@@ -93,10 +94,14 @@ class _Batches:
             self.check()
         self.count += 1
 
+    @property
+    def per_epoch(self) -> int:
+        return -(-self.x.shape[0] // self.batch_size)
+
     def ramp(self, epochs: float) -> float:
         """The strength factor of the step just ticked: rises linearly from 1/steps to 1 over the
         first `epochs` epochs, then stays at 1 (1 throughout when `epochs` is 0)."""
-        steps = epochs * -(-self.x.shape[0] // self.batch_size)
+        steps = epochs * self.per_epoch
         return 1.0 if steps <= 0 else min(1.0, self.count / steps)
 
 
@@ -265,10 +270,8 @@ class _Trial:
         masks = {t.name: params[t.name] != 0 for t in self.prunable}
         weights = {k: v.clone().requires_grad_(True) for k, v in params.items()}
         opt = torch.optim.Adam(list(weights.values()), lr=self.options.lr)
-        steps = self.options.finetune_epochs * -(-self.batches.x.shape[0] // self.batches.batch_size)
-        sched = (torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, steps) / steps)))
-            if self.options.finetune_schedule == "cosine" else None)
+        sched = (cosine_annealed(opt, self.options.finetune_epochs * self.batches.per_epoch)
+                 if self.options.finetune_schedule == "cosine" else None)
         for _ in range(self.options.finetune_epochs):
             for xb, yb in self.batches.epoch():
                 self.batches.tick()

@@ -31,6 +31,12 @@ def training_data(x: torch.Tensor, y: torch.Tensor, subset: int | None, seed: in
     return TrainingData(x.to(device), y.to(device), gen)
 
 
+def cosine_annealed(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The optimizer's learning rate cosine-annealed from its value to 0 over `steps` steps."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, steps) / steps)))
+
+
 def train(params: Sequence[torch.Tensor], loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
           data: TrainingData, *, epochs: int, batch_size: int, lr: float,
           train_mode: Callable[[], object], score: Callable[[], float],
@@ -43,8 +49,7 @@ def train(params: Sequence[torch.Tensor], loss: Callable[[torch.Tensor, torch.Te
     n = data.x.shape[0]
     steps = epochs * -(-n // batch_size)
     opt = torch.optim.Adam(list(params), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, steps) / steps)))
+    sched = cosine_annealed(opt, steps)
     scores: list[float] = []
     count = 0
     for epoch in range(epochs):
