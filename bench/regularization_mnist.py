@@ -1,25 +1,33 @@
 """Methods l0 and sgl on MNIST through the service, next to Louizos et al. and MobilePrune.
 
-    .venv/bin/python bench/regularization_mnist.py [--quick] [--device auto|cpu|cuda]
-                                                   [--models lenet-300-100 lenet-5]
+    .venv/bin/python bench/regularization_mnist.py [--models lenet-300-100 lenet-5]
+        [--seeds 0 1 2] [--trials N] [--workers 2] [--quick] [--device auto|cpu|cuda]
 
-For each model: the Caffe-trained reference of bench/olmp_mnist.py (cached under var/bench/), then
-one job per row of RUNS through the real API (in process), a real worker and SQLite: `l0` with
-neuron gates (structured, Louizos et al.'s setting) and `sgl` (MobilePrune's), optuna TPE, the
-same budget and seed. Each checkpoint is downloaded and its test error recomputed in a plain torch
-model written here; the compact download is loaded into the smaller architecture its manifest
-names and must give the same error. Prints one table per model with the published rows and writes
+For each model: the Caffe-trained reference of bench/olmp_mnist.py (cached under var/bench/), the
+real API (in process) on a fresh SQLite file and `--workers` real `thresher worker` processes of one
+torch thread each, and one job per row of RUNS and per seed: `l0` with neuron gates (Louizos et
+al.'s structured setting), `l0` with weight gates, and `sgl` (MobilePrune's), optuna TPE, δ = 0.001
+on the validation split. The search boxes are per layer, centred on the single-trial probes of
+bench/regularization_probe.py (seed 3, validation only).
+
+Everything in the table is recomputed here from the downloads by code written here: the test error
+of the pruned checkpoint (scored once, on the test split), the units left per layer, the compact
+download's parameters and its test error in a plain torch model of the widths its tensors have,
+and its CPU speed-up over the dense reference (one torch thread, batch 256, median of alternating
+repeats, after the workers have stopped). Each trial's training epochs per second are compared with
+a bare torch Adam loop written here (same forward, the same regularizer: hard-concrete gates for
+l0, the proximal step for sgl, same batch), run as two processes at once as the two workers run.
+Prints one table per model with the published rows and the median over seeds, and writes
 bench/results/regularization_mnist[_quick]_<device>.json.
-
-The full plans (5 regularized epochs + 1 of fine-tuning on all 54,000 training images, 24 trials)
-are meant for a GPU; `--quick` runs 8 trials of 3 + 1 epochs, about 3 minutes per LeNet-300-100
-job on 2 CPU cores (LeNet-5 trials take about five times longer there).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import multiprocessing
+import statistics
 import sys
 import tempfile
 import time
@@ -28,18 +36,22 @@ from typing import Any
 
 import safetensors.torch
 import torch
+from fastapi.testclient import TestClient
+from safetensors import safe_open
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from olmp_mnist import plain_model, reference, run_job, service, test_error, write_results  # noqa: E402
-from safetensors import safe_open  # noqa: E402
+from olmp_mnist import plain_model, reference, test_error, write_results  # noqa: E402
+from trial_workers import wait_for_job, worker_processes  # noqa: E402
 
-from core.architectures import from_config  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION  # noqa: E402
-from workers.models import zoo  # noqa: E402
+from service.app import create_app  # noqa: E402
+from store import tokens  # noqa: E402
+from store.db import make_engine, make_sessionmaker, transaction, upgrade  # noqa: E402
 from workers.runtime import device as devices  # noqa: E402
 from workers.runtime.data import builtin_arrays, split_arrays  # noqa: E402
 
@@ -47,135 +59,386 @@ from workers.runtime.data import builtin_arrays, split_arrays  # noqa: E402
 PUBLISHED = {
     "lenet-300-100": [("L0, one λ = 0.1/N (Louizos et al. 2018)", None, 1.4, "219-214-100"),
                       ("L0, λ per layer (Louizos et al. 2018)", None, 1.7, "266-88-33"),
-                      ("MobilePrune (2022)", 83.0, 1.81, None)],
+                      ("MobilePrune ℓ0 (2022)", 83.0, 1.81, None),
+                      ("MobilePrune ℓ0 + group lasso (2022)", 54.6, 1.78, "261-111-13")],
     "lenet-5": [("L0, one λ = 0.1/N (Louizos et al. 2018)", None, 0.9, "20-25-45-462"),
                 ("L0, λ per layer (Louizos et al. 2018)", None, 1.0, "9-18-65-25"),
-                ("MobilePrune (2022)", 212.0, 0.85, None)],
+                ("MobilePrune (2022)", 212.0, 0.85, "14-8-39")],
 }
-DELTA = 0.003  # on the 6,000 validation images
-REFERENCE_ITERATIONS = {"lenet-300-100": 10_000, "lenet-5": 10_000}
-# Search boxes from single-trial probes on LeNet-300-100 (3 epochs, lr 1e-3, all training images):
-# neuron gates close 300 weights at once, so their λ sits two decades lower; λ = 1e-3 per weight
-# (l0) or λ = η = 1e-3 (sgl) prunes everything, 1e-6 next to nothing.
-RUNS = [("l0", {"granularity": "neuron", "log10_lambda": [-6.5, -4.5]}),
-        ("l0", {"granularity": "weight", "log10_lambda": [-5.0, -3.5]}),
-        ("sgl", {"log10_lambda": [-6.0, -4.0], "log10_eta": [-5.0, -3.5]})]
-FULL = {"trials": 24, "regularization": {"epochs": 5, "finetune_epochs": 1, "pruner": "median"}}
-# A subset of the training images costs more accuracy than it saves time (Adam drifts away from a
-# reference trained on all of them): --quick shortens epochs and trials instead.
-QUICK = {"trials": 8, "regularization": {"epochs": 3, "finetune_epochs": 1, "pruner": "median"}}
+DELTA = 0.001  # on the 6,000 validation images
+REFERENCE_ITERATIONS = 10_000
+# The schedule the probes chose (README, "Continuation and fine-tuning"): 4 regularized epochs with
+# the strengths ramped in over 3, then 4 of fine-tuning with a cosine-annealed learning rate.
+SCHEDULE = {"epochs": 4, "finetune_epochs": 4, "finetune_schedule": "cosine", "ramp_epochs": 3.0,
+            "pruner": "median"}
+QUICK_SCHEDULE = {"epochs": 2, "finetune_epochs": 1, "finetune_schedule": "cosine",
+                  "ramp_epochs": 1.0, "pruner": "median"}
+# Per-layer boxes around the probes' best within-δ trials; a small layer needs more λ (a neuron
+# gate of LeNet-300-100's fc3 controls 10 weights, one of fc1 300).
+RUNS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "lenet-300-100": [
+        ("l0", {"granularity": "neuron", "log10_lambda": [-5.5, -4.5], "log10_lambda_layers": {
+            "fc2.weight": [-4.5, -3.25], "fc3.weight": [-3.5, -2.25]}}),
+        ("l0", {"granularity": "weight", "log10_lambda": [-5.0, -3.5], "log10_lambda_layers": {
+            "fc3.weight": [-4.5, -3.0]}}),
+        ("sgl", {"log10_lambda": [-5.0, -4.0], "log10_lambda_layers": {
+            "fc2.weight": [-4.5, -3.5], "fc3.weight": [-4.0, -3.0]},
+            "log10_eta": [-3.75, -2.75], "log10_eta_layers": {
+            "fc2.weight": [-3.5, -2.5], "fc3.weight": [-3.0, -2.0]}}),
+    ],
+    "lenet-5": [
+        ("l0", {"granularity": "neuron", "log10_lambda": [-5.5, -4.25], "log10_lambda_layers": {
+            "conv1.weight": [-3.75, -2.75], "fc2.weight": [-3.75, -2.75]}}),
+        ("l0", {"granularity": "weight", "log10_lambda": [-5.0, -3.5], "log10_lambda_layers": {
+            "conv1.weight": [-4.0, -2.5], "fc2.weight": [-4.5, -3.0]}}),
+        ("sgl", {"log10_lambda": [-4.5, -3.5], "log10_lambda_layers": {"fc2.weight": [-4.0, -3.0]},
+                 "log10_eta": [-3.5, -2.5], "log10_eta_layers": {"fc2.weight": [-3.0, -2.0]}}),
+    ],
+}
 
 
-def structure(arch: str, manifest: dict[str, Any] | None, state: dict[str, torch.Tensor]) -> str:
-    """Units left per layer, as the papers write it (inputs-fc1-fc2, or conv1-conv2-fc1)."""
-    if manifest is not None:
-        widths = manifest["architecture_config"].get("widths", {})
-        if arch == "lenet-300-100":
-            inputs = manifest["architecture_config"].get("input_indices")
-            return f"{len(inputs) if inputs is not None else 784}-{widths.get('fc1', 300)}-{widths.get('fc2', 100)}"
-        return f"{widths.get('conv1', 20)}-{widths.get('conv2', 50)}-{widths.get('fc1', 500)}"
-    return "-"
+# ---- plain models of any widths, written here ------------------------------------------------
+
+class PlainMlp(nn.Module):
+    def __init__(self, state: dict[str, torch.Tensor], inputs: list[int] | None) -> None:
+        super().__init__()
+        self.register_buffer("inputs", torch.tensor(inputs if inputs is not None else list(range(784))))
+        self.fc = nn.ModuleList(nn.Linear(state[f"fc{i}.weight"].shape[1], state[f"fc{i}.weight"].shape[0])
+                                for i in (1, 2, 3))
+        for i, layer in enumerate(self.fc, 1):
+            layer.weight.data.copy_(state[f"fc{i}.weight"])
+            layer.bias.data.copy_(state[f"fc{i}.bias"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1).index_select(1, self.inputs)
+        x = torch.relu(self.fc[0](x))
+        return self.fc[2](torch.relu(self.fc[1](x)))
 
 
-def run(arch: str, weights: bytes, plan: dict[str, Any], device: str, workdir: Path,
-        x_test: torch.Tensor, y_test: torch.Tensor) -> list[dict[str, Any]]:
+class PlainLenet5(nn.Module):
+    """Caffe's LeNet-5: no nonlinearity after the convolutions."""
+
+    def __init__(self, state: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        w1, w2, f1, f2 = (state[f"{n}.weight"] for n in ("conv1", "conv2", "fc1", "fc2"))
+        self.conv1, self.conv2 = nn.Conv2d(w1.shape[1], w1.shape[0], 5), nn.Conv2d(w2.shape[1], w2.shape[0], 5)
+        self.fc1, self.fc2 = nn.Linear(f1.shape[1], f1.shape[0]), nn.Linear(f2.shape[1], f2.shape[0])
+        for n in ("conv1", "conv2", "fc1", "fc2"):
+            getattr(self, n).weight.data.copy_(state[f"{n}.weight"])
+            getattr(self, n).bias.data.copy_(state[f"{n}.bias"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.max_pool2d(self.conv1(x), 2)
+        x = nn.functional.max_pool2d(self.conv2(x), 2)
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+def compact_model(arch: str, data: bytes) -> nn.Module:
+    state = safetensors.torch.load(data)
+    if arch == "lenet-300-100":
+        with tempfile.NamedTemporaryFile(suffix=".safetensors") as f:
+            f.write(data)
+            f.flush()
+            with safe_open(f.name, "pt") as g:
+                manifest = json.loads(g.metadata()["thresher"])
+        return PlainMlp(state, manifest["architecture_config"].get("input_indices")).eval()
+    return PlainLenet5(state).eval()
+
+
+def units_left(arch: str, state: dict[str, torch.Tensor]) -> str:
+    """As the papers count them. LeNet-300-100: input pixels, fc1 units and fc2 units with any
+    non-zero outgoing weight; LeNet-5: conv1 filters, conv2 filters and fc1 outputs with any
+    non-zero weight of their own."""
+    def alive_cols(w: torch.Tensor) -> int:
+        return int(w.ne(0).any(dim=0).sum())
+
+    def alive_rows(w: torch.Tensor) -> int:
+        return int(w.flatten(1).ne(0).any(dim=1).sum())
+
+    if arch == "lenet-300-100":
+        return "-".join(str(alive_cols(state[f"fc{i}.weight"])) for i in (1, 2, 3))
+    return "-".join(str(alive_rows(state[f"{n}.weight"])) for n in ("conv1", "conv2", "fc1"))
+
+
+def cpu_speedup(dense: nn.Module, small: nn.Module, repeats: int = 30) -> float:
+    """Median over alternating pairs of dense / compact latency, batch 256, one thread."""
+    x = torch.randn(256, 1, 28, 28)
+    ratios = []
+    with torch.inference_mode():
+        for net in (dense, small):
+            for _ in range(5):
+                net(x)
+        for i in range(repeats):
+            times = {}
+            for net in ((dense, small) if i % 2 == 0 else (small, dense)):
+                t0 = time.perf_counter()
+                net(x)
+                times[id(net)] = time.perf_counter() - t0
+            ratios.append(times[id(dense)] / times[id(small)])
+    return statistics.median(ratios)
+
+
+# ---- the bare loop the trials' training speed is compared with -------------------------------
+
+_BETA, _GAMMA, _ZETA = 2.0 / 3.0, -0.1, 1.1
+
+
+def _sgl_prox(v: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    """argmin_y ½‖y − v‖² + a‖y‖₂ + b‖y‖₀ per row: the best support of each size k is the k
+    largest magnitudes, whose gain over y = 0 is ½(‖v_k‖ − a)₊² − b·k; keep the best k."""
+    mags, order = v.abs().sort(dim=1, descending=True)
+    norms = mags.square().cumsum(dim=1).sqrt()
+    k = torch.arange(1, v.shape[1] + 1, dtype=v.dtype)
+    gain = torch.cat([torch.zeros(v.shape[0], 1), 0.5 * (norms - a).clamp_min(0).square() - b * k], 1)
+    best = gain.argmax(dim=1)
+    keep_sorted = torch.arange(v.shape[1]).unsqueeze(0) < best.unsqueeze(1)
+    keep = torch.zeros_like(keep_sorted).scatter(1, order, keep_sorted)
+    norm_best = torch.cat([torch.zeros(v.shape[0], 1), norms], 1).gather(1, best.unsqueeze(1))
+    return torch.where(keep, v * (1 - a / norm_best.clamp_min(1e-30)).clamp_min(0), 0.0)
+
+
+def _bare_epochs(arch: str, weights: bytes, method: str, granularity: str, batch: int,
+                 images: int) -> dict[str, float]:
+    """Seconds per regularized and per fine-tuning epoch of a plain Adam loop (lr 1e-3) with the
+    method's regularizer, measured on `images` training-size random images and scaled to 54,000."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    net = plain_model(arch, safetensors.torch.load(weights)).train()
+    x, y = torch.randn(images, 1, 28, 28), torch.randint(0, 10, (images,))
+    layers = [m for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    lam = 1e-4
+    gates: list[torch.Tensor] = []
+    if method == "l0":
+        for m in layers:
+            n = m.weight.shape[1] if (granularity == "neuron" and isinstance(m, nn.Linear)) else (
+                m.weight.shape[0] if granularity == "neuron" else m.weight.numel())
+            gates.append(torch.full((n,), math.log(0.7 / 0.3), requires_grad=True))
+    weights_orig = [m.weight for m in layers]
+    opt = torch.optim.Adam([{"params": list(net.parameters())},
+                            {"params": gates, "lr": 1e-2}], lr=1e-3)
+
+    def gated(i: int, m: nn.Module, la: torch.Tensor) -> torch.Tensor:
+        u = torch.rand_like(la).clamp(1e-6, 1 - 1e-6)
+        s = torch.sigmoid((u.log() - (1 - u).log() + la) / _BETA) * (_ZETA - _GAMMA) + _GAMMA
+        z = s.clamp(0, 1)
+        w = weights_orig[i]
+        if granularity == "neuron":
+            return w * (z.view(1, -1) if isinstance(m, nn.Linear) else z.view(-1, 1, 1, 1))
+        return w * z.view_as(w)
+
+    def run(regularized: bool) -> float:
+        masks = [w.detach().ne(0).float() for w in weights_orig]
+        t0 = time.perf_counter()
+        for i in range(0, images, batch):
+            xb, yb = x[i:i + batch], y[i:i + batch]
+            if regularized and method == "l0":
+                ws = {f"{id(m)}": gated(k, m, gates[k]) for k, m in enumerate(layers)}
+                h = xb
+                for mod in net:  # the same forward with the gated weights
+                    if isinstance(mod, (nn.Linear, nn.Conv2d)):
+                        w = ws[f"{id(mod)}"]
+                        h = (nn.functional.linear(h, w, mod.bias) if isinstance(mod, nn.Linear)
+                             else nn.functional.conv2d(h, w, mod.bias))
+                    else:
+                        h = mod(h)
+                penalty = sum(torch.sigmoid(la - _BETA * math.log(-_GAMMA / _ZETA)).sum()
+                              * (w.numel() / la.numel()) for la, w in zip(gates, weights_orig))
+                loss = nn.functional.cross_entropy(h, yb) + lam * penalty
+            else:
+                loss = nn.functional.cross_entropy(net(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if not regularized:
+                for w, mk in zip(weights_orig, masks):
+                    w.grad.mul_(mk)
+            opt.step()
+            with torch.no_grad():
+                if regularized and method == "sgl":
+                    for w in weights_orig:
+                        st = opt.state[w]
+                        v_hat = st["exp_avg_sq"] / (1 - 0.999 ** st["step"])
+                        t = 1e-3 / float((v_hat.sqrt() + 1e-8).mean())
+                        g = w.view(w.shape[0], -1) if w.dim() == 4 else w.t()
+                        g.copy_(_sgl_prox(g, t * lam * math.sqrt(g.shape[1]), t * lam))
+                elif not regularized:
+                    for w, mk in zip(weights_orig, masks):
+                        w.mul_(mk)
+        return (time.perf_counter() - t0) * 54_000 / images
+
+    return {"regularized": run(True), "finetune": run(False)}
+
+
+def _bare_worker(args: tuple[str, bytes, str, str, int, int]) -> dict[str, float]:
+    return _bare_epochs(*args)
+
+
+def bare_loop(arch: str, weights: bytes, method: str, granularity: str, batch: int,
+              images: int, processes: int) -> dict[str, float]:
+    """`processes` bare loops at once (as many as workers ran trials): their mean epoch times."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(processes) as pool:
+        got = pool.map(_bare_worker, [(arch, weights, method, granularity, batch, images)] * processes)
+    return {k: statistics.mean(g[k] for g in got) for k in got[0]}
+
+
+def trial_rate_ratio(trial: dict[str, Any], schedule: dict[str, Any], bare: dict[str, float]) -> float | None:
+    """A trial's training epochs per second over the bare loop's for the same epochs."""
+    reg = len(trial["intermediate"] or [])
+    ft = 0 if trial["pruned"] else schedule["finetune_epochs"]
+    if not trial["duration_ms"] or reg == 0:
+        return None
+    return (reg * bare["regularized"] + ft * bare["finetune"]) / (trial["duration_ms"] / 1000.0)
+
+
+# ---- the jobs --------------------------------------------------------------------------------
+
+def run_model(arch: str, weights: bytes, seeds: list[int], trials: int, schedule: dict[str, Any],
+              workers: int, device: str, workdir: Path) -> list[dict[str, Any]]:
+    url = f"sqlite:///{workdir / f'{arch}.db'}"
+    upgrade(url)
+    with transaction(make_sessionmaker(make_engine(url))) as s:
+        _, token = tokens.create(s, "bench")
+    cfg = Settings(database_url=url, cache_dir=workdir / "cache", device=device)
     rows = []
-    with service(arch, weights, device, workdir) as (client, worker, ids):
-        for method, extra in RUNS:
-            spec = {**ids, "method": method,
-                    "optimizer": "optuna:tpe", "max_accuracy_drop": DELTA, "seed": 0,
-                    "budget": {"trials": plan["trials"]},
-                    "regularization": {**plan["regularization"], **extra}}
-            done, seconds = run_job(client, worker, spec)
-            job_id = done["id"]
-            label = f"{method} {extra.get('granularity', '')}".strip()
-            if done["status"] != "succeeded":
-                print(f"  {arch} {label}: {done['status']}: {done['error']}", flush=True)
-                rows.append({"method": label, "status": done["status"], "error": done["error"],
-                             "seconds": seconds})
-                continue
-            data = client.get(f"/v1/jobs/{job_id}/checkpoint").content
-            state = safetensors.torch.load(data)
-            error = test_error(plain_model(arch, state), x_test, y_test)
-            nonzero = sum(int(torch.count_nonzero(t)) for t in state.values())
-            total = sum(t.numel() for t in state.values())
-            compact = client.get(f"/v1/jobs/{job_id}/checkpoint", params={"format": "compact"})
-            manifest, compact_error, speedup = None, None, None
-            if compact.status_code == 200:
-                path = workdir / f"{job_id}-compact.safetensors"
-                path.write_bytes(compact.content)
-                with safe_open(str(path), "pt") as f:
-                    manifest = json.loads(f.metadata()["thresher"])
-                small_arch = from_config(manifest["architecture"], manifest["architecture_config"])
-                net = zoo.build(small_arch)
-                net.load_state_dict(safetensors.torch.load(compact.content), strict=False)
-                compact_error = test_error(net.eval(), x_test, y_test)
-                speedup = done["best"]["compact"]["cpu_speedup"]["speedup"]
-            best = done["best"]
-            rows.append({
-                "method": label, "status": "succeeded", "job_id": job_id, "test_error": error,
-                "compression_ratio": total / nonzero, "weights_ratio": best["weights_ratio"],
-                "nonzero": nonzero, "structure": structure(arch, manifest, state),
-                "compact_test_error": compact_error, "cpu_speedup": speedup,
-                "val_drop": best["accuracy_drop"], "seconds": seconds,
-                "trials": done["progress"]["trials_done"],
-                "pruned_trials": sum(1 for t in client.get(f"/v1/jobs/{job_id}/trials",
-                                                            params={"limit": 1000}).json()["items"]
-                                     if t["pruned"]),
-                "reproduced": abs(error - 100.0 * (1.0 - done["test_accuracy"])) < 1e-6
-                and nonzero == best["nonzero"]
-                and (compact_error is None or abs(compact_error - error) < 1e-6)})
-            print(f"  {arch} {label}: {total / nonzero:.1f}×, test err {error:.2f} %, "
-                  f"{rows[-1]['structure']}, {seconds:.0f} s", flush=True)
+    with TestClient(create_app(cfg), headers={"Authorization": f"Bearer {token}"}) as client:
+        model = client.post("/v1/models", data={"architecture": arch}, files={"weights": ("w", weights)})
+        assert model.status_code == 201, model.text
+        ds = client.post("/v1/datasets", json={"builtin": "mnist"})
+        assert ds.status_code == 201, ds.text
+        ids = {"model_id": model.json()["id"], "dataset_id": ds.json()["id"]}
+        with worker_processes(url, workers, workdir, tag=arch) as procs:
+            for seed in seeds:
+                for method, extra in RUNS[arch]:
+                    label = f"{method} {extra.get('granularity', '')}".strip()
+                    spec = {**ids, "method": method, "optimizer": "optuna:tpe",
+                            "max_accuracy_drop": DELTA, "seed": seed,
+                            "budget": {"trials": trials, "parallel": workers},
+                            "regularization": {**schedule, **extra}}
+                    r = client.post("/v1/jobs", json=spec)
+                    assert r.status_code == 201, r.text
+                    t0 = time.perf_counter()
+                    done = wait_for_job(client, r.json()["id"], procs)
+                    seconds = time.perf_counter() - t0
+                    got = client.get(f"/v1/jobs/{done['id']}/trials", params={"limit": 1000}).json()["items"]
+                    row: dict[str, Any] = {"method": label, "seed": seed, "job_id": done["id"],
+                                           "status": done["status"], "error": done["error"],
+                                           "seconds": seconds, "trials": got}
+                    if done["status"] == "succeeded":
+                        row["job"] = done
+                        row["pruned_bytes"] = client.get(f"/v1/jobs/{done['id']}/checkpoint").content
+                        compact = client.get(f"/v1/jobs/{done['id']}/checkpoint",
+                                             params={"format": "compact"})
+                        row["compact_bytes"] = compact.content if compact.status_code == 200 else None
+                    print(f"  {arch} {label} seed {seed}: {done['status']} in {seconds:.0f} s"
+                          + (f", best {done['best']['weights_ratio']:.1f}× at val drop "
+                             f"{100 * done['best']['accuracy_drop']:+.2f} pt"
+                             if done["status"] == "succeeded" else f": {done['error']}"), flush=True)
+                    rows.append(row)
     return rows
+
+
+def score(arch: str, weights: bytes, rows: list[dict[str, Any]], x_test: torch.Tensor,
+          y_test: torch.Tensor, schedule: dict[str, Any], bare: dict[str, dict[str, float]]) -> None:
+    """Test error, units, compact parameters and speed-up, from the downloads; in place."""
+    dense = plain_model(arch, safetensors.torch.load(weights))
+    for r in rows:
+        ratios = [q for q in (trial_rate_ratio(t, schedule, bare[r["method"]]) for t in r["trials"])
+                  if q is not None]
+        r["epoch_rate_vs_bare"] = statistics.median(ratios) if ratios else None
+        r["pruned_trials"] = sum(1 for t in r.pop("trials") if t["pruned"])
+        if r["status"] != "succeeded":
+            continue
+        state = safetensors.torch.load(r.pop("pruned_bytes"))
+        done = r.pop("job")
+        r["test_error"] = test_error(plain_model(arch, state), x_test, y_test)
+        nonzero = sum(int(torch.count_nonzero(t)) for t in state.values())
+        total = sum(t.numel() for t in state.values())
+        r.update(compression_ratio=total / nonzero, nonzero=nonzero, units=units_left(arch, state),
+                 weights_ratio=done["best"]["weights_ratio"], val_drop=done["best"]["accuracy_drop"],
+                 reproduced=abs(r["test_error"] - 100.0 * (1.0 - done["test_accuracy"])) < 1e-6
+                 and nonzero == done["best"]["nonzero"])
+        data = r.pop("compact_bytes")
+        if data is not None:
+            small = compact_model(arch, data)
+            r["compact_parameters"] = sum(p.numel() for p in small.parameters())
+            r["compact_test_error"] = test_error(small, x_test, y_test)
+            r["cpu_speedup"] = cpu_speedup(dense, small)
+
+
+def median_of(rows: list[dict[str, Any]], key: str) -> float | None:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--device", default="auto")
     ap.add_argument("--models", nargs="*", default=list(PUBLISHED), choices=list(PUBLISHED))
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    ap.add_argument("--trials", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="2 + 1 epochs a trial, 4 trials, seed 0")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
+    torch.set_num_threads(1)
     cfg = Settings()
     device = devices.pick(args.device)
+    schedule = QUICK_SCHEDULE if args.quick else SCHEDULE
+    seeds, trials = ([0], 4) if args.quick else (args.seeds, args.trials)
     summary = {"validation": {"fraction": DEFAULT_VALIDATION_FRACTION, "seed": DEFAULT_SPLIT_SEED}}
     splits = split_arrays(builtin_arrays("mnist", cfg.datasets_dir), summary)
-    plan = QUICK if args.quick else FULL
     started = time.perf_counter()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.models:
-            ref_path, _ = reference(arch, REFERENCE_ITERATIONS[arch], device, cfg)
+            ref_path, _ = reference(arch, REFERENCE_ITERATIONS, device, cfg)
             weights = ref_path.read_bytes()
             ref_error = test_error(plain_model(arch, safetensors.torch.load(weights)),
                                    splits.x_test, splits.y_test)
-            results[arch] = {"reference_test_error": ref_error,
-                             "rows": run(arch, weights, plan, args.device, Path(tmp),
-                                         splits.x_test, splits.y_test)}
+            rows = run_model(arch, weights, seeds, trials, schedule, args.workers, args.device, Path(tmp))
+            bare = {f"{m} {e.get('granularity', '')}".strip():
+                    bare_loop(arch, weights, m, e.get("granularity", "weight"), 100, 5_400, args.workers)
+                    for m, e in RUNS[arch]}
+            score(arch, weights, rows, splits.x_test, splits.y_test, schedule, bare)
+            results[arch] = {"reference_test_error": ref_error, "bare_loop_epoch_seconds": bare,
+                             "runs": [[m, e] for m, e in RUNS[arch]], "rows": rows}
     total_seconds = time.perf_counter() - started
-    print(f"\nl0 / sgl on MNIST through the service, {devices.describe(device)}, δ = {DELTA} on "
-          f"6,000 validation images, optuna TPE, {plan['trials']} trials, seed 0"
-          f"{' (--quick plan)' if args.quick else ''}; {total_seconds:.0f} s in all\n")
+    print(f"\nl0 / sgl on MNIST through the service ({args.workers} workers of one torch thread, "
+          f"SQLite), {devices.describe(device)}, δ = {DELTA} on 6,000 validation images, optuna "
+          f"TPE, {trials} trials a job, seeds {seeds}; {total_seconds:.0f} s in all\n")
     for arch, res in results.items():
-        print(f"{arch}: our reference (Caffe solver) test error {res['reference_test_error']:.2f} %")
-        header = (f"{'':<38}{'err %':>7}{'ratio':>9}{'weights':>9}  {'units left':<16}"
-                  f"{'cpu ×':>6}{'seconds':>9}{'trials':>7}{'pruned':>7}  reproduced")
+        ref = res["reference_test_error"]
+        print(f"{arch}: reference (Caffe solver) test error {ref:.2f} %; medians over seeds")
+        header = (f"{'':<40}{'err %':>7}{'Δ pt':>7}{'ratio':>9}  {'units left':<14}{'compact':>9}"
+                  f"{'cpu ×':>7}{'minutes':>8}{'pruned':>7}{'ep/s ×':>7}  seeds ok")
         print(header)
         print("-" * len(header))
         for name, ratio, err, units in PUBLISHED[arch]:
             ratio_s = f"{ratio:.1f}×" if ratio is not None else "—"
-            print(f"{name:<38}{err:>7.2f}{ratio_s:>9}{'':>9}  {units or '—':<16}(published)")
-        for r in res["rows"]:
-            if r["status"] != "succeeded":
-                print(f"{'thresher ' + r['method']:<38}  {r['status']}: {r['error']}")
+            print(f"{name:<40}{err:>7.2f}{'':>7}{ratio_s:>9}  {units or '—':<14}(published)")
+        for label in dict.fromkeys(r["method"] for r in res["rows"]):
+            rs = [r for r in res["rows"] if r["method"] == label]
+            ok = [r for r in rs if r["status"] == "succeeded"]
+            if not ok:
+                print(f"{'thresher ' + label:<40}  {rs[0]['status']}: {rs[0]['error']}")
                 continue
-            cpu = f"{r['cpu_speedup']:.2f}" if r["cpu_speedup"] else "—"
-            print(f"{'thresher ' + r['method']:<38}{r['test_error']:>7.2f}{r['compression_ratio']:>8.1f}×"
-                  f"{r['weights_ratio']:>8.1f}×  {r['structure']:<16}{cpu:>6}{r['seconds']:>9.0f}"
-                  f"{r['trials']:>7}{r['pruned_trials']:>7}  {'yes' if r['reproduced'] else 'NO'}")
+            mid = sorted(ok, key=lambda r: r["compression_ratio"])[len(ok) // 2]
+            err = median_of(ok, "test_error")
+            cpu = median_of(ok, "cpu_speedup")
+            rate = median_of(rs, "epoch_rate_vs_bare")
+            print(f"{'thresher ' + label:<40}{err:>7.2f}{err - ref:>+7.2f}"
+                  f"{median_of(ok, 'compression_ratio'):>8.1f}×  {mid['units']:<14}"
+                  f"{mid.get('compact_parameters') or '—':>9}{(f'{cpu:.2f}' if cpu else '—'):>7}"
+                  f"{median_of(rs, 'seconds') / 60:>8.1f}{median_of(rs, 'pruned_trials'):>7.0f}"
+                  f"{(f'{rate:.2f}' if rate else '—'):>7}  {len(ok)}/{len(rs)}"
+                  f"{'' if all(r['reproduced'] for r in ok) else ' NOT REPRODUCED'}")
+            for r in ok:
+                print(f"{'':<6}seed {r['seed']}: {r['test_error']:.2f} % ({r['test_error'] - ref:+.2f}), "
+                      f"{r['compression_ratio']:.1f}×, {r['units']}, val drop {100 * r['val_drop']:+.2f} pt, "
+                      f"{r['seconds'] / 60:.1f} min")
         print()
     write_results("regularization_mnist", args.quick, device, {
-        "delta": DELTA, "plan": plan, "seconds": total_seconds, "published": PUBLISHED,
+        "delta": DELTA, "schedule": schedule, "trials": trials, "seeds": seeds,
+        "workers": args.workers, "seconds": total_seconds, "published": PUBLISHED,
         "results": results})
 
 

@@ -14,6 +14,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,44 @@ def reference_weights(workdir: Path) -> bytes:
     return path.read_bytes()
 
 
+@contextmanager
+def worker_processes(url: str, workers: int, workdir: Path, threads: int = 1,
+                     tag: str = "") -> Iterator[list[subprocess.Popen[bytes]]]:
+    """`workers` real `thresher worker` processes on the database at `url`, `threads` torch
+    threads each, given time to import and register; stopped with SIGTERM on the way out."""
+    env = dict(os.environ, THRESHER_DATABASE_URL=url, THRESHER_CACHE_DIR=str(workdir / "cache"),
+               THRESHER_POLL_SECONDS="0.1", THRESHER_DEVICE="cpu", OMP_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads))
+    logs = [open(workdir / f"worker-{tag}{workers}-{i}.log", "wb") for i in range(workers)]
+    procs = [subprocess.Popen([sys.executable, "-m", "cli.main", "worker", "--name", f"w{i}"],
+                              cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+             for i, log in enumerate(logs)]
+    try:
+        time.sleep(8.0)  # imports and registration, so that start-up is not part of a timed job
+        yield procs
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for log in logs:
+            log.close()
+
+
+def wait_for_job(client: TestClient, job_id: str, procs: list[subprocess.Popen[bytes]]) -> dict[str, Any]:
+    """Poll the job until it is over (asserting the workers stay up): its document."""
+    while True:
+        doc: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+        if doc["status"] in ("succeeded", "failed", "cancelled"):
+            return doc
+        for p in procs:
+            assert p.poll() is None, f"a worker exited with {p.returncode}"
+        time.sleep(0.1)
+
+
 def run_job(url: str, workers: int, spec: dict[str, Any], weights: bytes, workdir: Path,
             threads: int = 1) -> dict[str, Any]:
     """Submit `spec` (model and dataset filled in), run it on `workers` processes; wall time,
@@ -49,45 +89,20 @@ def run_job(url: str, workers: int, spec: dict[str, Any], weights: bytes, workdi
     with transaction(make_sessionmaker(make_engine(url))) as s:
         _, token = tokens.create(s, f"bench-{workers}-{time.time_ns()}")
     cfg = Settings(database_url=url, cache_dir=workdir / "cache")
-    env = dict(os.environ, THRESHER_DATABASE_URL=url, THRESHER_CACHE_DIR=str(workdir / "cache"),
-               THRESHER_POLL_SECONDS="0.1", THRESHER_DEVICE="cpu", OMP_NUM_THREADS=str(threads),
-               MKL_NUM_THREADS=str(threads))
-    procs: list[subprocess.Popen[bytes]] = []
     with TestClient(create_app(cfg), headers={"Authorization": f"Bearer {token}"}) as client:
         model = client.post("/v1/models", data={"architecture": "lenet-300-100"},
                             files={"weights": ("w", weights)}).json()
         ds = client.post("/v1/datasets", json={"builtin": "mnist"}).json()
-        logs = [open(workdir / f"worker-{workers}-{i}.log", "wb") for i in range(workers)]
-        try:
-            # workers first, so that start-up is not part of one run and not the other
-            procs = [subprocess.Popen([sys.executable, "-m", "cli.main", "worker", "--name", f"w{i}"],
-                                      cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-                     for i, log in enumerate(logs)]
-            time.sleep(8.0)  # imports and registration; then the job is submitted
+        # workers first, so that start-up is not part of one run and not the other
+        with worker_processes(url, workers, workdir, threads) as procs:
             r = client.post("/v1/jobs", json={**spec, "model_id": model["id"], "dataset_id": ds["id"]})
             assert r.status_code == 201, r.text
             job_id = r.json()["id"]
             t0 = time.perf_counter()
-            while True:
-                doc = client.get(f"/v1/jobs/{job_id}").json()
-                if doc["status"] in ("succeeded", "failed", "cancelled"):
-                    break
-                for p in procs:
-                    assert p.poll() is None, f"a worker exited with {p.returncode}"
-                time.sleep(0.1)
+            doc = wait_for_job(client, job_id, procs)
             seconds = time.perf_counter() - t0
             assert doc["status"] == "succeeded", doc["error"]
             trials = client.get(f"/v1/jobs/{job_id}/trials", params={"limit": 1000}).json()["items"]
-        finally:
-            for p in procs:
-                p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-            for log in logs:
-                log.close()
     per_worker: dict[str, int] = {}
     for t in trials:
         per_worker[t["worker"]] = per_worker.get(t["worker"], 0) + 1

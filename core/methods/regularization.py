@@ -2,11 +2,17 @@
 multi-objective optimizers, compact downloads, options in the spec's `regularization`. This
 module declares no method of its own."""
 
-from typing import Literal
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.methods import MethodInfo
+
+if TYPE_CHECKING:
+    from core.architectures import Architecture
+    from core.spec import JobSpec
 
 
 class RegularizationOptions(BaseModel):
@@ -42,6 +48,17 @@ class RegularizationOptions(BaseModel):
         "group ℓ2 norm, each group weighted by √size)")
     log10_eta: tuple[float, float] = Field(
         (-7.0, -3.0), description="sgl: search box of each layer's log10 η (per non-zero weight)")
+    # Probes (README, "Continuation and fine-tuning") put each layer's reach decades apart: a
+    # small layer (LeNet-5's conv1, fc2; LeNet-300-100's fc3) needs 1.5–2 decades more λ than a
+    # big one, and one box wide enough for all wastes most of a short search outside each layer's.
+    log10_lambda_layers: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description="per-layer search boxes of log10 λ by prunable tensor name (e.g. "
+        "{\"fc3.weight\": [-3.5, -2]}), replacing log10_lambda for the layers named")
+    log10_eta_layers: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description="sgl: per-layer search boxes of log10 η by prunable tensor name, replacing "
+        "log10_eta for the layers named")
     train_subset: int | None = Field(
         None, ge=100, description="train each trial on this many training samples (seeded)")
     pruner: Literal["none", "median", "hyperband"] = Field(
@@ -51,14 +68,48 @@ class RegularizationOptions(BaseModel):
     @field_validator("log10_lambda", "log10_eta")
     @classmethod
     def _box(cls, v: tuple[float, float]) -> tuple[float, float]:
-        low, high = v
-        if not (-12.0 <= low < high <= 2.0):
-            raise ValueError(f"a log10 search box must satisfy -12 ≤ low < high ≤ 2, got {list(v)}")
+        return _checked_box(v)
+
+    @field_validator("log10_lambda_layers", "log10_eta_layers")
+    @classmethod
+    def _layer_boxes(cls, v: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for name, box in v.items():
+            try:
+                _checked_box(box)
+            except ValueError as exc:
+                raise ValueError(f"layer {name}: {exc}") from None
         return v
+
+    def lambda_box(self, layer: str) -> tuple[float, float]:
+        return self.log10_lambda_layers.get(layer, self.log10_lambda)
+
+    def eta_box(self, layer: str) -> tuple[float, float]:
+        return self.log10_eta_layers.get(layer, self.log10_eta)
+
+
+def _checked_box(v: tuple[float, float]) -> tuple[float, float]:
+    low, high = v
+    if not (-12.0 <= low < high <= 2.0):
+        raise ValueError(f"a log10 search box must satisfy -12 ≤ low < high ≤ 2, got {list(v)}")
+    return v
+
+
+def _admit(spec: JobSpec, arch: Architecture, _dataset: dict[str, Any]) -> None:
+    """Per-layer boxes must name the model's prunable tensors (a typo would silently search the
+    default box instead)."""
+    o = spec.regularization
+    if spec.method != "sgl" and o.log10_eta_layers:
+        raise ValueError("regularization.log10_eta_layers: only method sgl has an η to search")
+    prunable = [t.name for t in arch.prunable]
+    for field in ("log10_lambda_layers", "log10_eta_layers"):
+        for name in getattr(o, field):
+            if name not in prunable:
+                raise ValueError(f"regularization.{field}: {name!r} is not a prunable tensor of "
+                                 f"{arch.name} (those are {', '.join(prunable)})")
 
 
 
 def regularized(name: str, summary: str, rank: int) -> MethodInfo:
     return MethodInfo(name=name, summary=summary, worker=f"workers.methods.{name}",
                       trials="distributed", multi_objective=True, artifacts=("pruned", "compact"),
-                      rank=rank)
+                      admit=_admit, rank=rank)

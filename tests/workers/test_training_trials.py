@@ -179,6 +179,13 @@ def test_spec_errors_name_the_field(api: tuple[TestClient, dict[str, str]]) -> N
         ({**base, "method": "magnitude", "optimizer": "optuna:nsgaii"}, "Pareto"),
         ({**base, "method": "l0", "regularization": {"log10_lambda": [-2, -5]}}, "log10"),
         ({**base, "method": "sgl", "regularization": {"pruner": "sometimes"}}, "pruner"),
+        ({**base, "method": "l0", "regularization": {"log10_lambda_layers": {"fc9.weight": [-5, -4]}}},
+         "'fc9.weight' is not a prunable tensor of lenet-300-100 (those are fc1.weight, fc2.weight, "
+         "fc3.weight)"),
+        ({**base, "method": "sgl", "regularization": {"log10_eta_layers": {"fc2.weight": [-3, -4]}}},
+         "layer fc2.weight: a log10 search box must satisfy"),
+        ({**base, "method": "l0", "regularization": {"log10_eta_layers": {"fc2.weight": [-5, -4]}}},
+         "only method sgl has an η"),
     ):
         r = client.post("/v1/jobs", json=body)
         assert r.status_code == 422, r.text
@@ -320,6 +327,26 @@ def test_an_sgl_job_searches_lambda_and_eta_with_nsga2_and_returns_a_pareto_fron
     assert front and doc["best"]["trial_number"] in {t["number"] for t in front}
     params, _ = _download(client, j["id"], tmp_path)
     assert _test_accuracy(_mlp(params), small_arrays) == pytest.approx(doc["test_accuracy"], abs=1e-9)
+
+
+def test_per_layer_boxes_bound_the_named_layers_and_the_default_box_the_rest(
+        api: tuple[TestClient, dict[str, str]], settings: Settings) -> None:
+    client, ids = api
+    reg = {**REG, "epochs": 1, "finetune_epochs": 0, "train_subset": 500,
+           "log10_lambda": [-5.0, -4.0], "log10_lambda_layers": {"fc3.weight": [-2.5, -2.0]},
+           "log10_eta": [-6.0, -5.0], "log10_eta_layers": {"fc1.weight": [-8.0, -7.5]}}
+    j = submit(client, **ids, method="sgl", optimizer="optuna:tpe", max_accuracy_drop=0.5,
+               budget={"trials": 3}, regularization=reg)
+    Worker(settings, name="w-b").serve(exit_when_idle=True)
+    doc = client.get(f"/v1/jobs/{j['id']}").json()
+    assert doc["status"] == "succeeded", doc["error"]
+    assert doc["spec"]["regularization"]["log10_lambda_layers"] == {"fc3.weight": [-2.5, -2.0]}
+    got = trials(client, j["id"])
+    assert len(got) == 3
+    for t in got:  # λ fc1, fc2, fc3, then η fc1, fc2, fc3
+        lam, eta = t["candidate"][:3], t["candidate"][3:]
+        assert all(-5.0 <= v <= -4.0 for v in lam[:2]) and -2.5 <= lam[2] <= -2.0, t["candidate"]
+        assert -8.0 <= eta[0] <= -7.5 and all(-6.0 <= v <= -5.0 for v in eta[1:]), t["candidate"]
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)

@@ -21,9 +21,9 @@ from workers.search.trials import SearchResult
 def strength_boxes(spec: JobSpec, arch: Architecture) -> list[tuple[float, float]]:
     """The log10 box of each searched strength: λ per prunable tensor, then (sgl) η per tensor."""
     o = spec.regularization
-    boxes = [o.log10_lambda for _ in arch.prunable]
+    boxes = [o.lambda_box(t.name) for t in arch.prunable]
     if spec.method == "sgl":
-        boxes += [o.log10_eta for _ in arch.prunable]
+        boxes += [o.eta_box(t.name) for t in arch.prunable]
     return boxes
 
 
