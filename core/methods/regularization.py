@@ -31,8 +31,10 @@ class RegularizationOptions(BaseModel):
         1, ge=0, le=1000,
         description="epochs after pruning with the zeros frozen (l0: deterministic gates; sgl: "
         "MobilePrune's masked retraining)")
+    # cosine: in every paired single trial measured (LeNet-300-100 seeds 3 and 4, LeNet-5 seed 3;
+    # README) the same structure scored 0.0–0.32 points higher than at a constant lr
     finetune_schedule: Literal["constant", "cosine"] = Field(
-        "constant", description="the fine-tuning learning rate: lr throughout, or lr "
+        "cosine", description="the fine-tuning learning rate: lr throughout, or lr "
         "cosine-annealed to 0 over the fine-tuning epochs")
     ramp_epochs: float = Field(
         0.0, ge=0, le=1000,
