@@ -242,14 +242,14 @@ def _bare_epochs(arch: str, weights: bytes, method: str, granularity: str, batch
                     else:
                         h = mod(h)
                 penalty = sum(torch.sigmoid(la - _BETA * math.log(-_GAMMA / _ZETA)).sum()
-                              * (w.numel() / la.numel()) for la, w in zip(gates, weights_orig))
+                              * (w.numel() / la.numel()) for la, w in zip(gates, weights_orig, strict=True))
                 loss = nn.functional.cross_entropy(h, yb) + lam * penalty
             else:
                 loss = nn.functional.cross_entropy(net(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if not regularized:
-                for w, mk in zip(weights_orig, masks):
+                for w, mk in zip(weights_orig, masks, strict=True):
                     w.grad.mul_(mk)
             opt.step()
             with torch.no_grad():
@@ -261,7 +261,7 @@ def _bare_epochs(arch: str, weights: bytes, method: str, granularity: str, batch
                         g = w.view(w.shape[0], -1) if w.dim() == 4 else w.t()
                         g.copy_(_sgl_prox(g, t * lam * math.sqrt(g.shape[1]), t * lam))
                 elif not regularized:
-                    for w, mk in zip(weights_orig, masks):
+                    for w, mk in zip(weights_orig, masks, strict=True):
                         w.mul_(mk)
         return (time.perf_counter() - t0) * 54_000 / images
 
