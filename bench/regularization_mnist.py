@@ -306,7 +306,7 @@ def run_model(arch: str, weights: bytes, seeds: list[int], trials: int, schedule
         ds = client.post("/v1/datasets", json={"builtin": "mnist"})
         assert ds.status_code == 201, ds.text
         ids = {"model_id": model.json()["id"], "dataset_id": ds.json()["id"]}
-        with worker_processes(url, workers, workdir, tag=arch) as procs:
+        with worker_processes(url, workers, workdir, tag=arch, device=device) as procs:
             for seed in seeds:
                 for method, extra in RUNS[arch]:
                     label = f"{method} {extra.get('granularity', '')}".strip()

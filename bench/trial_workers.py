@@ -46,11 +46,11 @@ def reference_weights(workdir: Path) -> bytes:
 
 @contextmanager
 def worker_processes(url: str, workers: int, workdir: Path, threads: int = 1,
-                     tag: str = "") -> Iterator[list[subprocess.Popen[bytes]]]:
+                     tag: str = "", device: str = "cpu") -> Iterator[list[subprocess.Popen[bytes]]]:
     """`workers` real `thresher worker` processes on the database at `url`, `threads` torch
     threads each, given time to import and register; stopped with SIGTERM on the way out."""
     env = dict(os.environ, THRESHER_DATABASE_URL=url, THRESHER_CACHE_DIR=str(workdir / "cache"),
-               THRESHER_POLL_SECONDS="0.1", THRESHER_DEVICE="cpu", OMP_NUM_THREADS=str(threads),
+               THRESHER_POLL_SECONDS="0.1", THRESHER_DEVICE=device, OMP_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads))
     logs = [open(workdir / f"worker-{tag}{workers}-{i}.log", "wb") for i in range(workers)]
     procs = [subprocess.Popen([sys.executable, "-m", "cli.main", "worker", "--name", f"w{i}"],
