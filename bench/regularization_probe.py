@@ -4,8 +4,8 @@
         --strengths -5 -5 -5 -5 -4 -4 -4 -4 --set epochs=5 ramp_epochs=3 [--set …] [--seed 3]
 
 Runs workers.methods.regularized.run_trial once on the Caffe reference of bench/olmp_mnist.py
-with the given log10 strengths (l0: one λ per prunable tensor; sgl: all λ, then all η) and
-options, and prints one JSON line: validation accuracy and its drop against the reference's
+(vgg-fashion: bench/models_fashion.py's onecycle reference, on Fashion-MNIST) with the given
+log10 strengths (l0: one λ per prunable tensor; sgl: all λ, then all η) and options, and prints one JSON line: validation accuracy and its drop against the reference's
 (validation split only: this probe is for choosing defaults, so it never scores the test
 split), weights ratio, units left per layer, epochs per second and wall time. A `--strengths`
 of one value is used for every tensor. Appends the line to --out when given.
@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import models_fashion  # noqa: E402
 from olmp_mnist import reference  # noqa: E402
 
 from core.architectures import get_architecture  # noqa: E402
@@ -49,7 +50,7 @@ def option_value(text: str) -> object:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="lenet-5", choices=["lenet-5", "lenet-300-100"])
+    ap.add_argument("--model", default="lenet-5", choices=["lenet-5", "lenet-300-100", "vgg-fashion"])
     ap.add_argument("--method", default="sgl", choices=["l0", "sgl"])
     ap.add_argument("--strengths", type=float, nargs="+", required=True)
     ap.add_argument("--set", nargs="*", default=[], help="option=value pairs of the regularization spec")
@@ -65,8 +66,12 @@ def main() -> None:
     needed = strengths_needed(args.method, arch)
     strengths = args.strengths * needed if len(args.strengths) == 1 else args.strengths
     summary = {"validation": {"fraction": DEFAULT_VALIDATION_FRACTION, "seed": DEFAULT_SPLIT_SEED}}
-    splits = split_arrays(builtin_arrays("mnist", cfg.datasets_dir), summary)
-    path, _ = reference(args.model, REFERENCE_ITERATIONS, device, cfg)
+    if args.model == "vgg-fashion":  # the models bench's reference, on its own dataset
+        splits = split_arrays(builtin_arrays("fashion-mnist", cfg.datasets_dir), summary)
+        path = models_fashion.reference(device, cfg)
+    else:
+        splits = split_arrays(builtin_arrays("mnist", cfg.datasets_dir), summary)
+        path, _ = reference(args.model, REFERENCE_ITERATIONS, device, cfg)
     ref = safetensors.torch.load(path.read_bytes())
     net = zoo.build(arch).eval()
     ref_val = accuracy(net, ref, splits.x_val, splits.y_val)

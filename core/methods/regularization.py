@@ -44,6 +44,12 @@ class RegularizationOptions(BaseModel):
     lr: float = Field(1e-3, gt=0, le=10, description="Adam learning rate")
     drop_rate_init: float = Field(0.3, gt=0, lt=1,
                                   description="l0: initial gate drop rate (sets log α)")
+    gate_lr: float | None = Field(
+        None, gt=0, le=10,
+        description="l0: Adam learning rate of the gates' log α (default: 10 × lr). A gate "
+        "closes once log α falls from its initial value to log(1/11) ≈ −2.4, so a trial that "
+        "trains the weights at a low rate (a model that a higher one would move away from its "
+        "optimum) needs its gates to move faster than its weights")
     log10_lambda: tuple[float, float] = Field(
         (-7.0, -3.0), description="search box of each layer's log10 λ, added to the mean batch "
         "cross-entropy (l0: per expected non-zero weight, at either granularity; sgl: per unit of "

@@ -16,12 +16,13 @@ from core import builtin_datasets
 from core.architectures import Architecture, from_config
 from core.errors import DatasetUnavailable
 from core.methods.regularization import RegularizationOptions
-from core.zoo import VGG_FASHION, vgg_fashion
+from core.zoo import LENET_5, VGG_FASHION, vgg_fashion
 from workers.methods import olmp_state
 from workers.methods.olmp_state import Progress
 from workers.methods.regularized import run_trial
 from workers.models import compaction, zoo
 from workers.models.masking import nonzero_parameters
+from workers.runtime.batchnorm import normalized_outputs
 from workers.runtime.data import Splits
 from workers.runtime.evaluation import accuracy
 from workers.runtime.masked_sgd import MaskedTrainer, SolverConfig
@@ -216,3 +217,56 @@ def test_compaction_removes_filters_with_their_batchnorm_entries() -> None:
     assert nonzero_parameters(arch, z) < nonzero_parameters(arch, p)
     assert torch.count_nonzero(z["conv3.weight"][10:20]) == 0
     assert torch.count_nonzero(z["bn3.weight"][10:20]) == 0
+
+
+def test_normalized_outputs_pairs_each_convolution_with_its_batchnorm() -> None:
+    model = zoo.build(NARROW)
+    assert normalized_outputs(model, NARROW.input_shape) == {
+        f"conv{i}.weight": f"bn{i}" for i in range(1, 7)}
+    model.train()
+    normalized_outputs(model, NARROW.input_shape)
+    assert model.training  # the mode is left as it was
+    lenet = zoo.build(LENET_5)  # no BatchNorm: nothing to pair
+    assert normalized_outputs(lenet, LENET_5.input_shape) == {}
+
+    class ReluFirst(torch.nn.Module):  # a BatchNorm that reads an activation, not the conv
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.bn(torch.relu(self.conv(x)))
+            return out
+
+    assert normalized_outputs(ReluFirst(), (1, 8, 8)) == {}
+
+
+def test_l0_channel_gates_act_after_batchnorm(reference: dict[str, torch.Tensor],
+                                              fashion: Splits) -> None:
+    """A filter gate in front of BatchNorm is normalized away, so l0 gates the BatchNorm's
+    affine terms instead: a closed channel has a zero filter and a zero scale and shift (kept
+    at zero through fine-tuning), compaction removes it, and the compact model computes the same
+    logits."""
+    n = len(NARROW.prunable)
+    options = RegularizationOptions(granularity="neuron", epochs=2, finetune_epochs=1, lr=3e-3,
+                                    batch_size=64)
+    out = run_trial("l0", NARROW, reference, fashion, options, [-2.5] * n, seed=0, device=CPU,
+                    report=lambda _e, _a: False, check=lambda: None)
+    p = out.params
+    closed = 0
+    for i in range(1, 7):
+        dead = (p[f"conv{i}.weight"].flatten(1) == 0).all(dim=1)
+        closed += int(dead.sum())
+        assert int(dead.sum()) < dead.numel(), f"block {i} lost every channel"
+        assert torch.count_nonzero(p[f"bn{i}.weight"][dead]) == 0
+        assert torch.count_nonzero(p[f"bn{i}.bias"][dead]) == 0
+        assert out.groups_kept[f"conv{i}.weight"] == dead.numel() - int(dead.sum())
+    assert closed > 0
+    small, q = compaction.compact(NARROW, p)
+    widths = [small.tensor(f"conv{i}.weight").shape[0] for i in range(1, 7)]
+    assert sum(widths) <= sum(NARROW.tensor(f"conv{i}.weight").shape[0] for i in range(1, 7)) - closed
+    full, compact_model = zoo.build(NARROW).eval(), zoo.build(small).eval()
+    compact_model.load_state_dict(q)
+    x = fashion.x_val[:64]
+    with torch.no_grad():
+        assert torch.allclose(functional_call(full, p, (x,)), compact_model(x), atol=1e-5, rtol=0)

@@ -8,7 +8,9 @@ weights and the gates' log α on
     mean batch cross-entropy + Σ_layers λ_l · E[non-zero weights of layer l],
 
 where a gate counts the weights it controls (a neuron gate of fc1 counts 300): λ is the loss paid
-per expected surviving *weight* at either granularity, so a λ means the same at both. After
+per expected surviving *weight* at either granularity, so a λ means the same at both. A filter
+gate of a convolution whose output a BatchNorm normalizes gates that BatchNorm's scale and shift
+instead (the normalized channel: in front of the normalization it would cancel out). After
 `epochs`, the deterministic gates multiply the weights, gates at exactly 0 prune, and the survivors
 are fine-tuned with the zeros frozen.
 
@@ -46,6 +48,7 @@ from workers.methods import TrialOutcome, group_prox
 from workers.methods import hard_concrete as hc
 from workers.models import compaction, zoo
 from workers.models.masking import nonzero_parameters
+from workers.runtime import batchnorm
 from workers.runtime.data import Splits
 from workers.runtime.evaluation import accuracy
 from workers.runtime.fine_tuning import cosine_annealed
@@ -54,8 +57,9 @@ METHODS = ("l0", "sgl")
 CHECK_EVERY = 50  # batches between calls of `check` (cancel / lease loss)
 # training images over which a trial recomputes BatchNorm's statistics before it scores a model
 CALIBRATION_IMAGES = 2048
-# log α learns this many times faster than the weights: from a drop rate of 0.3 (log α ≈ 0.85) a
-# gate closes at log α ≈ −2.4, over 3 000 Adam steps at lr 1e-3, more than a short trial has.
+# log α learns this many times faster than the weights unless `gate_lr` says: from a drop rate of
+# 0.3 (log α ≈ 0.85) a gate closes at log α ≈ −2.4, over 3 000 Adam steps at lr 1e-3, more than a
+# short trial has.
 GATE_LR_SCALE = 10.0
 _ADAM_EPS = 1e-8
 
@@ -132,6 +136,8 @@ class _Trial:
         self.x_val, self.y_val = splits.x_val.to(device), splits.y_val.to(device)
         self.intermediate: list[float] = []
         self.pruned_at: int | None = None
+        # {conv weight: the BatchNorm that normalizes its output} (l0's neuron gates, fine-tuning)
+        self.normalized = batchnorm.normalized_outputs(self.model, arch.input_shape)
 
     def loss(self, params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor
              ) -> torch.Tensor:
@@ -205,13 +211,29 @@ class _Trial:
         strength = dict(zip([t.name for t in self.prunable], lambdas, strict=True))
         opt = torch.optim.Adam([
             {"params": list(self.weights.values()), "lr": opts.lr},
-            {"params": list(log_alpha.values()), "lr": opts.lr * GATE_LR_SCALE},
+            {"params": list(log_alpha.values()),
+             "lr": opts.gate_lr if opts.gate_lr is not None else opts.lr * GATE_LR_SCALE},
         ])
+        # A filter gate in front of BatchNorm would be normalized away in train mode (BN(z·y) =
+        # BN(y) for any z > 0): the data term would not see it, Adam would close every gate of the
+        # layer in lockstep under the penalty alone. Such a gate multiplies the BatchNorm's affine
+        # terms instead, i.e. the normalized channel, which the loss does see; a closed one
+        # leaves relu(0·x̂ + 0) = 0, and its filter is zeroed at the end.
+        normalized = self.normalized if opts.granularity == "neuron" else {}
 
-        def gated(gate: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
+        def gated(gate: Callable[[torch.Tensor], torch.Tensor], *, final: bool = False
+                  ) -> dict[str, torch.Tensor]:
             p = dict(self.weights)
             for name, la in log_alpha.items():
-                p[name] = self.weights[name] * gate(la)
+                z = gate(la)
+                norm = normalized.get(name)
+                if norm is None:
+                    p[name] = self.weights[name] * z
+                    continue
+                for affine in (f"{norm}.weight", f"{norm}.bias"):
+                    p[affine] = self.weights[affine] * z.reshape(-1)
+                if final:
+                    p[name] = self.weights[name] * (z > 0)
             return p
 
         for epoch in range(opts.epochs):
@@ -226,12 +248,12 @@ class _Trial:
                 loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
             with torch.no_grad():
-                current = {k: v.detach() for k, v in gated(hc.deterministic).items()}
+                current = {k: v.detach() for k, v in gated(hc.deterministic, final=True).items()}
             self.recalibrate(current)
             if self.scored(epoch, current):
                 break
         with torch.no_grad():
-            final = {k: v.detach().clone() for k, v in gated(hc.deterministic).items()}
+            final = {k: v.detach().clone() for k, v in gated(hc.deterministic, final=True).items()}
         self.recalibrate(final)
         return final
 
@@ -268,6 +290,12 @@ class _Trial:
         """Adam on the survivors, zeros frozen: masked gradients keep Adam's moments of a pruned
         weight at 0 (so its update is exactly 0), and the mask is reapplied after each step."""
         masks = {t.name: params[t.name] != 0 for t in self.prunable}
+        for conv, norm in self.normalized.items():
+            # a removed filter's BatchNorm stays at 0 too where the regularizer zeroed it (l0's
+            # channel gates): trained, its bias alone would make the channel a constant again
+            alive = masks[conv].flatten(1).any(dim=1)
+            for affine in (f"{norm}.weight", f"{norm}.bias"):
+                masks[affine] = alive | (params[affine] != 0)
         weights = {k: v.clone().requires_grad_(True) for k, v in params.items()}
         opt = torch.optim.Adam(list(weights.values()), lr=self.options.lr)
         sched = (cosine_annealed(opt, self.options.finetune_epochs * self.batches.per_epoch)

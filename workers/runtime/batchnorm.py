@@ -41,3 +41,41 @@ def recalibrate(model: nn.Module, buffers: Mapping[str, torch.Tensor],
     with torch.no_grad():  # the step counters count training steps, not these
         for k, count in counts.items():
             buffers[k].copy_(count)
+
+
+def normalized_outputs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, str]:
+    """{a convolution's weight name: the BatchNorm module that normalizes its output directly}.
+
+    Found by running the model once on a dummy batch of two and matching each BatchNorm call's
+    input tensor against the outputs of the convolutions called before it, so it holds for any
+    module that calls its layers as submodules, built-in or uploaded; a convolution whose output
+    goes anywhere else first (an activation, a sum) is not listed."""
+    names = {m: n for n, m in model.named_modules()}
+    # the outputs are kept alive, so that no later tensor can reuse an id
+    produced: dict[int, tuple[str, torch.Tensor]] = {}
+    found: dict[str, str] = {}
+
+    def conv_hook(module: nn.Module, _args: object, output: torch.Tensor) -> None:
+        produced[id(output)] = (names[module], output)
+
+    def norm_hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        source = produced.get(id(args[0]))
+        if source is not None and source[1] is args[0]:
+            found[f"{source[0]}.weight"] = names[module]
+
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            hooks.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            hooks.append(m.register_forward_pre_hook(norm_hook))
+    was_training = model.training
+    model.eval()  # the running statistics are read, never updated
+    try:
+        with torch.no_grad():
+            model(torch.zeros((2, *input_shape)))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return found

@@ -1,0 +1,84 @@
+"""Single `mpd` trials outside the service, to see which training options buy what before a search.
+
+    .venv/bin/python bench/mpd_probe.py --blocks 32 8 1 [--dataset mnist] [--set distill=0.5 …]
+        [--seed 3] [--out bench/results/mpd_probe_cpu.jsonl]
+
+Runs workers.methods.mpd.train_trial once on LeNet-300-100's `thresher zoo train` reference of
+bench/mpd_mnist.py with the given block count per layer (fc1 fc2 fc3) and options, and prints one
+JSON line: validation accuracy and its drop against the reference's (validation split only: this
+probe is for choosing defaults, so it never scores the test split), the parameter ratio and the
+wall time. Appends the line to --out when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from mpd_mnist import reference  # noqa: E402
+from regularization_probe import option_value  # noqa: E402
+
+from core.architectures import get_architecture  # noqa: E402
+from core.methods.mpd import choices, fixed_layers  # noqa: E402
+from core.settings import Settings  # noqa: E402
+from core.spec import JobSpec  # noqa: E402
+from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION  # noqa: E402
+from workers.methods.mpd import train_trial  # noqa: E402
+from workers.models import zoo  # noqa: E402
+from workers.runtime.data import builtin_arrays, split_arrays  # noqa: E402
+from workers.runtime.evaluation import accuracy  # noqa: E402
+
+ARCH = "lenet-300-100"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--blocks", type=int, nargs="+", required=True, help="k per prunable layer")
+    ap.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    ap.add_argument("--set", nargs="*", default=[], help="option=value pairs of the spec's mpd")
+    ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--label", default="")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    torch.manual_seed(args.seed)
+    cfg = Settings()
+    device = torch.device("cpu")
+    arch = get_architecture(ARCH)
+    mpd = {k: option_value(v) for k, v in (s.split("=", 1) for s in args.set)}
+    spec = JobSpec.model_validate({"model_id": "probe", "dataset_id": "probe", "method": "mpd",
+                                   "max_accuracy_drop": 0.005, "budget": {"trials": 1},
+                                   "seed": args.seed, "mpd": mpd})
+    blocks = dict(zip([t.name for t in arch.prunable], args.blocks, strict=True))
+    fixed = fixed_layers(arch)
+    candidate = [blocks[t.name] for t in arch.prunable if len(choices(t, spec.mpd, fixed)) > 1]
+    summary = {"validation": {"fraction": DEFAULT_VALIDATION_FRACTION, "seed": DEFAULT_SPLIT_SEED}}
+    splits = split_arrays(builtin_arrays(args.dataset, cfg.datasets_dir), summary)
+    ref = safetensors.torch.load(reference(ARCH, args.dataset, device, cfg).read_bytes())
+    ref_val = accuracy(zoo.build(arch).eval(), ref, splits.x_val, splits.y_val)
+    started = time.perf_counter()
+    out = train_trial(arch, ref, splits, spec, candidate, seed=args.seed, device=device,
+                      report=lambda epoch, acc: False, check=lambda: None)
+    seconds = time.perf_counter() - started
+    line = {"label": args.label, "dataset": args.dataset, "seed": args.seed, "blocks": args.blocks,
+            "options": spec.mpd.model_dump(exclude_defaults=True),
+            "val_accuracy": out.val_accuracy, "val_drop_pt": 100 * (ref_val - out.val_accuracy),
+            "ratio": out.total / out.nonzero, "intermediate": out.intermediate,
+            "seconds": round(seconds, 1)}
+    print(json.dumps(line), flush=True)
+    if args.out is not None:
+        with args.out.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+if __name__ == "__main__":
+    main()
