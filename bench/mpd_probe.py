@@ -13,7 +13,6 @@ wall time. Appends the line to --out when given.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from mpd_mnist import reference  # noqa: E402
-from regularization_probe import option_value  # noqa: E402
+from regularization_probe import options_set, probe_arguments, report  # noqa: E402
 
 from core.architectures import get_architecture  # noqa: E402
 from core.methods.mpd import choices, fixed_layers  # noqa: E402
@@ -45,16 +44,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--blocks", type=int, nargs="+", required=True, help="k per prunable layer")
     ap.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
-    ap.add_argument("--set", nargs="*", default=[], help="option=value pairs of the spec's mpd")
-    ap.add_argument("--seed", type=int, default=3)
-    ap.add_argument("--label", default="")
-    ap.add_argument("--out", type=Path)
+    probe_arguments(ap, "mpd")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     cfg = Settings()
     device = torch.device("cpu")
     arch = get_architecture(ARCH)
-    mpd = {k: option_value(v) for k, v in (s.split("=", 1) for s in args.set)}
+    mpd = options_set(args.set)
     spec = JobSpec.model_validate({"model_id": "probe", "dataset_id": "probe", "method": "mpd",
                                    "max_accuracy_drop": 0.005, "budget": {"trials": 1},
                                    "seed": args.seed, "mpd": mpd})
@@ -74,10 +70,7 @@ def main() -> None:
             "val_accuracy": out.val_accuracy, "val_drop_pt": 100 * (ref_val - out.val_accuracy),
             "ratio": out.total / out.nonzero, "intermediate": out.intermediate,
             "seconds": round(seconds, 1)}
-    print(json.dumps(line), flush=True)
-    if args.out is not None:
-        with args.out.open("a") as f:
-            f.write(json.dumps(line) + "\n")
+    report(line, args.out)
 
 
 if __name__ == "__main__":

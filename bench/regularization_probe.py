@@ -48,21 +48,37 @@ def option_value(text: str) -> object:
         return text
 
 
+def probe_arguments(ap: argparse.ArgumentParser, options: str) -> None:
+    """The arguments every single-trial probe takes (this one and bench/mpd_probe.py)."""
+    ap.add_argument("--set", nargs="*", default=[], help=f"option=value pairs of the spec's {options}")
+    ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--label", default="")
+    ap.add_argument("--out", type=Path, help="a JSON-lines file the probe's line is appended to")
+
+
+def options_set(pairs: list[str]) -> dict[str, object]:
+    return {k: option_value(v) for k, v in (s.split("=", 1) for s in pairs)}
+
+
+def report(line: dict[str, object], out: Path | None) -> None:
+    print(json.dumps(line), flush=True)
+    if out is not None:
+        with out.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="lenet-5", choices=["lenet-5", "lenet-300-100", "vgg-fashion"])
     ap.add_argument("--method", default="sgl", choices=["l0", "sgl"])
     ap.add_argument("--strengths", type=float, nargs="+", required=True)
-    ap.add_argument("--set", nargs="*", default=[], help="option=value pairs of the regularization spec")
-    ap.add_argument("--seed", type=int, default=3)
-    ap.add_argument("--label", default="")
-    ap.add_argument("--out", type=Path)
+    probe_arguments(ap, "regularization")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     cfg = Settings()
     device = torch.device("cpu")
     arch = get_architecture(args.model)
-    options = RegularizationOptions(**{k: option_value(v) for k, v in (s.split("=", 1) for s in args.set)})
+    options = RegularizationOptions(**options_set(args.set))
     needed = strengths_needed(args.method, arch)
     strengths = args.strengths * needed if len(args.strengths) == 1 else args.strengths
     summary = {"validation": {"fraction": DEFAULT_VALIDATION_FRACTION, "seed": DEFAULT_SPLIT_SEED}}
@@ -87,10 +103,7 @@ def main() -> None:
             "groups_kept": out.groups_kept, "kept": out.kept,
             "intermediate": out.intermediate, "seconds": round(seconds, 1),
             "epochs_per_s": epochs / seconds}
-    print(json.dumps(line), flush=True)
-    if args.out is not None:
-        with args.out.open("a") as f:
-            f.write(json.dumps(line) + "\n")
+    report(line, args.out)
 
 
 if __name__ == "__main__":
