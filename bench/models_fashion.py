@@ -63,7 +63,7 @@ PLANS: dict[str, dict[str, Any]] = {
     # gates then need their own, faster rate, and start nearly open (drop rate 0.1): the gate
     # noise of the default 0.3 alone cost 0.4 points.
     "l0": {"optimizer": "optuna:tpe", "budget": {"trials": 6},
-           "regularization": {"granularity": "neuron", "log10_lambda": [-5.5, -4.5], "epochs": 2,
+           "regularization": {"granularity": "neuron", "log10_lambda": [-7.0, -5.5], "epochs": 2,
                               "finetune_epochs": 1, "train_subset": 20000, "lr": 1e-4,
                               "gate_lr": 0.03, "drop_rate_init": 0.1, "pruner": "median"}},
     "sgl": {"optimizer": "optuna:tpe", "budget": {"trials": 6},
