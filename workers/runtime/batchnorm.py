@@ -69,11 +69,12 @@ def normalized_outputs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[s
             hooks.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
             hooks.append(m.register_forward_pre_hook(norm_hook))
+    device = next((t.device for t in model.state_dict().values()), torch.device("cpu"))
     was_training = model.training
     model.eval()  # the running statistics are read, never updated
     try:
         with torch.no_grad():
-            model(torch.zeros((2, *input_shape)))
+            model(torch.zeros((2, *input_shape), device=device))
     finally:
         for h in hooks:
             h.remove()
