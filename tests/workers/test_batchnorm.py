@@ -239,6 +239,11 @@ def test_normalized_outputs_pairs_each_convolution_with_its_batchnorm() -> None:
             return out
 
     assert normalized_outputs(ReluFirst(), (1, 8, 8)) == {}
+    # a BatchNorm without scale and shift has nothing a gate could multiply
+    plain = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4, affine=False))
+    assert normalized_outputs(plain, (1, 8, 8)) == {}
+    plain[1] = torch.nn.BatchNorm2d(4)
+    assert normalized_outputs(plain, (1, 8, 8)) == {"0.weight": "1"}
 
 
 def test_l0_channel_gates_act_after_batchnorm(reference: dict[str, torch.Tensor],

@@ -291,6 +291,8 @@ class _Trial:
         weight at 0 (so its update is exactly 0), and the mask is reapplied after each step."""
         masks = {t.name: params[t.name] != 0 for t in self.prunable}
         for conv, norm in self.normalized.items():
+            if conv not in masks:
+                continue  # a convolution the method does not prune
             # a removed filter's BatchNorm stays at 0 too where the regularizer zeroed it (l0's
             # channel gates): trained, its bias alone would make the channel a constant again
             alive = masks[conv].flatten(1).any(dim=1)

@@ -49,7 +49,8 @@ def normalized_outputs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[s
     Found by running the model once on a dummy batch of two and matching each BatchNorm call's
     input tensor against the outputs of the convolutions called before it, so it holds for any
     module that calls its layers as submodules, built-in or uploaded; a convolution whose output
-    goes anywhere else first (an activation, a sum) is not listed."""
+    goes anywhere else first (an activation, a sum), or into a BatchNorm without a scale and
+    shift, is not listed."""
     names = {m: n for n, m in model.named_modules()}
     # the outputs are kept alive, so that no later tensor can reuse an id
     produced: dict[int, tuple[str, torch.Tensor]] = {}
@@ -60,7 +61,7 @@ def normalized_outputs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[s
 
     def norm_hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         source = produced.get(id(args[0]))
-        if source is not None and source[1] is args[0]:
+        if source is not None and source[1] is args[0] and getattr(module, "affine", False):
             found[f"{source[0]}.weight"] = names[module]
 
     hooks = []
