@@ -16,7 +16,7 @@ from service.pt2_upload import parse_pt2
 from tests.graph_models import NETS, export_bytes
 from workers.models import zoo
 from workers.models.flops import macs
-from workers.runtime.batchnorm import recalibrate
+from workers.runtime.batchnorm import normalized_outputs, recalibrate
 from workers.runtime.evaluation import activation_elements
 
 
@@ -134,3 +134,12 @@ def test_tucker_and_mpd_leave_a_graph_s_grouped_convolutions_as_they_are() -> No
     options = MpdOptions(blocks=(1, 2, 4))
     assert choices(table[pointwise], options, fixed) == (1, 2, 4)
     assert all(choices(table[n], options, fixed) == (1,) for n in depthwise)
+
+
+def test_an_uploaded_graph_pairs_its_convolutions_with_their_batchnorms() -> None:
+    """l0's channel gates find the BatchNorm after each convolution of an uploaded graph as of
+    the same module in eager form: its layers and BatchNorms are modules at the user's paths."""
+    eager, graph = _pair("vgg")
+    found = normalized_outputs(graph, (1, 28, 28))
+    assert found == {"features.0.weight": "features.1", "features.4.weight": "features.5"}
+    assert found == normalized_outputs(eager, (1, 28, 28))
