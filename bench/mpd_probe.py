@@ -1,10 +1,11 @@
 """Single `mpd` trials outside the service, to see which training options buy what before a search.
 
-    .venv/bin/python bench/mpd_probe.py --blocks 32 8 1 [--dataset mnist] [--set distill=0.5 …]
-        [--seed 3] [--out bench/results/mpd_probe_cpu.jsonl]
+    .venv/bin/python bench/mpd_probe.py --blocks 32 8 1 [--model lenet-300-100] [--dataset mnist]
+        [--set epochs=16 …] [--seed 3] [--out bench/results/mpd_probe_cpu.jsonl]
 
-Runs workers.methods.mpd.train_trial once on LeNet-300-100's `thresher zoo train` reference of
-bench/mpd_mnist.py with the given block count per layer (fc1 fc2 fc3) and options, and prints one
+Runs workers.methods.mpd.train_trial once on the model's `thresher zoo train` reference of
+bench/mpd_mnist.py with the given block count per prunable layer (LeNet-300-100: fc1 fc2 fc3;
+LeNet-5: conv1 conv2 fc1 fc2) and options, and prints one
 JSON line: validation accuracy and its drop against the reference's (validation split only: this
 probe is for choosing defaults, so it never scores the test split), the parameter ratio and the
 wall time. Appends the line to --out when given.
@@ -37,19 +38,18 @@ from workers.models import zoo  # noqa: E402
 from workers.runtime.data import builtin_arrays, split_arrays  # noqa: E402
 from workers.runtime.evaluation import accuracy  # noqa: E402
 
-ARCH = "lenet-300-100"
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--blocks", type=int, nargs="+", required=True, help="k per prunable layer")
+    ap.add_argument("--model", default="lenet-300-100", choices=["lenet-300-100", "lenet-5"])
     ap.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
     probe_arguments(ap, "mpd")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     cfg = Settings()
     device = torch.device("cpu")
-    arch = get_architecture(ARCH)
+    arch = get_architecture(args.model)
     mpd = options_set(args.set)
     spec = JobSpec.model_validate({"model_id": "probe", "dataset_id": "probe", "method": "mpd",
                                    "max_accuracy_drop": 0.005, "budget": {"trials": 1},
@@ -59,13 +59,13 @@ def main() -> None:
     candidate = [blocks[t.name] for t in arch.prunable if len(choices(t, spec.mpd, fixed)) > 1]
     summary = {"validation": {"fraction": DEFAULT_VALIDATION_FRACTION, "seed": DEFAULT_SPLIT_SEED}}
     splits = split_arrays(builtin_arrays(args.dataset, cfg.datasets_dir), summary)
-    ref = safetensors.torch.load(reference(ARCH, args.dataset, device, cfg).read_bytes())
+    ref = safetensors.torch.load(reference(args.model, args.dataset, device, cfg).read_bytes())
     ref_val = accuracy(zoo.build(arch).eval(), ref, splits.x_val, splits.y_val)
     started = time.perf_counter()
     out = train_trial(arch, ref, splits, spec, candidate, seed=args.seed, device=device,
                       report=lambda epoch, acc: False, check=lambda: None)
     seconds = time.perf_counter() - started
-    line = {"label": args.label, "dataset": args.dataset, "seed": args.seed, "blocks": args.blocks,
+    line = {"label": args.label, "model": args.model, "dataset": args.dataset, "seed": args.seed, "blocks": args.blocks,
             "options": spec.mpd.model_dump(exclude_defaults=True),
             "val_accuracy": out.val_accuracy, "val_drop_pt": 100 * (ref_val - out.val_accuracy),
             "ratio": out.total / out.nonzero, "intermediate": out.intermediate,

@@ -128,7 +128,10 @@ def job_training_rate(done: dict[str, Any], trials: list[dict[str, Any]], second
     """The job's SGD iterations per second: its iterations over its wall time less every scoring
     it recorded (so the writes, state saves and the search's bookkeeping count against it)."""
     o = done["spec"]["olmp"]
-    iterations = o["rounds"] * o["adjust_iterations"] + o["retrain_iterations"]
+    # every retraining attempt the ladder ran trains retrain_iterations (attempt i is round
+    # rounds + i): counting one attempt only would charge the others' steps as overhead
+    attempts = len({t["round"] for t in trials if t["stage"] == "retrain"})
+    iterations = o["rounds"] * o["adjust_iterations"] + max(attempts, 1) * o["retrain_iterations"]
     scoring = sum(t["duration_ms"] or 0.0 for t in trials) / 1e3
     return iterations / max(seconds - scoring, 1e-9)
 
