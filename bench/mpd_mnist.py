@@ -1,12 +1,13 @@
 """MPDCompress (method `mpd`) on MNIST / Fashion-MNIST through the service, next to the paper.
 
     .venv/bin/python bench/mpd_mnist.py [--models lenet-300-100 lenet-5] [--datasets mnist fashion-mnist]
-        [--seeds 0 1 2] [--budget 24] [--scan 4 8 16 32 64] [--device cpu] [--tag NAME]
+        [--seeds 0 1 2] [--budget 24] [--scan 4 8 16 32 64] [--set epochs=4 …] [--device cpu]
+        [--tag NAME]
 
 For each model and dataset: the `thresher zoo train` reference (onecycle recipe, cached under
 var/bench/), then through the real API (in process), a real worker and SQLite
-- one `mpd` job per seed with k searched per layer (the spec's defaults, optuna TPE, δ = 0.005 on
-  the validation split),
+- one `mpd` job per seed with k searched per layer (the spec's defaults, or those `--set` changes
+  for every job of the run, optuna TPE, δ = 0.005 on the validation split),
 - one job per k of `--scan` with that k shared by every layer (`share_blocks`: the paper's
   hand-picked setting; a layer too small for it takes the largest k it allows), one trial each.
 Every job's pruned checkpoint is downloaded and scored by a plain torch model written here (not
@@ -38,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from olmp_mnist import all_trials, median, plain_model, run_job, service, write_results  # noqa: E402
+from regularization_probe import options_set  # noqa: E402
 
 import thresher.loader  # noqa: E402
 from core.artifacts import MANIFEST_KEY  # noqa: E402
@@ -184,14 +186,17 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=24, help="trials per searched job")
     ap.add_argument("--scan", nargs="*", type=int, default=[4, 8, 16, 32, 64],
                     help="shared k values scanned (one single-trial job each)")
+    ap.add_argument("--set", nargs="*", default=[],
+                    help="option=value pairs of the mpd spec, for every job of the run (e.g. epochs=4)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
+    common = options_set(args.set)
     device = devices.pick(args.device)
     cfg = Settings()
     name = "mpd_mnist" + (f"_{args.tag}" if args.tag else "")
     results: dict[str, Any] = {"delta": DELTA, "optimizer": OPTIMIZER, "budget": args.budget,
-                               "seeds": args.seeds, "published": PUBLISHED, "rows": {}}
+                               "seeds": args.seeds, "mpd": common, "published": PUBLISHED, "rows": {}}
     t_start = time.perf_counter()
     for dataset in args.datasets:
         summary = {"validation": {"fraction": DEFAULT_VALIDATION_FRACTION, "seed": DEFAULT_SPLIT_SEED}}
@@ -212,7 +217,7 @@ def main() -> None:
                 for kind, seed, mpd in plans:
                     body = {**ids, "method": "mpd", "optimizer": OPTIMIZER, "max_accuracy_drop": DELTA,
                             "budget": {"trials": args.budget if kind == "searched" else 1},
-                            "seed": seed, "mpd": mpd}
+                            "seed": seed, "mpd": {**common, **mpd}}
                     done, seconds = run_job(client, worker, body)
                     if done["status"] != "succeeded":
                         # what its trials reached, as the API reports them (nothing to download)
