@@ -88,6 +88,34 @@ def test_training_resumed_from_a_saved_state_continues_the_same_trajectory(train
     assert a.iteration == b.iteration == 70
 
 
+def test_frozen_training_keeps_pruned_weights_and_their_velocity_at_zero_and_resumes_frozen(trainer_parts) -> None:  # type: ignore[no-untyped-def]
+    a = _trainer(trainer_parts, seed=5)
+    a.set_thresholds({n: float(a.w[n].abs().median()) for n in a.masked})
+    a.train(10)
+    spliced = a.state()  # pruned weights still carry values while masks may change
+    assert any(torch.count_nonzero(spliced.weights[n] * (1 - spliced.masks[n])) for n in a.masked)
+    a.freeze()
+    a.train(10)
+    saved = a.state()
+    a.train(15)
+    for n in a.masked:
+        pruned = 1 - a.m[n]
+        assert torch.count_nonzero(a.w[n] * pruned) == 0
+        assert torch.count_nonzero(a.v[n] * pruned) == 0  # no momentum to carry a weight back
+
+    b = _trainer(trainer_parts, seed=77)
+    b.load(saved, frozen=True)
+    b.train(15)
+    for n in a.w:
+        assert torch.equal(a.w[n], b.w[n])
+
+    # a state saved while splicing, loaded frozen: its pruned weights are zero before any step
+    c = _trainer(trainer_parts, seed=77)
+    c.load(spliced, frozen=True)
+    for n in c.masked:
+        assert torch.count_nonzero(c.w[n] * (1 - c.m[n])) == 0
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a lent one)")
 def test_the_cuda_graph_step_is_the_eager_step(trainer_parts) -> None:  # type: ignore[no-untyped-def]
     arch, params, splits = trainer_parts

@@ -293,7 +293,9 @@ class MaskedTrainer:
         self.iteration = state.iteration
         self.batches.set_state(state.batch_rng)
         self.coins.bit_generator.state = state.coin_rng
-        self.frozen = frozen
+        self.frozen = False
+        if frozen:
+            self.freeze()  # frozen steps compute with W: pruned weights must be zero
 
 
 def keep_fractions(trainer: MaskedTrainer) -> dict[str, float]:
