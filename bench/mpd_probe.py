@@ -5,10 +5,10 @@
 
 Runs workers.methods.mpd.train_trial once on the model's `thresher zoo train` reference of
 bench/mpd_mnist.py with the given block count per prunable layer (LeNet-300-100: fc1 fc2 fc3;
-LeNet-5: conv1 conv2 fc1 fc2) and options, and prints one
-JSON line: validation accuracy and its drop against the reference's (validation split only: this
-probe is for choosing defaults, so it never scores the test split), the parameter ratio and the
-wall time. Appends the line to --out when given.
+LeNet-5: conv1 conv2 fc1 fc2) and options, and prints one JSON line: validation accuracy and its
+drop against the reference's (validation split only: this probe is for choosing defaults, so it
+never scores the test split), the parameter ratio and the wall time. Appends the line to --out
+when given.
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ def main() -> None:
     out = train_trial(arch, ref, splits, spec, candidate, seed=args.seed, device=device,
                       report=lambda epoch, acc: False, check=lambda: None)
     seconds = time.perf_counter() - started
-    line = {"label": args.label, "model": args.model, "dataset": args.dataset, "seed": args.seed, "blocks": args.blocks,
+    line = {"label": args.label, "model": args.model, "dataset": args.dataset, "seed": args.seed,
+            "blocks": args.blocks,
             "options": spec.mpd.model_dump(exclude_defaults=True),
             "val_accuracy": out.val_accuracy, "val_drop_pt": 100 * (ref_val - out.val_accuracy),
             "ratio": out.total / out.nonzero, "intermediate": out.intermediate,
