@@ -113,6 +113,8 @@ class MaskedTrainer:
         self._scratch = {n: (torch.empty_like(self.m[n]), torch.empty_like(self.m[n]))
                          for n in self.masked}
         self.v = {n: torch.zeros_like(t, requires_grad=False) for n, t in self.w.items()}
+        # where each masked tensor's gradient sits among the step's gradients (frozen steps mask them)
+        self._masked_grads = [self.names.index(n) for n in self.masked]
         self.thresholds: dict[str, float] = {n: 0.0 for n in self.masked}
         self.iteration = 0
         self.batches = torch.Generator(device=device).manual_seed(seed)
@@ -190,8 +192,7 @@ class MaskedTrainer:
         grads = torch.autograd.grad(loss, wrt)
         with torch.no_grad():
             if self.frozen:
-                position = {k: i for i, k in enumerate(self.names)}
-                torch._foreach_mul_([grads[position[k]] for k in self.masked],
+                torch._foreach_mul_([grads[i] for i in self._masked_grads],
                                     [self.m[k] for k in self.masked])
             # Caffe: v ← m·v + lr·(g + wd·w); w ← w − v
             velocity = [self.v[k] for k in self.names]
