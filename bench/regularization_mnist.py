@@ -352,9 +352,8 @@ def score(arch: str, weights: bytes, rows: list[dict[str, Any]], x_test: torch.T
     """Test error, units, compact parameters and speed-up, from the downloads; in place."""
     dense = plain_model(arch, safetensors.torch.load(weights))
     for r in rows:
-        ratios = [q for q in (trial_rate_ratio(t, r["finetune_epochs"], bare[r["method"]])
-                                      for t in r["trials"])
-                  if q is not None]
+        ratios = [q for t in r["trials"]
+                  if (q := trial_rate_ratio(t, r["finetune_epochs"], bare[r["method"]])) is not None]
         r["epoch_rate_vs_bare"] = statistics.median(ratios) if ratios else None
         r["pruned_trials"] = sum(1 for t in r.pop("trials") if t["pruned"])
         if r["status"] != "succeeded":
