@@ -392,7 +392,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="2 + 1 epochs a trial, 4 trials, seed 0")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--methods", nargs="*", default=None, choices=["l0 neuron", "l0 weight", "sgl"],
+    ap.add_argument("--methods", nargs="*", default=None,
+                    choices=list(dict.fromkeys(run_label(m, e) for rs in RUNS.values() for m, e in rs)),
                     help="only these rows of RUNS (all by default)")
     ap.add_argument("--tag", default="", help="written to regularization_mnist_<tag>_<device>.json")
     args = ap.parse_args()
