@@ -2,10 +2,11 @@
 
     .venv/bin/python bench/tucker_mnist.py [--runs lenet-5/mnist vgg-fashion/fashion-mnist]
         [--seeds 0 1 2] [--budget 12] [--epochs 1] [--train-subset N] [--objective parameters|flops]
-        [--device cpu] [--tag NAME]
+        [--set distill=0.5 …] [--workers 2] [--device cpu] [--tag NAME]
 
 For each model and dataset: the `thresher zoo train` reference (cached under var/bench/), then,
-through the real API (in process), a real worker and SQLite, per seed
+through the real API (in process), `--workers` real `thresher worker` processes of one torch
+thread each (budget.parallel = workers) and SQLite, per seed
 - a `tucker` job of one trial: EVBMF's own ranks (trial 0 of every job), fine-tuned — the paper,
 - a `tucker` job with the ranks searched (optuna TPE), the same fine-tuning per trial,
 both at δ = 0.005 on the validation split. Each job's full-shape download is scored by a plain
@@ -22,11 +23,14 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import safetensors.torch
 import torch
+from fastapi.testclient import TestClient
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,11 +39,16 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import models_fashion  # noqa: E402
 import mpd_mnist  # noqa: E402
-from olmp_mnist import median, plain_model, run_job, service, write_results  # noqa: E402
+from olmp_mnist import median, plain_model, write_results  # noqa: E402
+from regularization_probe import options_set  # noqa: E402
+from trial_workers import wait_for_job, worker_processes  # noqa: E402
 
 import thresher.loader  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION  # noqa: E402
+from service.app import create_app  # noqa: E402
+from store import tokens  # noqa: E402
+from store.db import make_engine, make_sessionmaker, transaction, upgrade  # noqa: E402
 from workers.runtime import device as devices  # noqa: E402
 from workers.runtime.data import builtin_arrays, split_arrays  # noqa: E402
 
@@ -138,6 +147,24 @@ def scored(arch: str, done: dict[str, Any], full: bytes, decomposed: bytes, spli
             "cpu_latency": latency(ref, small)}
 
 
+@contextmanager
+def service(arch: str, weights: bytes, device: str, workdir: Path,
+            dataset: str) -> Iterator[tuple[TestClient, str, dict[str, str]]]:
+    """The API (in process) on a fresh SQLite file with the model and a built-in dataset
+    uploaded: (client, the database's URL for the workers, {"model_id", "dataset_id"})."""
+    url = f"sqlite:///{workdir / f'{arch}.db'}"
+    upgrade(url)
+    with transaction(make_sessionmaker(make_engine(url))) as s:
+        _, token = tokens.create(s, "bench")
+    cfg = Settings(database_url=url, cache_dir=workdir / "cache", device=device)
+    with TestClient(create_app(cfg), headers={"Authorization": f"Bearer {token}"}) as client:
+        model = client.post("/v1/models", data={"architecture": arch}, files={"weights": ("w", weights)})
+        assert model.status_code == 201, model.text
+        ds = client.post("/v1/datasets", json={"builtin": dataset})
+        assert ds.status_code == 201, ds.text
+        yield client, url, {"model_id": model.json()["id"], "dataset_id": ds.json()["id"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", nargs="+", default=["lenet-5/mnist"],
@@ -149,6 +176,8 @@ def main() -> None:
     ap.add_argument("--objective", default="parameters", choices=["parameters", "flops"])
     ap.add_argument("--log2-rank-scale", nargs=2, type=float, metavar=("LO", "HI"),
                     help="tucker.log2_rank_scale, the box of the rank multipliers (default: the method's)")
+    ap.add_argument("--set", nargs="*", default=[], help="more option=value pairs of the spec's tucker")
+    ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
@@ -157,8 +186,10 @@ def main() -> None:
     name = "tucker_mnist" + (f"_{args.tag}" if args.tag else "")
     tk = {"epochs": args.epochs, "objective": args.objective,
           **({"train_subset": args.train_subset} if args.train_subset else {}),
-          **({"log2_rank_scale": args.log2_rank_scale} if args.log2_rank_scale else {})}
+          **({"log2_rank_scale": args.log2_rank_scale} if args.log2_rank_scale else {}),
+          **options_set(args.set)}
     results: dict[str, Any] = {"delta": DELTA, "optimizer": OPTIMIZER, "budget": args.budget,
+                               "workers": args.workers,
                                "tucker": tk, "seeds": args.seeds, "published": PUBLISHED, "rows": {}}
     t0 = time.perf_counter()
     for run in args.runs:
@@ -172,12 +203,18 @@ def main() -> None:
         rows: dict[str, Any] = {"vbmf": [], "searched": []}
         results["rows"][run] = rows
         with tempfile.TemporaryDirectory() as tmp, \
-                service(arch, weights, args.device, Path(tmp), dataset) as (client, worker, ids):
+                service(arch, weights, args.device, Path(tmp), dataset) as (client, url, ids), \
+                worker_processes(url, args.workers, Path(tmp), tag=arch, device=args.device) as procs:
             for seed in args.seeds:
                 for kind, budget in (("vbmf", 1), ("searched", args.budget)):
                     body = {**ids, "method": "tucker", "optimizer": OPTIMIZER, "max_accuracy_drop": DELTA,
-                            "budget": {"trials": budget}, "seed": seed, "tucker": tk}
-                    done, seconds = run_job(client, worker, body)
+                            "budget": {"trials": budget, "parallel": min(budget, args.workers)},
+                            "seed": seed, "tucker": tk}
+                    r = client.post("/v1/jobs", json=body)
+                    assert r.status_code == 201, r.text
+                    t0 = time.perf_counter()
+                    done = wait_for_job(client, r.json()["id"], procs)
+                    seconds = time.perf_counter() - t0
                     if done["status"] != "succeeded":
                         # what the trials reached, to see how far from δ they stayed
                         reached = [{"val_drop": t["metrics"].get("accuracy_drop"),

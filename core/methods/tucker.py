@@ -38,6 +38,11 @@ class TuckerOptions(BaseModel):
     epochs: int = Field(1, ge=0, le=1000, description="fine-tuning epochs of a trial")
     batch_size: int = Field(100, ge=1, le=65_536)
     lr: float = Field(1e-3, gt=0, le=10, description="Adam's learning rate, cosine-annealed to 0")
+    distill: float = Field(
+        0.0, ge=0.0, le=1.0, description="weight of the distillation term in the fine-tuning loss: "
+        "(1 − distill) · cross-entropy on the labels + distill · T² · KL divergence from the uploaded "
+        "model's softened outputs (T = distill_temperature)")
+    distill_temperature: float = Field(4.0, gt=0.0, le=100.0)
     train_subset: int | None = Field(
         None, ge=100, description="fine-tune each trial on this many training samples (seeded)")
     objective: Literal["parameters", "flops"] = Field(

@@ -146,6 +146,31 @@ def test_a_trial_composes_back_exactly_and_the_download_reproduces_it(arch: Any)
         decomposed_artifact.module(manifest, bad)
 
 
+def test_distillation_learns_from_the_uploaded_model_not_the_labels() -> None:
+    """With distill 1 the loss is the uploaded model's soft targets alone: other labels train the
+    very same weights; with distill 0.5 they count, and the weights differ."""
+    from workers.runtime.data import Splits
+
+    torch.manual_seed(0)
+    reference = {k: v.detach().clone() for k, v in zoo.build(LENET_5).state_dict().items()}
+    base = random_splits()
+    relabelled = Splits(base.x_train, (base.y_train + 1) % 10, base.x_val, base.y_val,
+                        base.x_test, base.y_test)
+
+    def trained(splits: Any, distill: float) -> dict[str, torch.Tensor]:
+        spec = JobSpec(model_id="m", dataset_id="d", method="tucker", max_accuracy_drop=0.1,
+                       budget={"trials": 1}, tucker={"epochs": 1, "batch_size": 50, "distill": distill})
+        return tucker.train_trial(LENET_5, reference, splits, spec, [-1.0, -1.0], seed=0,
+                                  device=torch.device("cpu"), report=lambda e, a: False,
+                                  check=lambda: None).params
+
+    same = trained(base, 1.0), trained(relabelled, 1.0)
+    assert all(torch.equal(same[0][k], same[1][k]) for k in same[0])
+    mixed = trained(base, 0.5), trained(relabelled, 0.5)
+    assert not torch.equal(mixed[0]["fc1.weight"], mixed[1]["fc1.weight"])
+    assert not torch.equal(same[0]["fc1.weight"], mixed[0]["fc1.weight"])
+
+
 def test_a_layer_whose_decomposition_is_not_smaller_stays_as_it_is() -> None:
     torch.manual_seed(0)
     reference = {k: v.detach().clone() for k, v in zoo.build(LENET_5).state_dict().items()}
@@ -168,6 +193,7 @@ def test_a_layer_whose_decomposition_is_not_smaller_stays_as_it_is() -> None:
     ("lenet-5", {"log2_rank_scale": [0.5, 1.0]}, "tucker.log2_rank_scale must satisfy"),
     ("lenet-5", {"epochs": -1}, "epochs"),
     ("lenet-5", {"ranks": 3}, "ranks"),
+    ("lenet-5", {"distill": 1.5}, "distill"),
     ("lenet-300-100", {"decompose_linear": False}, "lenet-300-100 has no layer to decompose"),
 ])
 def test_a_bad_tucker_spec_is_answered_422_naming_the_field(settings: Settings, arch: str,

@@ -43,7 +43,7 @@ from workers.models.tucker import (
 from workers.runtime.batchnorm import recalibrate
 from workers.runtime.data import Splits
 from workers.runtime.evaluation import accuracy
-from workers.runtime.fine_tuning import train, training_data
+from workers.runtime.fine_tuning import TrainingData, train, training_data
 from workers.search.space import Real, Space, Value
 from workers.search.trials import ExtraArtifact, SearchResult
 
@@ -101,6 +101,18 @@ def composed_params(arch: Architecture, model: nn.Module, ranks: dict[str, Ranks
     return {k: v.contiguous() for k, v in out.items()}
 
 
+def _teacher_log_probs(arch: Architecture, reference: dict[str, torch.Tensor], x: torch.Tensor,
+                       o: TuckerOptions, device: torch.device) -> torch.Tensor:
+    """The uploaded model's log-probabilities at the distillation temperature, for every
+    training sample of the trial (eval mode: the reference's own BatchNorm statistics)."""
+    teacher = zoo.build(arch)
+    teacher.load_state_dict({k: v.detach().cpu() for k, v in reference.items()})
+    teacher.to(device).eval()
+    with torch.no_grad():
+        return torch.cat([nn.functional.log_softmax(teacher(x[s : s + 1000]) / o.distill_temperature, dim=1)
+                          for s in range(0, x.shape[0], 1000)])
+
+
 def train_trial(arch: Architecture, reference: dict[str, torch.Tensor], splits: Splits,
                 spec: JobSpec, candidate: Sequence[Any], *, seed: int, device: torch.device,
                 report: Callable[[int, float], bool], check: Callable[[], None]) -> TrialOutcome:
@@ -115,8 +127,21 @@ def train_trial(arch: Architecture, reference: dict[str, torch.Tensor], splits: 
         recalibrate(model, buffers, model, data.x[:CALIBRATION_IMAGES], o.batch_size)
         return accuracy(model, dict(model.state_dict()), x_val, y_val)
 
-    def loss(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(model(xb), yb)
+    teacher = _teacher_log_probs(arch, reference, data.x, o, device) if o.distill > 0 else None
+    labels = data.y
+    # the batches carry sample indices, so that the loss can look up both the label and the
+    # uploaded model's soft targets, computed once for the trial rather than once a batch
+    data = TrainingData(data.x, torch.arange(data.x.shape[0], device=device), data.gen)
+
+    def loss(xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        logits = model(xb)
+        ce = nn.functional.cross_entropy(logits, labels[idx])
+        if teacher is None:
+            return ce
+        t = o.distill_temperature
+        kd = nn.functional.kl_div(nn.functional.log_softmax(logits / t, dim=1), teacher[idx],
+                                  log_target=True, reduction="batchmean") * (t * t)
+        return (1.0 - o.distill) * ce + o.distill * kd
 
     if o.epochs == 0:
         intermediate, pruned_at = [score()], None
