@@ -42,7 +42,9 @@ class TuckerOptions(BaseModel):
         0.0, ge=0.0, le=1.0, description="weight of the distillation term in the fine-tuning loss: "
         "(1 − distill) · cross-entropy on the labels + distill · T² · KL divergence from the uploaded "
         "model's softened outputs (T = distill_temperature)")
-    distill_temperature: float = Field(4.0, gt=0.0, le=100.0)
+    distill_temperature: float = Field(
+        4.0, gt=0.0, le=100.0, description="temperature T that softens both models' outputs in the "
+        "distillation term")
     train_subset: int | None = Field(
         None, ge=100, description="fine-tune each trial on this many training samples (seeded)")
     objective: Literal["parameters", "flops"] = Field(
