@@ -160,10 +160,10 @@ def reference(arch: str, iterations: int, device: torch.device, cfg: Settings) -
 
 
 @contextmanager
-def service(arch: str, weights: bytes, device: str, workdir: Path,
-            dataset: str = "mnist") -> Iterator[tuple[TestClient, Worker, dict[str, str]]]:
+def api(arch: str, weights: bytes, device: str, workdir: Path,
+        dataset: str = "mnist") -> Iterator[tuple[TestClient, Settings, dict[str, str]]]:
     """The API (in process) on a fresh SQLite database with the model and a built-in dataset
-    uploaded, and a worker on the same database: (client, worker, {"model_id", "dataset_id"})."""
+    uploaded: (client, its settings, {"model_id", "dataset_id"})."""
     url = f"sqlite:///{workdir / f'{arch}.db'}"
     upgrade(url)
     with transaction(make_sessionmaker(make_engine(url))) as s:
@@ -174,7 +174,15 @@ def service(arch: str, weights: bytes, device: str, workdir: Path,
         assert model.status_code == 201, model.text
         ds = client.post("/v1/datasets", json={"builtin": dataset})
         assert ds.status_code == 201, ds.text
-        yield client, Worker(cfg, name="bench"), {"model_id": model.json()["id"], "dataset_id": ds.json()["id"]}
+        yield client, cfg, {"model_id": model.json()["id"], "dataset_id": ds.json()["id"]}
+
+
+@contextmanager
+def service(arch: str, weights: bytes, device: str, workdir: Path,
+            dataset: str = "mnist") -> Iterator[tuple[TestClient, Worker, dict[str, str]]]:
+    """`api`, and a worker in process on the same database: (client, worker, ids)."""
+    with api(arch, weights, device, workdir, dataset) as (client, cfg, ids):
+        yield client, Worker(cfg, name="bench"), ids
 
 
 def run_job(client: TestClient, worker: Worker, body: dict[str, Any]) -> tuple[dict[str, Any], float]:

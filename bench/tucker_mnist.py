@@ -23,14 +23,11 @@ import argparse
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import safetensors.torch
 import torch
-from fastapi.testclient import TestClient
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,16 +36,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import models_fashion  # noqa: E402
 import mpd_mnist  # noqa: E402
-from olmp_mnist import median, plain_model, write_results  # noqa: E402
+from olmp_mnist import api, median, plain_model, write_results  # noqa: E402
 from regularization_probe import options_set  # noqa: E402
 from trial_workers import wait_for_job, worker_processes  # noqa: E402
 
 import thresher.loader  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION  # noqa: E402
-from service.app import create_app  # noqa: E402
-from store import tokens  # noqa: E402
-from store.db import make_engine, make_sessionmaker, transaction, upgrade  # noqa: E402
 from workers.runtime import device as devices  # noqa: E402
 from workers.runtime.data import builtin_arrays, split_arrays  # noqa: E402
 
@@ -147,24 +141,6 @@ def scored(arch: str, done: dict[str, Any], full: bytes, decomposed: bytes, spli
             "cpu_latency": latency(ref, small)}
 
 
-@contextmanager
-def service(arch: str, weights: bytes, device: str, workdir: Path,
-            dataset: str) -> Iterator[tuple[TestClient, str, dict[str, str]]]:
-    """The API (in process) on a fresh SQLite file with the model and a built-in dataset
-    uploaded: (client, the database's URL for the workers, {"model_id", "dataset_id"})."""
-    url = f"sqlite:///{workdir / f'{arch}.db'}"
-    upgrade(url)
-    with transaction(make_sessionmaker(make_engine(url))) as s:
-        _, token = tokens.create(s, "bench")
-    cfg = Settings(database_url=url, cache_dir=workdir / "cache", device=device)
-    with TestClient(create_app(cfg), headers={"Authorization": f"Bearer {token}"}) as client:
-        model = client.post("/v1/models", data={"architecture": arch}, files={"weights": ("w", weights)})
-        assert model.status_code == 201, model.text
-        ds = client.post("/v1/datasets", json={"builtin": dataset})
-        assert ds.status_code == 201, ds.text
-        yield client, url, {"model_id": model.json()["id"], "dataset_id": ds.json()["id"]}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", nargs="+", default=["lenet-5/mnist"],
@@ -203,8 +179,9 @@ def main() -> None:
         rows: dict[str, Any] = {"vbmf": [], "searched": []}
         results["rows"][run] = rows
         with tempfile.TemporaryDirectory() as tmp, \
-                service(arch, weights, args.device, Path(tmp), dataset) as (client, url, ids), \
-                worker_processes(url, args.workers, Path(tmp), tag=arch, device=args.device) as procs:
+                api(arch, weights, args.device, Path(tmp), dataset) as (client, api_cfg, ids), \
+                worker_processes(api_cfg.database_url, args.workers, Path(tmp), tag=arch,
+                                 device=args.device) as procs:
             for seed in args.seeds:
                 for kind, budget in (("vbmf", 1), ("searched", args.budget)):
                     body = {**ids, "method": "tucker", "optimizer": OPTIMIZER, "max_accuracy_drop": DELTA,
