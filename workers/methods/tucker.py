@@ -105,9 +105,7 @@ def _teacher_log_probs(arch: Architecture, reference: dict[str, torch.Tensor], x
                        o: TuckerOptions, device: torch.device) -> torch.Tensor:
     """The uploaded model's log-probabilities at the distillation temperature, for every
     training sample of the trial (eval mode: the reference's own BatchNorm statistics)."""
-    teacher = zoo.build(arch)
-    teacher.load_state_dict({k: v.detach().cpu() for k, v in reference.items()})
-    teacher.to(device).eval()
+    teacher = decomposed_model(arch, reference, {}, device).eval()  # no layer decomposed
     with torch.no_grad():
         return torch.cat([nn.functional.log_softmax(teacher(x[s : s + 1000]) / o.distill_temperature, dim=1)
                           for s in range(0, x.shape[0], 1000)])
@@ -131,7 +129,7 @@ def train_trial(arch: Architecture, reference: dict[str, torch.Tensor], splits: 
     labels = data.y
     # the batches carry sample indices, so that the loss can look up both the label and the
     # uploaded model's soft targets, computed once for the trial rather than once a batch
-    data = TrainingData(data.x, torch.arange(data.x.shape[0], device=device), data.gen)
+    indexed = TrainingData(data.x, torch.arange(data.x.shape[0], device=device), data.gen)
 
     def loss(xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         logits = model(xb)
@@ -146,7 +144,7 @@ def train_trial(arch: Architecture, reference: dict[str, torch.Tensor], splits: 
     if o.epochs == 0:
         intermediate, pruned_at = [score()], None
     else:
-        intermediate, pruned_at = train(list(model.parameters()), loss, data, epochs=o.epochs,
+        intermediate, pruned_at = train(list(model.parameters()), loss, indexed, epochs=o.epochs,
                                         batch_size=o.batch_size, lr=o.lr, train_mode=model.train,
                                         score=score, report=report, check=check)
     model.eval()
