@@ -26,16 +26,19 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from mpd_mnist import reference  # noqa: E402
-from regularization_probe import options_set, probe_arguments, report  # noqa: E402
+from regularization_probe import (  # noqa: E402
+    options_set,
+    probe_arguments,
+    probe_spec,
+    report,
+    validation_splits,
+)
 
 from core.architectures import get_architecture  # noqa: E402
 from core.methods.mpd import choices, fixed_layers  # noqa: E402
 from core.settings import Settings  # noqa: E402
-from core.spec import JobSpec  # noqa: E402
-from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION  # noqa: E402
 from workers.methods.mpd import train_trial  # noqa: E402
 from workers.models import zoo  # noqa: E402
-from workers.runtime.data import builtin_arrays, split_arrays  # noqa: E402
 from workers.runtime.evaluation import accuracy  # noqa: E402
 
 
@@ -51,14 +54,11 @@ def main() -> None:
     device = torch.device("cpu")
     arch = get_architecture(args.model)
     mpd = options_set(args.set)
-    spec = JobSpec.model_validate({"model_id": "probe", "dataset_id": "probe", "method": "mpd",
-                                   "max_accuracy_drop": 0.005, "budget": {"trials": 1},
-                                   "seed": args.seed, "mpd": mpd})
+    spec = probe_spec("mpd", args.seed, mpd)
     blocks = dict(zip([t.name for t in arch.prunable], args.blocks, strict=True))
     fixed = fixed_layers(arch)
     candidate = [blocks[t.name] for t in arch.prunable if len(choices(t, spec.mpd, fixed)) > 1]
-    summary = {"validation": {"fraction": DEFAULT_VALIDATION_FRACTION, "seed": DEFAULT_SPLIT_SEED}}
-    splits = split_arrays(builtin_arrays(args.dataset, cfg.datasets_dir), summary)
+    splits = validation_splits(args.dataset, cfg)
     ref = safetensors.torch.load(reference(args.model, args.dataset, device, cfg).read_bytes())
     ref_val = accuracy(zoo.build(arch).eval(), ref, splits.x_val, splits.y_val)
     started = time.perf_counter()

@@ -32,10 +32,11 @@ from olmp_mnist import reference  # noqa: E402
 from core.architectures import get_architecture  # noqa: E402
 from core.methods.regularization import RegularizationOptions  # noqa: E402
 from core.settings import Settings  # noqa: E402
+from core.spec import JobSpec  # noqa: E402
 from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION  # noqa: E402
 from workers.methods.regularized import run_trial, strengths_needed  # noqa: E402
 from workers.models import zoo  # noqa: E402
-from workers.runtime.data import builtin_arrays, split_arrays  # noqa: E402
+from workers.runtime.data import Splits, builtin_arrays, split_arrays  # noqa: E402
 from workers.runtime.evaluation import accuracy  # noqa: E402
 
 REFERENCE_ITERATIONS = 10_000
@@ -60,6 +61,19 @@ def options_set(pairs: list[str]) -> dict[str, object]:
     return {k: option_value(v) for k, v in (s.split("=", 1) for s in pairs)}
 
 
+def probe_spec(method: str, seed: int, options: dict[str, object]) -> JobSpec:
+    """A one-trial job spec of `method` with its options, as the probes' trials read it."""
+    return JobSpec.model_validate({"model_id": "probe", "dataset_id": "probe", "method": method,
+                                   "max_accuracy_drop": 0.005, "budget": {"trials": 1},
+                                   "seed": seed, method: options})
+
+
+def validation_splits(dataset: str, cfg: Settings) -> Splits:
+    """A built-in dataset split as a job splits it by default."""
+    summary = {"validation": {"fraction": DEFAULT_VALIDATION_FRACTION, "seed": DEFAULT_SPLIT_SEED}}
+    return split_arrays(builtin_arrays(dataset, cfg.datasets_dir), summary)
+
+
 def report(line: dict[str, object], out: Path | None) -> None:
     print(json.dumps(line), flush=True)
     if out is not None:
@@ -81,12 +95,11 @@ def main() -> None:
     options = RegularizationOptions(**options_set(args.set))
     needed = strengths_needed(args.method, arch)
     strengths = args.strengths * needed if len(args.strengths) == 1 else args.strengths
-    summary = {"validation": {"fraction": DEFAULT_VALIDATION_FRACTION, "seed": DEFAULT_SPLIT_SEED}}
     if args.model == "vgg-fashion":  # the models bench's reference, on its own dataset
-        splits = split_arrays(builtin_arrays("fashion-mnist", cfg.datasets_dir), summary)
+        splits = validation_splits("fashion-mnist", cfg)
         path = models_fashion.reference(device, cfg)
     else:
-        splits = split_arrays(builtin_arrays("mnist", cfg.datasets_dir), summary)
+        splits = validation_splits("mnist", cfg)
         path, _ = reference(args.model, REFERENCE_ITERATIONS, device, cfg)
     ref = safetensors.torch.load(path.read_bytes())
     net = zoo.build(arch).eval()

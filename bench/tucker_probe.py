@@ -29,16 +29,19 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import models_fashion  # noqa: E402
 from mpd_mnist import reference  # noqa: E402
-from regularization_probe import options_set, probe_arguments, report  # noqa: E402
+from regularization_probe import (  # noqa: E402
+    options_set,
+    probe_arguments,
+    probe_spec,
+    report,
+    validation_splits,
+)
 
 from core.architectures import get_architecture  # noqa: E402
 from core.methods.tucker import decomposable  # noqa: E402
 from core.settings import Settings  # noqa: E402
-from core.spec import JobSpec  # noqa: E402
-from core.splits import DEFAULT_SPLIT_SEED, DEFAULT_VALIDATION_FRACTION  # noqa: E402
 from workers.methods.tucker import ranks_of, train_trial  # noqa: E402
 from workers.models import zoo  # noqa: E402
-from workers.runtime.data import builtin_arrays, split_arrays  # noqa: E402
 from workers.runtime.evaluation import accuracy  # noqa: E402
 
 DATASETS = {"vgg-fashion": "fashion-mnist", "lenet-5": "mnist"}
@@ -56,13 +59,10 @@ def main() -> None:
     device = torch.device("cpu")
     arch = get_architecture(args.model)
     dataset = DATASETS[args.model]
-    spec = JobSpec.model_validate({"model_id": "probe", "dataset_id": "probe", "method": "tucker",
-                                   "max_accuracy_drop": 0.005, "budget": {"trials": 1},
-                                   "seed": args.seed, "tucker": options_set(args.set)})
+    spec = probe_spec("tucker", args.seed, options_set(args.set))
     names = decomposable(arch, spec.tucker)
     candidate = args.scale * len(names) if len(args.scale) == 1 else args.scale
-    summary = {"validation": {"fraction": DEFAULT_VALIDATION_FRACTION, "seed": DEFAULT_SPLIT_SEED}}
-    splits = split_arrays(builtin_arrays(dataset, cfg.datasets_dir), summary)
+    splits = validation_splits(dataset, cfg)
     path = (models_fashion.reference(device, cfg) if args.model == "vgg-fashion"
             else reference(args.model, dataset, device, cfg))
     ref = safetensors.torch.load(path.read_bytes())
