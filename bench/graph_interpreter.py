@@ -14,9 +14,7 @@ Writes bench/results/graph_interpreter_cpu.json.
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from olmp_mnist import write_results  # noqa: E402
+from paired_timing import paired  # noqa: E402
 
 from core.settings import Settings  # noqa: E402
 from service.pt2_upload import parse_pt2  # noqa: E402
@@ -55,34 +54,14 @@ def step(net: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], None]:
 
 def compare(eager: nn.Module, graph: nn.Module) -> dict[tuple[int, str], dict[str, float]]:
     """(batch, mode) → eager and interpreter medians (ms) and their ratio, one torch thread,
-    interleaved repeats so that both see the same machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    interleaved repeats so that both see the same machine (bench/paired_timing.py)."""
     rows: dict[tuple[int, str], dict[str, float]] = {}
-    try:
-        for batch, repeats in REPEATS.items():
-            x = torch.randn(batch, 1, 28, 28)
-            for mode in ("forward", "forward+backward"):
-                runs = {"eager": step(eager, x, mode), "graph": step(graph, x, mode)}
-                times: dict[str, list[float]] = {k: [] for k in runs}
-                for run in runs.values():
-                    run()  # warm-up
-                for i in range(repeats):
-                    # ABBA: whichever runs second in a pair finds the allocator's cache warm and
-                    # the other core's load a moment later; alternating cancels both
-                    for k in (("eager", "graph") if i % 2 == 0 else ("graph", "eager")):
-                        t0 = time.perf_counter()
-                        runs[k]()
-                        times[k].append(time.perf_counter() - t0)
-                e, g = statistics.median(times["eager"]), statistics.median(times["graph"])
-                # the ratio of each pair, so a slow stretch of the machine slows both sides of it
-                ratios = sorted(gi / ei for gi, ei in zip(times["graph"], times["eager"], strict=True))
-                q1, q3 = ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]
-                rows[(batch, mode)] = {"eager_ms": 1e3 * e, "graph_ms": 1e3 * g,
-                                       "ratio": statistics.median(ratios), "ratio_q1": q1,
-                                       "ratio_q3": q3}
-    finally:
-        torch.set_num_threads(threads)
+    for batch, repeats in REPEATS.items():
+        x = torch.randn(batch, 1, 28, 28)
+        for mode in ("forward", "forward+backward"):
+            r = paired(step(eager, x, mode), step(graph, x, mode), repeats, threads=1)
+            rows[(batch, mode)] = {"eager_ms": r["a_ms"], "graph_ms": r["b_ms"], "ratio": r["ratio"],
+                                   "ratio_q1": r["ratio_q1"], "ratio_q3": r["ratio_q3"]}
     return rows
 
 
