@@ -264,7 +264,8 @@ def main() -> None:
                                                      for r in ok])}
         write_results(name, False, device, results)
     print(f"\ntucker through the service, {devices.describe(device)}, δ = {DELTA} on validation, "
-          f"{args.optimizer}, {args.budget} trials of {args.epochs} fine-tuning epoch(s)")
+          + (f"{args.optimizer}, {args.budget} trials" if "searched" in args.kinds else "EVBMF's ranks")
+          + f" of {args.epochs} fine-tuning epoch(s)")
     print(f"{'model / data':<28}{'ranks':<10}{'seed':>5}{'weights':>9}{'FLOPs':>8}{'val drop':>10}"
           f"{'test loss':>11}{'1 thr 256':>11}{'2 thr 256':>11}{'s':>7}")
     for run, rows in results["rows"].items():

@@ -23,9 +23,10 @@ from core.zoo import (
 
 def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
     """`nn.functional.max_pool2d(x, 2)`. Without autograd it is the maximum of the four strided
-    views, the same values (a maximum is exact) and, on this torch's CPU with one thread, 6–17×
-    faster than max_pool2d's NCHW kernel (`bench/max_pool.py`): vgg-fashion spent a quarter of a
-    batch's inference in its three poolings. With autograd max_pool2d itself, so that training
+    views, the same values (a maximum is exact) and, on this torch's CPU with one thread, 3.5–11×
+    faster than max_pool2d's NCHW kernel on vgg-fashion's shapes (`bench/max_pool.py`): at batch
+    256 its three poolings took an eighth of the dense model's inference and a quarter of its
+    Tucker-decomposed form's. With autograd max_pool2d itself, so that training
     sends a tie's gradient to one element as before, and on a map too small to pool, max_pool2d's
     error."""
     if (torch.is_grad_enabled() and x.requires_grad) or min(x.shape[-2:]) < 2:
