@@ -331,6 +331,28 @@ def test_a_multi_round_job_page_polls_and_shows_rounds_and_sorted_trials(world: 
     assert 'aria-sort="descending"' in page and f'data-poll="/ui/jobs/{jid}?sort=ratio&amp;dir=desc"' in page
 
 
+def test_a_derived_download_shows_its_size_flops_and_speed_in_both_layouts(world: World) -> None:
+    job = _job(world, "alice")
+    latency = {"threads": 1,
+               "1": {"dense_ms": 1.2, "decomposed_ms": 0.7, "speedup": 1.71},
+               "256": {"dense_ms": 157.4, "decomposed_ms": 104.2, "speedup": 1.51,
+                       "channels_last": {"dense_ms": 147.3, "decomposed_ms": 68.1, "speedup": 2.16}}}
+    best = {"trial_number": 0, "stage": "search", "compression_ratio": 5.47, "weights_ratio": 5.47,
+            "nonzero": round(266_610 / 5.47), "total": 266_610, "val_accuracy": 0.948,
+            "accuracy_drop": 0.002, "scored_on": 6000,
+            "decomposed": {"parameters": 52_727, "flops_ratio": 4.76, "test_accuracy": 0.9357,
+                           "cpu_latency": latency},
+            # a compact download measured before channels-last timings: NCHW only
+            "compact": {"parameters": 40_000, "cpu_latency": {"threads": 1, "256": {
+                "dense_ms": 10.0, "compact_ms": 5.0, "speedup": 2.0}}}}
+    _write_trials(world.url, [_trial(0, 5.47, 0.948)], trials_done=1, stage="search", best=best)
+    parts = world.browser("alice").get(f"/ui/jobs/{job['id']}").json()["parts"]
+    assert text_of(parts["job-best"], "best-decomposed") == (
+        "52,727 parameters, 4.76× fewer FLOPs, 1.51× as fast on CPU (batch 256; 2.16× with both "
+        "channels-last) test 0.9357")
+    assert text_of(parts["job-best"], "best-compact") == "40,000 parameters, 2.00× as fast on CPU (batch 256)"
+
+
 def test_cancel_from_the_dashboard(world: World) -> None:
     job = _job(world, "alice")
     browser = world.browser("alice")
