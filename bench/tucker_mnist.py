@@ -161,7 +161,10 @@ def scored(arch: str, done: dict[str, Any], full: bytes, decomposed: bytes, spli
             and params == best["nonzero"] and abs(test - done["test_accuracy"]) < 1e-9}
 
 
-def job_seconds(done: dict[str, Any]) -> float:
+def job_seconds(done: dict[str, Any]) -> float | None:
+    """From the job's start on a worker to its end (None for a job that never started)."""
+    if not done.get("started_at") or not done.get("finished_at"):
+        return None
     start, end = (datetime.fromisoformat(done[k]) for k in ("started_at", "finished_at"))
     return (end - start).total_seconds()
 
