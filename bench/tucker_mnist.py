@@ -148,12 +148,14 @@ def latency(dense: nn.Module, small: nn.Module) -> dict[str, Any]:
     each memory layout, one and two torch threads, batch 1 and 256, interleaved repeats
     (bench/paired_timing.py). `best` compares each model in its own faster layout."""
     out: dict[str, Any] = {}
+    models = {layout: [copy.deepcopy(m).to(memory_format=fmt) for m in (dense, small)]
+              for layout, fmt in LAYOUTS.items()}
     for threads in (1, 2):
         for batch, repeats in REPEATS.items():
             x = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(batch))
             rows = {}
             for layout, fmt in LAYOUTS.items():
-                d, s = (copy.deepcopy(m).to(memory_format=fmt) for m in (dense, small))
+                d, s = models[layout]
                 xl = x.contiguous(memory_format=fmt)
                 with torch.inference_mode():
                     r = speedup(lambda d=d, xl=xl: d(xl), lambda s=s, xl=xl: s(xl), repeats, threads)

@@ -52,9 +52,9 @@ def cpu_latency(dense: nn.Module, derived: nn.Module, input_shape: tuple[int, ..
     `<name>_ms`, with `speedup` = dense / derived) per batch size, on the same random inputs,
     alternating so that load from elsewhere hits both alike, under the process's current torch
     thread count (reported). Models of images are timed again with both in torch's channels-last
-    layout (under `channels_last`), where both run in it: thin decomposed convolutions gain from it far more than
-    dense ones (vgg-fashion's EVBMF ranks, one thread, batch 256: 1.5× NCHW, 2.2× channels-last,
-    bench/tucker_mnist.py)."""
+    layout (under `channels_last`), where both run in it: thin decomposed convolutions gain from
+    it far more than dense ones (vgg-fashion's EVBMF ranks, one thread, batch 256: 1.5× NCHW,
+    2.1× channels-last, bench/tucker_mnist.py)."""
     out: dict[str, Any] = {"threads": torch.get_num_threads()}
     gen = torch.Generator().manual_seed(0)
     last = _channels_last(dense, derived, input_shape) if len(input_shape) == 3 else None
