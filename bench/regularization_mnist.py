@@ -17,7 +17,8 @@ download's parameters and its test error in a plain torch model of the widths it
 and its CPU speed-up over the dense reference (one torch thread, batch 256, median of alternating
 repeats, after the workers have stopped). Each trial's training epochs per second are compared with
 a bare torch Adam loop written here (same forward, the same regularizer: hard-concrete gates for
-l0, the proximal step for sgl, same batch), run as two processes at once as the two workers run.
+l0, the proximal step for sgl, same batch), run right after each job as two processes at once as
+the two workers ran (workers idle between jobs), so that both are timed under the same load.
 Prints one table per model with the published rows and the median over seeds, and writes
 bench/results/regularization_mnist[_quick]_<device>.json.
 """
@@ -328,11 +329,17 @@ def run_model(arch: str, weights: bytes, seeds: list[int], trials: int, schedule
                     t0 = time.perf_counter()
                     done = wait_for_job(client, r.json()["id"], procs)
                     seconds = time.perf_counter() - t0
+                    # the bare loop right after its job, as many at once as workers trained: the
+                    # ratio compares the two under the same load (timed once per run, the
+                    # machine's other work between the bare loop and a late job skewed it 0.6–1.5×)
+                    bare = bare_loop(arch, weights, method, extra.get("granularity", "weight"), 100,
+                                     5_400, workers)
                     got = client.get(f"/v1/jobs/{done['id']}/trials", params={"limit": 1000}).json()["items"]
                     row: dict[str, Any] = {"method": label, "seed": seed, "job_id": done["id"],
                                            "finetune_epochs": spec["regularization"]["finetune_epochs"],
                                            "status": done["status"], "error": done["error"],
-                                           "seconds": seconds, "trials": got}
+                                           "seconds": seconds, "trials": got,
+                                           "bare_loop_epoch_seconds": bare}
                     if done["status"] == "succeeded":
                         row["job"] = done
                         row["pruned_bytes"] = client.get(f"/v1/jobs/{done['id']}/checkpoint").content
@@ -348,12 +355,13 @@ def run_model(arch: str, weights: bytes, seeds: list[int], trials: int, schedule
 
 
 def score(arch: str, weights: bytes, rows: list[dict[str, Any]], x_test: torch.Tensor,
-          y_test: torch.Tensor, bare: dict[str, dict[str, float]]) -> None:
+          y_test: torch.Tensor) -> None:
     """Test error, units, compact parameters and speed-up, from the downloads; in place."""
     dense = plain_model(arch, safetensors.torch.load(weights))
     for r in rows:
         ratios = [q for t in r["trials"]
-                  if (q := trial_rate_ratio(t, r["finetune_epochs"], bare[r["method"]])) is not None]
+                  if (q := trial_rate_ratio(t, r["finetune_epochs"], r["bare_loop_epoch_seconds"]))
+                  is not None]
         r["epoch_rate_vs_bare"] = statistics.median(ratios) if ratios else None
         r["pruned_trials"] = sum(1 for t in r.pop("trials") if t["pruned"])
         if r["status"] != "succeeded":
@@ -417,12 +425,9 @@ def main() -> None:
                     for m, e in RUNS[arch] if args.methods is None or run_label(m, e) in args.methods]
             rows = run_model(arch, weights, seeds, trials, schedule, runs, args.workers, args.device,
                              Path(tmp))
-            bare = {run_label(m, e):
-                    bare_loop(arch, weights, m, e.get("granularity", "weight"), 100, 5_400, args.workers)
-                    for m, e in runs}
-            score(arch, weights, rows, splits.x_test, splits.y_test, bare)
+            score(arch, weights, rows, splits.x_test, splits.y_test)
             results[arch] = {"reference_test_error": ref_error, "schedule": schedule,
-                             "bare_loop_epoch_seconds": bare, "runs": [[m, e] for m, e in runs],
+                             "runs": [[m, e] for m, e in runs],
                              "rows": rows}
     total_seconds = time.perf_counter() - started
     print(f"\nl0 / sgl on MNIST through the service ({args.workers} workers of one torch thread, "

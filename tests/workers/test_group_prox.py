@@ -83,3 +83,37 @@ def test_vectorised_prox_equals_row_by_row() -> None:
     batch = prox_rows(v, 0.4, 0.1)
     for i in range(50):
         assert torch.equal(batch[i : i + 1], prox_rows(v[i : i + 1], 0.4, 0.1))
+
+
+def every_k(row: np.ndarray, tl: float, te: float) -> np.ndarray:
+    """The closed form tried at every support size k = 0 … n (no candidate bound), one row."""
+    order = np.argsort(-np.abs(row), kind="stable")
+    norms = np.sqrt(np.cumsum(row[order] ** 2))
+    gains = np.concatenate([[0.0], 0.5 * np.clip(norms - tl, 0, None) ** 2 - te * np.arange(1, len(row) + 1)])
+    k = int(np.flatnonzero(gains == gains.max())[-1])
+    y = np.zeros_like(row)
+    if k:
+        y[order[:k]] = row[order[:k]] * max(0.0, 1.0 - tl / norms[k - 1])
+    return y
+
+
+@pytest.mark.parametrize("tl,te", [(0.0, 1e-3), (1e-3, 1e-4), (0.05, 5e-4), (1e-2, 0.0)])
+def test_a_mostly_pruned_layer_gets_the_same_prox_as_trying_every_size(tl: float, te: float) -> None:
+    # what a trial's weights look like once pruning has begun: most entries near zero, whole
+    # groups tiny, a few large ones (the prox then sorts only the candidates of the live rows)
+    rng = np.random.default_rng(7)
+    v = rng.normal(scale=0.003, size=(120, 60))
+    big = rng.random(v.shape) < 0.05
+    v[big] = rng.normal(scale=0.2, size=int(big.sum()))
+    v[:40] *= 0.01
+    y = prox_rows(torch.from_numpy(v), tl, te).numpy()
+    want = np.stack([every_k(row, tl, te) for row in v])
+    assert np.array_equal(y != 0, want != 0)
+    assert np.allclose(y, want, rtol=1e-12, atol=0)
+    assert not y[:40].any()  # the tiny groups are gone, whichever term removed them
+
+
+def test_a_layer_with_nothing_above_the_l0_price_is_all_zero() -> None:
+    v = torch.full((5, 7), 0.01)
+    assert not prox_rows(v, 0.0, 1.0).any()
+    assert prox_rows(v, 0.0, 1.0).shape == v.shape
