@@ -90,18 +90,19 @@ RUNS: dict[str, list[tuple[str, dict[str, Any]]]] = {
             "fc2.weight": [-4.75, -3.75], "fc3.weight": [-3.5, -2.75]}}),
         ("l0", {"granularity": "weight", "log10_lambda": [-4.5, -3.25], "log10_lambda_layers": {
             "fc3.weight": [-3.75, -2.75]}}),
-        ("sgl", {"finetune_epochs": 24, "log10_lambda": [-4.75, -4.25], "log10_lambda_layers": {
-            "fc2.weight": [-4.25, -3.75], "fc3.weight": [-3.75, -3.0]},
-            "log10_eta": [-3.5, -2.75], "log10_eta_layers": {
-            "fc2.weight": [-3.0, -2.25], "fc3.weight": [-2.5, -1.5]}}),
+        # sgl's reach is in its ℓ0 term (README, "sgl's ℓ0 term"): η 1.25–1.75 decades above the
+        # earlier box, the group term mild
+        ("sgl", {"finetune_epochs": 24, "log10_lambda": [-5.75, -4.75], "log10_lambda_layers": {
+            "fc2.weight": [-5.5, -4.5], "fc3.weight": [-5.0, -4.0]},
+            "log10_eta": [-2.0, -1.25], "log10_eta_layers": {"fc3.weight": [-1.5, -0.75]}}),
     ],
     "lenet-5": [
         ("l0", {"granularity": "neuron", "log10_lambda": [-5.5, -4.25], "log10_lambda_layers": {
             "conv1.weight": [-3.75, -2.75], "fc2.weight": [-3.75, -2.75]}}),
         ("l0", {"granularity": "weight", "log10_lambda": [-5.0, -3.5], "log10_lambda_layers": {
             "conv1.weight": [-4.0, -2.5], "fc2.weight": [-4.5, -3.0]}}),
-        ("sgl", {"log10_lambda": [-4.5, -3.5], "log10_lambda_layers": {"fc2.weight": [-4.0, -3.0]},
-                 "log10_eta": [-3.5, -2.5], "log10_eta_layers": {"fc2.weight": [-3.0, -2.0]}}),
+        ("sgl", {"log10_lambda": [-6.0, -4.5], "log10_lambda_layers": {"fc2.weight": [-5.5, -4.0]},
+                 "log10_eta": [-2.0, -1.25], "log10_eta_layers": {"fc2.weight": [-1.5, -0.75]}}),
     ],
 }
 

@@ -58,8 +58,11 @@ class RegularizationOptions(BaseModel):
         (-7.0, -3.0), description="search box of each layer's log10 λ, added to the mean batch "
         "cross-entropy (l0: per expected non-zero weight, at either granularity; sgl: per unit of "
         "group ℓ2 norm, each group weighted by √size)")
+    # sgl prunes furthest per point of accuracy through its ℓ0 term, at η of −2 to −1.25 on
+    # LeNet-300-100 (README, "sgl's reach is its ℓ0 term"); the box was (−7, −3), which held
+    # none of that reach
     log10_eta: tuple[float, float] = Field(
-        (-7.0, -3.0), description="sgl: search box of each layer's log10 η (per non-zero weight)")
+        (-6.0, -1.0), description="sgl: search box of each layer's log10 η (per non-zero weight)")
     # Probes (README, "Continuation and fine-tuning") put each layer's reach decades apart: a
     # small layer (LeNet-5's conv1, fc2; LeNet-300-100's fc3) needs 1.5–2 decades more λ than a
     # big one, and one box wide enough for all wastes most of a short search outside each layer's.

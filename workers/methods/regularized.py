@@ -27,7 +27,9 @@ taking, which is what proximal gradient descent pairs the prox with. Measured on
 (one epoch, 54k images, Adam lr 1e-3, before the √(size) weighting): with t = lr the box's
 strongest corner λ = η = 1e-3 kept 75 % of the weights (λ = η = 1 was needed for 28×); with Adam's
 step, η = 1e-3 (λ = 1e-7) gives 37× and η = 1e-5 1.8×; with the weighting, λ = 1e-3 alone gives 8×
-(316 of 784 input pixels left) and λ = 1e-4 1.2×: the default box spans mild to drastic.
+(316 of 784 input pixels left) and λ = 1e-4 1.2×. Under the later schedule (12 epochs, strengths
+ramped in over 3) η must be higher: 10^−2.75 alone gives 16.7×, 10^−1.5 114× (seed 3, README), so
+η's default box reaches −1.
 
 Everything random (training subset, batch order, gate noise) comes from generators seeded by `seed`,
 so on CPU the same inputs and seed give a bit-identical outcome.
