@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/regularization_mnist.py [--models lenet-300-100 lenet-5]
         [--seeds 0 1 2] [--trials N] [--workers 2] [--quick] [--device auto|cpu|cuda]
-        [--methods "l0 neuron" "l0 weight" sgl] [--tag NAME]
+        [--methods "l0 neuron" "l0 weight" sgl] [--tag NAME] [--rescore RUN.db]
 
 For each model: the Caffe-trained reference of bench/olmp_mnist.py (cached under var/bench/), the
 real API (in process) on a fresh SQLite file and `--workers` real `thresher worker` processes of one
@@ -91,8 +91,8 @@ RUNS: dict[str, list[tuple[str, dict[str, Any]]]] = {
             "fc2.weight": [-4.75, -3.75], "fc3.weight": [-3.5, -2.75]}}),
         ("l0", {"granularity": "weight", "log10_lambda": [-4.5, -3.25], "log10_lambda_layers": {
             "fc3.weight": [-3.75, -2.75]}}),
-        # sgl's reach is in its ℓ0 term (README, "sgl's ℓ0 term"): η 1.25–1.75 decades above the
-        # earlier box, the group term mild
+        # sgl's reach is in its ℓ0 term (README, "sgl's reach is its ℓ0 term"): η 1.25–1.75
+        # decades above the earlier box, the group term mild
         ("sgl", {"finetune_epochs": 24, "log10_lambda": [-5.75, -4.75], "log10_lambda_layers": {
             "fc2.weight": [-5.5, -4.5], "fc3.weight": [-5.0, -4.0]},
             "log10_eta": [-2.0, -1.25], "log10_eta_layers": {"fc3.weight": [-1.5, -0.75]}}),
