@@ -255,7 +255,9 @@ def test_l0_channel_gates_act_after_batchnorm(reference: dict[str, torch.Tensor]
     n = len(NARROW.prunable)
     options = RegularizationOptions(granularity="neuron", epochs=2, finetune_epochs=1, lr=3e-3,
                                     batch_size=64)
-    out = run_trial("l0", NARROW, reference, fashion, options, [-2.5] * n, seed=0, device=CPU,
+    # λ = 10^-2 closes 12-13 of the 80 channels with one or two torch threads; at 10^-2.5 one
+    # thread closed none (the summation order decides a borderline gate), and the test failed
+    out = run_trial("l0", NARROW, reference, fashion, options, [-2.0] * n, seed=0, device=CPU,
                     report=lambda _e, _a: False, check=lambda: None)
     p = out.params
     closed = 0

@@ -166,31 +166,11 @@ class _Trial:
         over the last batches while Adam moves them at a constant rate), and l0 trains under
         sampled gates, so what it tracked is a noisy model's, not the deterministic gates' that
         are scored and kept."""
-        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not norms:
-            return
-        counts = {k: v.clone() for k, v in self.buffers.items() if k.endswith("num_batches_tracked")}
-        with torch.no_grad():
-            for k, v in self.buffers.items():
-                v.fill_(1.0 if k.endswith("running_var") else 0.0)
-        momenta = [m.momentum for m in norms]
-        for m in norms:
-            m.momentum = None  # a cumulative average over the batches below
-        x = self.batches.x[:CALIBRATION_IMAGES]
-        self.model.train()
-        try:
-            with torch.no_grad():
-                for start in range(0, x.shape[0], self.options.batch_size):
-                    functional_call(self.model, {**params, **self.buffers},
-                                    (x[start : start + self.options.batch_size],))
-        finally:
-            for m, momentum in zip(norms, momenta, strict=True):
-                m.momentum = momentum
-            self.model.eval()
-        batches = -(-x.shape[0] // self.options.batch_size)
-        with torch.no_grad():
-            for k, count in counts.items():
-                self.buffers[k].copy_(count + batches)
+        batchnorm.recalibrate(
+            self.model, self.buffers,
+            lambda xb: functional_call(self.model, {**params, **self.buffers}, (xb,)),
+            self.batches.x[:CALIBRATION_IMAGES], self.options.batch_size)
+        self.model.eval()
 
     def detached(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.weights.items()}
