@@ -3,6 +3,7 @@
     .venv/bin/python bench/regularization_mnist.py [--models lenet-300-100 lenet-5]
         [--seeds 0 1 2] [--trials N] [--workers 2] [--quick] [--device auto|cpu|cuda]
         [--methods "l0 neuron" "l0 weight" sgl] [--tag NAME] [--rescore RUN.db]
+    .venv/bin/python bench/regularization_mnist.py --merge RESULTS.json … --tag NAME
 
 For each model: the Caffe-trained reference of bench/olmp_mnist.py (cached under var/bench/), the
 real API (in process) on a fresh SQLite file and `--workers` real `thresher worker` processes of one
@@ -20,7 +21,9 @@ a bare torch Adam loop written here (same forward, the same regularizer: hard-co
 l0, the proximal step for sgl, same batch), run right after each job as two processes at once as
 the two workers ran (workers idle between jobs), so that both are timed under the same load.
 Prints one table per model with the published rows and the median over seeds, and writes
-bench/results/regularization_mnist[_quick]_<device>.json.
+bench/results/regularization_mnist[_quick]_<device>.json. `--merge` prints the same table for the
+rows of several results files (seeds run one at a time, so that each wrote its file as it ended)
+and writes them as one file; each row keeps the reference test error of the run it came from.
 """
 
 from __future__ import annotations
@@ -423,6 +426,85 @@ def median_of(rows: list[dict[str, Any]], key: str) -> float | None:
     return statistics.median(vals) if vals else None
 
 
+def print_tables(results: dict[str, Any], trials: int, seeds: list[int], workers: int,
+                 device: str, total_seconds: float) -> None:
+    """One table per model: the published rows, then each method's medians over its seeds (the
+    difference to the reference taken per row, against the reference of the row's own run) and
+    every seed's row."""
+    print(f"\nl0 / sgl on MNIST through the service ({workers} workers of one torch thread, "
+          f"SQLite), {device}, δ = {DELTA} on 6,000 validation images, optuna "
+          f"TPE, {trials} trials a job, seeds {seeds}; {total_seconds:.0f} s in all\n")
+    for arch, res in results.items():
+        refs = sorted({r.get("reference_test_error", res["reference_test_error"]) for r in res["rows"]})
+        print(f"{arch}: reference (Caffe solver) test error "
+              f"{' / '.join(f'{e:.2f}' for e in refs)} %; medians over seeds")
+        header = (f"{'':<40}{'err %':>7}{'Δ pt':>7}{'ratio':>9}  {'units left':<14}{'compact':>9}"
+                  f"{'cpu ×':>7}{'minutes':>8}{'pruned':>7}{'ep/s ×':>7}  seeds ok")
+        print(header)
+        print("-" * len(header))
+        for name, ratio, err, units in PUBLISHED[arch]:
+            ratio_s = f"{ratio:.1f}×" if ratio is not None else "—"
+            print(f"{name:<40}{err:>7.2f}{'':>7}{ratio_s:>9}  {units or '—':<14}(published)")
+        for label in dict.fromkeys(r["method"] for r in res["rows"]):
+            rs = [r for r in res["rows"] if r["method"] == label]
+            ok = [r for r in rs if r["status"] == "succeeded"]
+            if not ok:
+                print(f"{'thresher ' + label:<40}  {rs[0]['status']}: {rs[0]['error']}")
+                continue
+            for r in ok:
+                r["vs_reference"] = r["test_error"] - r.get("reference_test_error",
+                                                            res["reference_test_error"])
+            mid = sorted(ok, key=lambda r: r["compression_ratio"])[len(ok) // 2]
+            cpu = median_of(ok, "cpu_speedup")
+            rate = median_of(rs, "epoch_rate_vs_bare")
+            print(f"{'thresher ' + label:<40}{median_of(ok, 'test_error'):>7.2f}"
+                  f"{median_of(ok, 'vs_reference'):>+7.2f}"
+                  f"{median_of(ok, 'compression_ratio'):>8.1f}×  {mid['units']:<14}"
+                  f"{mid.get('compact_parameters') or '—':>9}{(f'{cpu:.2f}' if cpu else '—'):>7}"
+                  f"{median_of(rs, 'seconds') / 60:>8.1f}{median_of(rs, 'pruned_trials'):>7.0f}"
+                  f"{(f'{rate:.2f}' if rate else '—'):>7}  {len(ok)}/{len(rs)}"
+                  f"{'' if all(r['reproduced'] for r in ok) else ' NOT REPRODUCED'}")
+            for r in ok:
+                print(f"{'':<6}seed {r['seed']}: {r['test_error']:.2f} % ({r['vs_reference']:+.2f}), "
+                      f"{r['compression_ratio']:.1f}×, {r['units']}, val drop {100 * r['val_drop']:+.2f} pt, "
+                      f"{r['seconds'] / 60:.1f} min"
+                      + (f", ep/s × {r['epoch_rate_vs_bare']:.2f}" if r.get("epoch_rate_vs_bare") else ""))
+        print()
+
+
+def merge(paths: list[Path]) -> dict[str, Any]:
+    """The rows of several results files as one: per model, every file's rows (each with the
+    reference test error of its own run), the schedule of the first file that has the model and
+    every file's runs, which must not differ for one method; the union of the seeds, the most
+    trials, and the files' seconds summed."""
+    files = [json.loads(p.read_text()) for p in paths]
+    results: dict[str, Any] = {}
+    options: dict[tuple[str, str], tuple[Any, Path]] = {}  # a method's options, and where from
+    for path, f in zip(paths, files, strict=True):
+        for arch, res in f["results"].items():
+            for m, e in res["runs"]:  # a median over seeds of different boxes would mean nothing
+                seen = options.setdefault((arch, run_label(m, e)), ((res["schedule"], e), path))
+                if seen[0] != (res["schedule"], e):
+                    raise SystemExit(f"--merge: {arch} {run_label(m, e)} ran with other options in "
+                                     f"{seen[1]} than in {path}")
+            rows = [{"reference_test_error": res["reference_test_error"], **r} for r in res["rows"]]
+            if arch in results:
+                results[arch]["rows"].extend(rows)
+                results[arch]["runs"].extend(r for r in res["runs"] if r not in results[arch]["runs"])
+            else:
+                results[arch] = {**res, "rows": rows}
+    for arch, res in results.items():
+        keys = [(r["method"], r["seed"]) for r in res["rows"]]
+        if len(set(keys)) < len(keys):
+            raise SystemExit(f"--merge: {arch} has a method and seed twice: {sorted(keys)}")
+        res["reference_test_error"] = statistics.median(r["reference_test_error"] for r in res["rows"])
+    return {"machine": files[0]["machine"]["device"], "delta": DELTA,
+            "trials": max(f["trials"] for f in files),
+            "seeds": sorted({s for f in files for s in f["seeds"]}),
+            "workers": files[0]["workers"], "seconds": sum(f["seconds"] for f in files),
+            "published": PUBLISHED, "results": results, "merged_from": [str(p) for p in paths]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="*", default=list(PUBLISHED), choices=list(PUBLISHED))
@@ -437,7 +519,17 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="written to regularization_mnist_<tag>_<device>.json")
     ap.add_argument("--rescore", type=Path, help="score the finished jobs of this earlier run's "
                     "SQLite file (one model, --models) instead of running jobs")
+    ap.add_argument("--merge", type=Path, nargs="+", help="print and write the rows of these "
+                    "results files as one table instead of running jobs")
     args = ap.parse_args()
+    if args.merge:
+        merged = merge(args.merge)
+        print_tables(merged["results"], merged["trials"], merged["seeds"], merged["workers"],
+                     merged["machine"], merged["seconds"])
+        write_results("regularization_mnist" + (f"_{args.tag}" if args.tag else ""), False,
+                      torch.device("cpu" if merged["machine"].startswith("cpu") else "cuda"),
+                      {k: v for k, v in merged.items() if k != "machine"})
+        return
     torch.set_num_threads(1)
     cfg = Settings()
     device = devices.pick(args.device)
@@ -460,44 +552,13 @@ def main() -> None:
                     run_model(arch, weights, seeds, trials, schedule, runs, args.workers, args.device,
                               Path(tmp)))
             score(arch, weights, rows, splits.x_test, splits.y_test)
+            for r in rows:  # rows of runs on other references can be merged (--merge)
+                r["reference_test_error"] = ref_error
             results[arch] = {"reference_test_error": ref_error, "schedule": schedule,
                              "runs": [[m, e] for m, e in runs],
                              "rows": rows}
     total_seconds = time.perf_counter() - started
-    print(f"\nl0 / sgl on MNIST through the service ({args.workers} workers of one torch thread, "
-          f"SQLite), {devices.describe(device)}, δ = {DELTA} on 6,000 validation images, optuna "
-          f"TPE, {trials} trials a job, seeds {seeds}; {total_seconds:.0f} s in all\n")
-    for arch, res in results.items():
-        ref = res["reference_test_error"]
-        print(f"{arch}: reference (Caffe solver) test error {ref:.2f} %; medians over seeds")
-        header = (f"{'':<40}{'err %':>7}{'Δ pt':>7}{'ratio':>9}  {'units left':<14}{'compact':>9}"
-                  f"{'cpu ×':>7}{'minutes':>8}{'pruned':>7}{'ep/s ×':>7}  seeds ok")
-        print(header)
-        print("-" * len(header))
-        for name, ratio, err, units in PUBLISHED[arch]:
-            ratio_s = f"{ratio:.1f}×" if ratio is not None else "—"
-            print(f"{name:<40}{err:>7.2f}{'':>7}{ratio_s:>9}  {units or '—':<14}(published)")
-        for label in dict.fromkeys(r["method"] for r in res["rows"]):
-            rs = [r for r in res["rows"] if r["method"] == label]
-            ok = [r for r in rs if r["status"] == "succeeded"]
-            if not ok:
-                print(f"{'thresher ' + label:<40}  {rs[0]['status']}: {rs[0]['error']}")
-                continue
-            mid = sorted(ok, key=lambda r: r["compression_ratio"])[len(ok) // 2]
-            err = median_of(ok, "test_error")
-            cpu = median_of(ok, "cpu_speedup")
-            rate = median_of(rs, "epoch_rate_vs_bare")
-            print(f"{'thresher ' + label:<40}{err:>7.2f}{err - ref:>+7.2f}"
-                  f"{median_of(ok, 'compression_ratio'):>8.1f}×  {mid['units']:<14}"
-                  f"{mid.get('compact_parameters') or '—':>9}{(f'{cpu:.2f}' if cpu else '—'):>7}"
-                  f"{median_of(rs, 'seconds') / 60:>8.1f}{median_of(rs, 'pruned_trials'):>7.0f}"
-                  f"{(f'{rate:.2f}' if rate else '—'):>7}  {len(ok)}/{len(rs)}"
-                  f"{'' if all(r['reproduced'] for r in ok) else ' NOT REPRODUCED'}")
-            for r in ok:
-                print(f"{'':<6}seed {r['seed']}: {r['test_error']:.2f} % ({r['test_error'] - ref:+.2f}), "
-                      f"{r['compression_ratio']:.1f}×, {r['units']}, val drop {100 * r['val_drop']:+.2f} pt, "
-                      f"{r['seconds'] / 60:.1f} min")
-        print()
+    print_tables(results, trials, seeds, args.workers, devices.describe(device), total_seconds)
     write_results("regularization_mnist" + (f"_{args.tag}" if args.tag else ""), args.quick, device, {
         "delta": DELTA, "trials": trials, "seeds": seeds,
         "workers": args.workers, "seconds": total_seconds, "published": PUBLISHED,
