@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from olmp_mnist import plain_model, reference, test_error, write_results  # noqa: E402
+from olmp_mnist import held_out, plain_model, reference, test_error, write_results  # noqa: E402
 from trial_workers import wait_for_job, worker_processes  # noqa: E402
 
 from core.settings import Settings  # noqa: E402
@@ -59,7 +59,7 @@ from service.app import create_app  # noqa: E402
 from store import tokens  # noqa: E402
 from store.db import make_engine, make_sessionmaker, transaction, upgrade  # noqa: E402
 from workers.runtime import device as devices  # noqa: E402
-from workers.runtime.data import builtin_arrays, split_arrays  # noqa: E402
+from workers.runtime.data import Splits, builtin_arrays, split_arrays  # noqa: E402
 
 # (method, ratio, test error %, structure) as published
 PUBLISHED = {
@@ -388,10 +388,25 @@ def rescore_rows(url: str, workdir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def score(arch: str, weights: bytes, rows: list[dict[str, Any]], x_test: torch.Tensor,
-          y_test: torch.Tensor) -> None:
-    """Test error, units, compact parameters and speed-up, from the downloads; in place."""
+def val_drops(dense: nn.Module, pruned: nn.Module, x: torch.Tensor, y: torch.Tensor,
+              fraction: float) -> dict[str, float]:
+    """The pruned model's drops against the reference (fractions) on the whole validation split
+    and, with a hold-out, on its steering and held-out parts, by the rule the README states."""
+    def drop(idx: torch.Tensor) -> float:
+        return test_error(pruned, x[idx], y[idx]) / 100 - test_error(dense, x[idx], y[idx]) / 100
+    out = {"whole": drop(torch.arange(len(y)))}
+    if fraction > 0:
+        steer, held = held_out(len(y), fraction)
+        out.update(steering=drop(steer), held_out=drop(held))
+    return out
+
+
+def score(arch: str, weights: bytes, rows: list[dict[str, Any]], splits: Splits,
+          tune: bool) -> None:
+    """Test error (not with `tune`), validation drops, units, compact parameters and speed-up,
+    from the downloads; in place."""
     dense = plain_model(arch, safetensors.torch.load(weights))
+    x_test, y_test = splits.x_test, splits.y_test
     for r in rows:
         bare = r["bare_loop_epoch_seconds"]
         ratios = [q for t in r["trials"] if bare is not None
@@ -402,18 +417,28 @@ def score(arch: str, weights: bytes, rows: list[dict[str, Any]], x_test: torch.T
             continue
         state = safetensors.torch.load(r.pop("pruned_bytes"))
         done = r.pop("job")
-        r["test_error"] = test_error(plain_model(arch, state), x_test, y_test)
+        pruned = plain_model(arch, state)
+        fraction = done["spec"]["regularization"].get("confirm_fraction", 0.0)
+        drops = val_drops(dense, pruned, splits.x_val, splits.y_val, fraction)
+        # the drop the job reports: on the held-out images with a hold-out, else the whole split
+        reported = drops["held_out" if fraction > 0 else "whole"]
         nonzero = sum(int(torch.count_nonzero(t)) for t in state.values())
         total = sum(t.numel() for t in state.values())
         r.update(compression_ratio=total / nonzero, nonzero=nonzero, units=units_left(arch, state),
-                 weights_ratio=done["best"]["weights_ratio"], val_drop=done["best"]["accuracy_drop"],
-                 reproduced=abs(r["test_error"] - 100.0 * (1.0 - done["test_accuracy"])) < 1e-6
+                 weights_ratio=done["best"]["weights_ratio"], val_drop=reported,
+                 val_drops=drops, confirm_fraction=fraction,
+                 reproduced=abs(reported - done["best"]["accuracy_drop"]) < 1e-9
                  and nonzero == done["best"]["nonzero"])
+        if not tune:
+            r["test_error"] = test_error(pruned, x_test, y_test)
+            r["reproduced"] = r["reproduced"] and abs(
+                r["test_error"] - 100.0 * (1.0 - done["test_accuracy"])) < 1e-6
         data = r.pop("compact_bytes")
         if data is not None:
             small = compact_model(arch, data)
             r["compact_parameters"] = sum(p.numel() for p in small.parameters())
-            r["compact_test_error"] = test_error(small, x_test, y_test)
+            if not tune:
+                r["compact_test_error"] = test_error(small, x_test, y_test)
             r["cpu_speedup"] = cpu_speedup(dense, small)
 
 
@@ -435,9 +460,10 @@ def print_tables(results: dict[str, Any], trials: int, seeds: list[int], workers
           f"SQLite), {device}, δ = {DELTA} on 6,000 validation images, optuna "
           f"TPE, {trials} trials a job, seeds {seeds}; {total_seconds:.0f} s in all\n")
     for arch, res in results.items():
-        refs = sorted({r.get("reference_test_error", res["reference_test_error"]) for r in res["rows"]})
+        refs = sorted({e for r in res["rows"]
+                       if (e := r.get("reference_test_error", res["reference_test_error"])) is not None})
         print(f"{arch}: reference (Caffe solver) test error "
-              f"{' / '.join(f'{e:.2f}' for e in refs)} %; medians over seeds")
+              f"{' / '.join(f'{e:.2f}' for e in refs) or '— (--tune)'} %; medians over seeds")
         header = (f"{'':<40}{'err %':>7}{'Δ pt':>7}{'ratio':>9}  {'units left':<14}{'compact':>9}"
                   f"{'cpu ×':>7}{'minutes':>8}{'pruned':>7}{'ep/s ×':>7}  seeds ok")
         print(header)
@@ -452,21 +478,28 @@ def print_tables(results: dict[str, Any], trials: int, seeds: list[int], workers
                 print(f"{'thresher ' + label:<40}  {rs[0]['status']}: {rs[0]['error']}")
                 continue
             for r in ok:
-                r["vs_reference"] = r["test_error"] - r.get("reference_test_error",
-                                                            res["reference_test_error"])
+                r["vs_reference"] = (None if r.get("test_error") is None else r["test_error"]
+                                     - r.get("reference_test_error", res["reference_test_error"]))
             mid = sorted(ok, key=lambda r: r["compression_ratio"])[len(ok) // 2]
             cpu = median_of(ok, "cpu_speedup")
             rate = median_of(rs, "epoch_rate_vs_bare")
-            print(f"{'thresher ' + label:<40}{median_of(ok, 'test_error'):>7.2f}"
-                  f"{median_of(ok, 'vs_reference'):>+7.2f}"
+            err, vs = median_of(ok, "test_error"), median_of(ok, "vs_reference")
+            print(f"{'thresher ' + label:<40}{(f'{err:.2f}' if err is not None else '—'):>7}"
+                  f"{(f'{vs:+.2f}' if vs is not None else '—'):>7}"
                   f"{median_of(ok, 'compression_ratio'):>8.1f}×  {mid['units']:<14}"
                   f"{mid.get('compact_parameters') or '—':>9}{(f'{cpu:.2f}' if cpu else '—'):>7}"
                   f"{median_of(rs, 'seconds') / 60:>8.1f}{median_of(rs, 'pruned_trials'):>7.0f}"
                   f"{(f'{rate:.2f}' if rate else '—'):>7}  {len(ok)}/{len(rs)}"
                   f"{'' if all(r['reproduced'] for r in ok) else ' NOT REPRODUCED'}")
             for r in ok:
-                print(f"{'':<6}seed {r['seed']}: {r['test_error']:.2f} % ({r['vs_reference']:+.2f}), "
-                      f"{r['compression_ratio']:.1f}×, {r['units']}, val drop {100 * r['val_drop']:+.2f} pt, "
+                test = (f"{r['test_error']:.2f} % ({r['vs_reference']:+.2f}), "
+                        if r.get("test_error") is not None else "")
+                parts = r.get("val_drops") or {}
+                split = (f" (steering {100 * parts['steering']:+.2f}, whole {100 * parts['whole']:+.2f})"
+                         if "held_out" in parts else "")
+                print(f"{'':<6}seed {r['seed']}: {test}"
+                      f"{r['compression_ratio']:.1f}×, {r['units']}, val drop "
+                      f"{100 * r['val_drop']:+.2f} pt{' held out' if split else ''}{split}, "
                       f"{r['seconds'] / 60:.1f} min"
                       + (f", ep/s × {r['epoch_rate_vs_bare']:.2f}" if r.get("epoch_rate_vs_bare") else ""))
         print()
@@ -497,7 +530,8 @@ def merge(paths: list[Path]) -> dict[str, Any]:
         keys = [(r["method"], r["seed"]) for r in res["rows"]]
         if len(set(keys)) < len(keys):
             raise SystemExit(f"--merge: {arch} has a method and seed twice: {sorted(keys)}")
-        res["reference_test_error"] = statistics.median(r["reference_test_error"] for r in res["rows"])
+        known = [e for r in res["rows"] if (e := r["reference_test_error"]) is not None]
+        res["reference_test_error"] = statistics.median(known) if known else None
     return {"machine": files[0]["machine"]["device"], "delta": DELTA,
             "trials": max(f["trials"] for f in files),
             "seeds": sorted({s for f in files for s in f["seeds"]}),
@@ -519,9 +553,16 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="written to regularization_mnist_<tag>_<device>.json")
     ap.add_argument("--rescore", type=Path, help="score the finished jobs of this earlier run's "
                     "SQLite file (one model, --models) instead of running jobs")
+    ap.add_argument("--spec", default="{}", help="JSON merged into every job's regularization "
+                    "options, e.g. '{\"confirm_fraction\": 0.3333333333333333}'")
+    ap.add_argument("--tune", action="store_true", help="validation figures only: the test split "
+                    "is neither scored nor shown (seeds ≥ 3, for choosing defaults)")
     ap.add_argument("--merge", type=Path, nargs="+", help="print and write the rows of these "
                     "results files as one table instead of running jobs")
     args = ap.parse_args()
+    if args.tune and any(s < 3 for s in args.seeds):
+        ap.error("--tune is for seeds ≥ 3; seeds 0, 1, 2 are run once, for the table")
+    overrides = json.loads(args.spec)
     if args.merge:
         merged = merge(args.merge)
         print_tables(merged["results"], merged["trials"], merged["seeds"], merged["workers"],
@@ -542,16 +583,17 @@ def main() -> None:
         for arch in args.models:
             ref_path, _ = reference(arch, REFERENCE_ITERATIONS, device, cfg)
             weights = ref_path.read_bytes()
-            ref_error = test_error(plain_model(arch, safetensors.torch.load(weights)),
-                                   splits.x_test, splits.y_test)
+            ref_error = (None if args.tune else test_error(
+                plain_model(arch, safetensors.torch.load(weights)), splits.x_test, splits.y_test))
             schedule = QUICK_SCHEDULE if args.quick else SCHEDULE[arch]
             # --quick keeps its own schedule over a run's (sgl's 24 fine-tuning epochs)
-            runs = [(m, {k: v for k, v in e.items() if not (args.quick and k in QUICK_SCHEDULE)})
+            runs = [(m, {**{k: v for k, v in e.items() if not (args.quick and k in QUICK_SCHEDULE)},
+                         **overrides})
                     for m, e in RUNS[arch] if args.methods is None or run_label(m, e) in args.methods]
             rows = (rescore_rows(f"sqlite:///{args.rescore}", Path(tmp)) if args.rescore else
                     run_model(arch, weights, seeds, trials, schedule, runs, args.workers, args.device,
                               Path(tmp)))
-            score(arch, weights, rows, splits.x_test, splits.y_test)
+            score(arch, weights, rows, splits, args.tune)
             for r in rows:  # rows of runs on other references can be merged (--merge)
                 r["reference_test_error"] = ref_error
             results[arch] = {"reference_test_error": ref_error, "schedule": schedule,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.methods import MethodInfo
+from core.splits import confirmation_size
 
 if TYPE_CHECKING:
     from core.architectures import Architecture
@@ -79,6 +80,18 @@ class RegularizationOptions(BaseModel):
     pruner: Literal["none", "median", "hyperband"] = Field(
         "median", description="stop hopeless trials on their per-epoch validation accuracy "
         "(optuna's pruners); they are recorded as pruned")
+    confirm_fraction: float = Field(
+        0.0, ge=0, lt=1,
+        description="share of the validation split held out from the trials: they are scored, "
+        "pruned and searched on the rest (the steering images), and the job's result is the "
+        "smallest trial within max_accuracy_drop on the steering images that is also within it "
+        "on the held-out ones, whose drop is the one reported (0: no hold-out, the smallest "
+        "trial within δ on the whole split)")
+    confirm_attempts: int = Field(
+        3, ge=1, le=1000,
+        description="with a hold-out: how many of the smallest trials within δ on the steering "
+        "images are scored on the held-out ones, smallest first, until one is within δ there "
+        "(each extra attempt is one more chance for a trial to pass by luck)")
 
     @field_validator("log10_lambda", "log10_eta")
     @classmethod
@@ -109,10 +122,15 @@ def _checked_box(v: tuple[float, float]) -> tuple[float, float]:
     return v
 
 
-def _admit(spec: JobSpec, arch: Architecture, _dataset: dict[str, Any]) -> None:
+def _admit(spec: JobSpec, arch: Architecture, dataset: dict[str, Any]) -> None:
     """Per-layer boxes must name the model's prunable tensors (a typo would silently search the
-    default box instead)."""
+    default box instead); a hold-out must leave images on both sides."""
     o = spec.regularization
+    if o.confirm_fraction > 0:
+        try:
+            confirmation_size(int(dataset["splits"]["validation"]), o.confirm_fraction)
+        except ValueError as exc:
+            raise ValueError(f"regularization.confirm_fraction: {exc}") from None
     if spec.method != "sgl" and o.log10_eta_layers:
         raise ValueError("regularization.log10_eta_layers: only method sgl has an η to search")
     prunable = [t.name for t in arch.prunable]
@@ -124,7 +142,13 @@ def _admit(spec: JobSpec, arch: Architecture, _dataset: dict[str, Any]) -> None:
 
 
 
+def _planned_trials(spec: JobSpec) -> int:
+    """The search's trials, and with a hold-out at most `confirm_attempts` confirmations."""
+    o = spec.regularization
+    return spec.budget.trials + (o.confirm_attempts if o.confirm_fraction > 0 else 0)
+
+
 def regularized(name: str, summary: str, rank: int) -> MethodInfo:
     return MethodInfo(name=name, summary=summary, worker=f"workers.methods.{name}",
                       trials="distributed", multi_objective=True, artifacts=("pruned", "compact"),
-                      admit=_admit, rank=rank)
+                      admit=_admit, planned_trials=_planned_trials, rank=rank)

@@ -23,7 +23,7 @@ from core.settings import Settings
 from service.app import create_app
 from store.db import make_engine, make_sessionmaker, transaction
 from store.models import Job, TrialItem
-from tests.conftest import make_settings
+from tests.conftest import make_settings, npz_bytes
 from tests.helpers import bearer, make_token, submit, upload_dataset, upload_model
 from tests.processes import Deployment, job, trials, wait_for
 from workers.jobs.loop import Worker
@@ -171,6 +171,105 @@ def test_a_structured_l0_result_downloads_as_a_smaller_model_with_the_same_accur
     assert compact["cpu_speedup"]["speedup"] > 0
 
 
+def _val_accuracy(forward: Any, x: np.ndarray, y: np.ndarray) -> float:
+    with torch.inference_mode():
+        pred = forward(torch.from_numpy(x).float()).argmax(1).numpy()
+    return float((pred == y).mean())
+
+
+def test_a_hold_out_confirms_the_smallest_trials_and_reports_the_drop_there(
+        api: tuple[TestClient, dict[str, str]], settings: Settings, tmp_path: Path,
+        small_arrays: dict[str, np.ndarray], small_model_weights: bytes) -> None:
+    """With `confirm_fraction`, trials steer on part of the validation split; the smallest trials
+    within δ there are scored on the held-out rest, smallest first, and the first within δ there
+    is the result, with its held-out drop, which the download reproduces by the documented rule."""
+    client, ids = api
+    reg = {**REG, "confirm_fraction": 1 / 3, "confirm_attempts": 6, "log10_lambda": [-5.0, -2.0]}
+    j = submit(client, **ids, method="l0", optimizer="optuna:random", max_accuracy_drop=0.02,
+               budget={"trials": 6, "parallel": 2}, seed=4, regularization=reg)
+    Worker(settings, name="w-h").serve(exit_when_idle=True)
+    doc = client.get(f"/v1/jobs/{j['id']}").json()
+    assert doc["status"] == "succeeded", doc["error"]
+    ref = doc["reference"]
+    # the rule a user can apply to the download: numpy's default_rng(1).permutation(n)[:size]
+    x_val, y_val = small_arrays["x_val"], small_arrays["y_val"]
+    n = len(y_val)
+    held = np.sort(np.random.default_rng(1).permutation(n)[: round(n / 3)])
+    steer = np.setdiff1d(np.arange(n), held)
+    assert (ref["steered_on"], ref["confirmed_on"]) == (len(steer), len(held)) == (667, 333)
+    reference = _mlp(safetensors.torch.load(small_model_weights))
+    assert ref["val_accuracy"] == pytest.approx(_val_accuracy(reference, x_val[steer], y_val[steer]))
+    assert ref["confirm_val_accuracy"] == pytest.approx(
+        _val_accuracy(reference, x_val[held], y_val[held]))
+
+    got = trials(client, j["id"])
+    train = [t for t in got if t["stage"] == "train"]
+    confirm = [t for t in got if t["stage"] == "confirm"]
+    assert [t["number"] for t in train] == list(range(6))
+    assert all(t["metrics"]["scored_on"] == 667 for t in train)
+    # the confirmations: the smallest trials within δ on the steering images, in that order,
+    # each scored on the 333 held-out images; every one before the last missed δ there
+    feasible = sorted((t for t in train if t["feasible"]), key=lambda t: (t["metrics"]["nonzero"],
+                                                                          t["number"]))
+    assert feasible, "no trial within δ on the steering images: the test needs one"
+    assert [t["number"] for t in confirm] == list(range(6, 6 + len(confirm)))
+    assert [t["candidate"] for t in confirm] == [t["candidate"] for t in feasible[: len(confirm)]]
+    assert [t["metrics"]["nonzero"] for t in confirm] == [
+        t["metrics"]["nonzero"] for t in feasible[: len(confirm)]]
+    assert all(t["metrics"]["scored_on"] == 333 for t in confirm)
+    assert [t["feasible"] for t in confirm] == [False] * (len(confirm) - 1) + [True]
+    assert doc["progress"]["trials_done"] == doc["progress"]["trials_total"] == 6 + len(confirm)
+
+    best = doc["best"]
+    assert best["trial_number"] == confirm[-1]["number"] and best["stage"] == "confirm"
+    params, manifest = _download(client, j["id"], tmp_path)
+    pruned = _mlp(params)
+    acc = _val_accuracy(pruned, x_val[held], y_val[held])
+    assert best["val_accuracy"] == pytest.approx(acc, abs=1e-9)
+    assert best["accuracy_drop"] == pytest.approx(ref["confirm_val_accuracy"] - acc, abs=1e-9)
+    assert best["accuracy_drop"] <= 0.02 + 1e-9
+    assert sum(int(torch.count_nonzero(v)) for v in params.values()) == best["nonzero"]
+    assert manifest["pruned"]["scored_on"] == 333
+    assert manifest["reference"]["confirm_val_accuracy"] == ref["confirm_val_accuracy"]
+
+
+def test_a_job_whose_trials_all_miss_on_the_hold_out_fails_and_keeps_them(
+        api: tuple[TestClient, dict[str, str]], settings: Settings,
+        small_arrays: dict[str, np.ndarray], small_model_weights: bytes) -> None:
+    """Held-out labels that are the reference's own predictions: the reference is 100 % right
+    there, and a trial that changes more than 3 of its 333 answers is over δ = 1 point (the two
+    confirmed here were 7-8 points down). Every confirmation misses, and the job fails saying
+    so, its trials kept."""
+    client, ids = api
+    n = len(small_arrays["y_val"])
+    held = np.sort(np.random.default_rng(1).permutation(n)[: round(n / 3)])
+    reference = _mlp(safetensors.torch.load(small_model_weights))
+    with torch.inference_mode():
+        own = reference(torch.from_numpy(small_arrays["x_val"][held]).float()).argmax(1).numpy()
+    y_val = small_arrays["y_val"].copy()
+    y_val[held] = own
+    data = upload_dataset(client, npz_bytes({**small_arrays, "y_val": y_val}))
+    reg = {**REG, "confirm_fraction": 1 / 3, "confirm_attempts": 2, "log10_lambda": [-4.0, -1.5]}
+    j = submit(client, model_id=ids["model_id"], dataset_id=data["id"], method="l0",
+               optimizer="optuna:random", max_accuracy_drop=0.01,
+               budget={"trials": 6, "parallel": 2}, seed=4, regularization=reg)
+    Worker(settings, name="w-m").serve(exit_when_idle=True)
+    doc = client.get(f"/v1/jobs/{j['id']}").json()
+    assert doc["status"] == "failed"
+    assert doc["reference"]["confirm_val_accuracy"] == 1.0
+    got = trials(client, j["id"])
+    confirm = [t for t in got if t["stage"] == "confirm"]
+    feasible = [t for t in got if t["stage"] == "train" and t["feasible"]]
+    assert len(feasible) >= 2, "the test needs two trials within δ on the steering images"
+    assert [t["number"] for t in confirm] == [6, 7]
+    assert not any(t["feasible"] for t in confirm)
+    assert all(t["metrics"]["accuracy_drop"] > 0.01 for t in confirm)
+    assert (f"{len(feasible)} of the 6 trials kept validation accuracy within max_accuracy_drop "
+            "(0.01) on the 667 steering images, but none of the 2 smallest was within it on the "
+            "333 held-out images") in doc["error"]
+    assert len(got) == 8
+
+
 def test_spec_errors_name_the_field(api: tuple[TestClient, dict[str, str]]) -> None:
     client, ids = api
     base = {**ids, "max_accuracy_drop": 0.01, "budget": {"trials": 4}}
@@ -186,6 +285,9 @@ def test_spec_errors_name_the_field(api: tuple[TestClient, dict[str, str]]) -> N
          "layer fc2.weight: a log10 search box must satisfy"),
         ({**base, "method": "l0", "regularization": {"log10_eta_layers": {"fc2.weight": [-5, -4]}}},
          "only method sgl has an η"),
+        ({**base, "method": "sgl", "regularization": {"confirm_fraction": 0.0004}},
+         "regularization.confirm_fraction: a confirmation hold-out of 0.0004 of a 1,000-image "
+         "validation split leaves 0 images held out"),
     ):
         r = client.post("/v1/jobs", json=body)
         assert r.status_code == 422, r.text

@@ -12,6 +12,14 @@ Batches make the search independent of how many workers run it and in what order
 same spec and seed, same trials (and pruners only compare with earlier batches, see
 workers.search.trial_pruners).
 
+With a hold-out (`hold_out`, a share of the validation split by core.splits' fixed rule), the
+trials are trained, pruned, scored and searched on the rest of the split (the steering images)
+and never see the held-out images. At the end, the smallest trials within δ on the steering images
+are scored on the held-out ones, smallest first (stage `confirm`, numbered after the search's
+trials, at most `confirm_attempts`), and the first within δ there is the result, with its drop
+there. The smallest of many trials within δ on the images that chose it is flattered by them: on
+l0 / sgl jobs without a hold-out, the test split ran 0.1–0.46 points worse than the reported drop.
+
 Resuming: finished batches are stored trials. A new coordinator asks the same candidates again,
 tells the stored outcomes back and finds the current batch's items where the last one left them.
 If the candidates differ (another library version), it rebuilds the optimizer from the stored
@@ -20,6 +28,8 @@ trials instead and adopts the queued items as they are.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import math
 import time
@@ -44,7 +54,7 @@ from store.queue import Lease
 from store.reconnect import retrying
 from workers.jobs.trial_items import JobContext, TrialContexts, work_on
 from workers.models.masking import PrunedModel
-from workers.runtime.data import Splits
+from workers.runtime.data import Splits, held_out
 from workers.runtime.evaluation import accuracy
 from workers.search import optimizers
 from workers.search.space import Space, SpaceOptimizer, Value
@@ -62,6 +72,7 @@ from workers.search.trials import (
 log = logging.getLogger(__name__)
 
 STAGE = "train"
+CONFIRM = "confirm"
 
 
 class NoFeasibleTrial(InvalidInput):
@@ -71,13 +82,16 @@ class NoFeasibleTrial(InvalidInput):
 class DistributedSearch:
     """`boxes`: the (low, high) range of each variable a trial's candidate holds (searched in
     the unit cube, started at the middle), or `space` and its `start` point (typed values, asked as
-    they are); `infeasible`: what to tell a user whose every trial missed δ (which box to move)."""
+    they are); `infeasible`: what to tell a user whose every trial missed δ (which box to move);
+    `hold_out`, `confirm_attempts`: the share of the validation split held out from the trials,
+    and how many of the smallest trials may be confirmed on it (see above)."""
 
     def __init__(self, arch: Architecture, model: nn.Module, params: dict[str, torch.Tensor],
                  splits: Splits, spec: JobSpec, recorder: Recorder, *,
                  boxes: Sequence[tuple[float, float]] = (), space: Space | None = None,
                  start: Sequence[Value] = (), infeasible: str,
                  size: Literal["parameters", "flops"] = "parameters",
+                 hold_out: float = 0.0, confirm_attempts: int = 1,
                  sessions: sessionmaker[Session], lease: Lease, settings: Settings,
                  device: torch.device, should_stop: Callable[[], None],
                  contexts: TrialContexts) -> None:
@@ -85,8 +99,15 @@ class DistributedSearch:
         self.recorder, self.sessions, self.lease, self.settings = recorder, sessions, lease, settings
         self.device, self.should_stop = device, should_stop
         self.contexts = contexts
+        self.held: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.confirm_attempts = confirm_attempts
+        if hold_out > 0 and size != "parameters":
+            raise ValueError("a hold-out confirms trials by their non-zero parameters only")
+        if hold_out > 0:  # the trials, here and on every worker, see the steering images only
+            self.splits, x_held, y_held = held_out(splits, hold_out)
+            self.held = (x_held, y_held)
         contexts.share(JobContext(job_id=lease.job_id, spec=spec, arch=arch, reference=params,
-                                  splits=splits), device)
+                                  splits=self.splits), device)
         self.boxes, self.infeasible = list(boxes), infeasible
         self.space, self.start = space, list(start)
         # what the objective counts: non-zero parameters, or the trials' multiply-accumulates
@@ -195,6 +216,55 @@ class DistributedSearch:
         return retrying(self.sessions, lambda s: trial_queue.items_of(s, self.lease.job_id, numbers),
                         what="reading queued trials", write=False)
 
+    # -- the result ------------------------------------------------------------------------
+    def _params(self, e: Evaluated) -> dict[str, torch.Tensor]:
+        assert e.params_sha256 is not None
+        sha = e.params_sha256
+        data = retrying(self.sessions, lambda s: blobs.read(s, sha),
+                        what=f"reading trial {e.number}'s weights", write=False)
+        return {k: v.to(self.device) for k, v in safetensors.torch.load(data).items()}
+
+    def _confirmed(self, reference: Reference) -> tuple[Evaluated, dict[str, torch.Tensor]]:
+        """The smallest trials within δ on the steering images, scored on the held-out ones
+        (or replayed), smallest first: the first within δ there, with its held-out drop."""
+        assert self.held is not None and reference.confirm_val_accuracy is not None
+        ranked: list[Evaluated] = []
+        for e in self.results:
+            if e.feasible:
+                ranked.append(e)
+        ranked.sort(key=functools.cmp_to_key(
+            lambda a, b: -1 if self._better(a, b) else (1 if self._better(b, a) else 0)))
+        constraint = Constraint(self.spec.max_accuracy_drop)
+        tried = ranked[: self.confirm_attempts]
+        for k, e in enumerate(tried):
+            self.recorder.check()
+            number = self.spec.budget.trials + k
+            params = self._params(e)
+            c = self.recorder.replay(number)
+            if c is None:
+                start = time.perf_counter()
+                acc = accuracy(self.model, params, *self.held)
+                drop = reference.confirm_val_accuracy - acc
+                # the trial's model and sizes, scored on the held-out images
+                c = dataclasses.replace(
+                    e, number=number, stage=CONFIRM, val_accuracy=acc, accuracy_drop=drop,
+                    scored_on=int(self.held[1].shape[0]),
+                    objective=constraint.objective(int(e.nonzero or 0), e.total, drop),
+                    feasible=constraint.feasible(drop),
+                    duration_ms=(time.perf_counter() - start) * 1e3, intermediate=[])
+                self.recorder.write([c], trials_done=number + 1, stage=CONFIRM,
+                                    best=c if c.feasible else None)
+                self.recorder.flush()
+            if c.feasible:
+                return c, params
+        raise NoFeasibleTrial(
+            f"{len(ranked)} of the {self.spec.budget.trials} trials kept validation accuracy "
+            f"within max_accuracy_drop ({self.spec.max_accuracy_drop}) on the "
+            f"{reference.steered_on:,} steering images, but none of the {len(tried)} smallest "
+            f"was within it on the {reference.confirmed_on:,} held-out images "
+            f"(confirm_attempts); their results are kept: {self.infeasible}, "
+            "or allow a larger drop")
+
     # -- the whole job ---------------------------------------------------------------------
     def run(self) -> SearchResult:
         spec = self.spec
@@ -202,6 +272,10 @@ class DistributedSearch:
         total = self.arch.total_parameters
         reference = Reference(val_accuracy=ref_val, total_parameters=total,
                               scored_val_accuracy=ref_val, scored_on=int(self.splits.y_val.shape[0]))
+        if self.held is not None:
+            reference.steered_on = int(self.splits.y_val.shape[0])
+            reference.confirm_val_accuracy = accuracy(self.model, self.params, *self.held)
+            reference.confirmed_on = int(self.held[1].shape[0])
         self.recorder.set_reference(reference.doc())
 
         opt = self._build()
@@ -241,13 +315,12 @@ class DistributedSearch:
         if best is None:
             raise NoFeasibleTrial(
                 f"none of the {budget} trials kept validation accuracy within max_accuracy_drop "
-                f"({spec.max_accuracy_drop}); their results are kept: {self.infeasible}, "
-                "or allow a larger drop")
-        assert best.params_sha256 is not None
-        sha = best.params_sha256
-        data = retrying(self.sessions, lambda s: blobs.read(s, sha), what="reading the best trial",
-                        write=False)
-        params = {k: v.to(self.device) for k, v in safetensors.torch.load(data).items()}
+                f"({spec.max_accuracy_drop}){' on the steering images' if self.held else ''}; "
+                f"their results are kept: {self.infeasible}, or allow a larger drop")
+        if self.held is not None:
+            best, params = self._confirmed(reference)
+        else:
+            params = self._params(best)
         pruned = PrunedModel.of(self.arch, params, list(self.sizes))
         test_accuracy = accuracy(self.model, params, self.splits.x_test, self.splits.y_test)
         reference.test_accuracy = accuracy(self.model, self.params, self.splits.x_test,

@@ -218,10 +218,14 @@ def manifest_for(result: SearchResult, *, arch_name: str, arch_config: dict[str,
         "total": pruned.total,
         "compression_ratio": best.compression_ratio,
         "weights_ratio": best.weights_ratio,
+        # with a hold-out, the pruned model's accuracy and drop are on the held-out images
+        # (scored_on of them), against the reference's there (confirm_val_accuracy)
         "reference": {"val_accuracy": result.reference.val_accuracy,
-                      "test_accuracy": result.reference.test_accuracy},
+                      "test_accuracy": result.reference.test_accuracy,
+                      **{k: v for k, v in result.reference.doc().items()
+                         if k in ("steered_on", "confirm_val_accuracy", "confirmed_on")}},
         "pruned": {"val_accuracy": best.val_accuracy, "accuracy_drop": best.accuracy_drop,
-                   "test_accuracy": result.test_accuracy},
+                   "scored_on": best.scored_on, "test_accuracy": result.test_accuracy},
         "max_accuracy_drop": spec.max_accuracy_drop,
         "trial_number": best.number,
         "seed": spec.seed,

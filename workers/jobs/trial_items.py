@@ -30,7 +30,7 @@ from store.queue import LeaseLost
 from store.reconnect import describe, is_unavailable, retrying
 from workers.jobs.inputs import read_job_inputs
 from workers.methods import TrialOutcome, load_distributed
-from workers.runtime.data import Splits
+from workers.runtime.data import Splits, held_out
 from workers.runtime.heartbeat import Heartbeat
 from workers.runtime.stopping import ItemLost, Stop
 from workers.search import trial_pruners
@@ -71,8 +71,12 @@ class TrialContexts:
             return self._held[1]
         got = retrying(sessions, lambda s: read_job_inputs(s, job_id, settings),
                        what=f"loading the inputs of job {job_id}", write=False)
+        splits = got.splits(settings, device)
+        fraction = load_distributed(got.spec.method).hold_out(got.spec)
+        if fraction > 0:  # trials never see the images the coordinator confirms on
+            splits = held_out(splits, fraction)[0]
         ctx = JobContext(job_id=job_id, spec=got.spec, arch=got.arch(),
-                         reference=got.params(device), splits=got.splits(settings, device))
+                         reference=got.params(device), splits=splits)
         self.share(ctx, device)
         return ctx
 

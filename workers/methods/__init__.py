@@ -75,6 +75,11 @@ class DistributedMethod(Method, Protocol):
         epochs they report."""
         ...
 
+    def hold_out(self, spec: JobSpec) -> float:
+        """The share of the validation split the job holds out from its trials (0: none): they
+        are scored on the rest, and the coordinator confirms its result on these."""
+        ...
+
     def train_trial(self, arch: Architecture, reference: dict[str, torch.Tensor], splits: Splits,
                     spec: JobSpec, candidate: Sequence[float], *, seed: int, device: torch.device,
                     report: Callable[[int, float], bool],

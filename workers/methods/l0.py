@@ -6,3 +6,4 @@ _METHOD = Regularized("l0")
 run = _METHOD.run
 train_trial = _METHOD.train_trial
 trial_pruner = _METHOD.trial_pruner
+hold_out = _METHOD.hold_out

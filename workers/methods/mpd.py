@@ -190,6 +190,10 @@ def trial_pruner(spec: JobSpec) -> tuple[str, int]:
     return spec.mpd.pruner, spec.mpd.epochs
 
 
+def hold_out(_spec: JobSpec) -> float:
+    return 0.0  # trials are scored on the whole validation split
+
+
 # -- the job ---------------------------------------------------------------------------------
 
 

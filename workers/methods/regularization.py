@@ -35,11 +35,15 @@ class Regularized:
         return DistributedSearch(
             job.arch, job.model, job.params, job.splits, job.spec, job.recorder,
             boxes=strength_boxes(job.spec, job.arch), infeasible="lower the log10 strength box",
+            hold_out=self.hold_out(job.spec), confirm_attempts=job.spec.regularization.confirm_attempts,
             sessions=job.sessions, lease=job.lease, settings=job.settings, device=job.device,
             should_stop=job.should_stop, contexts=job.contexts).run()
 
     def trial_pruner(self, spec: JobSpec) -> tuple[str, int]:
         return spec.regularization.pruner, spec.regularization.epochs
+
+    def hold_out(self, spec: JobSpec) -> float:
+        return spec.regularization.confirm_fraction
 
     def train_trial(self, arch: Architecture, reference: dict[str, torch.Tensor], splits: Splits,
                     spec: JobSpec, candidate: Sequence[float], *, seed: int, device: torch.device,

@@ -167,6 +167,10 @@ def trial_pruner(spec: JobSpec) -> tuple[str, int]:
     return spec.tucker.pruner, max(spec.tucker.epochs, 1)
 
 
+def hold_out(_spec: JobSpec) -> float:
+    return 0.0  # trials are scored on the whole validation split
+
+
 def decomposed_result(arch: Architecture, reference: dict[str, torch.Tensor],
                       params: dict[str, torch.Tensor], candidate: Sequence[Any], o: TuckerOptions,
                       splits: Splits) -> ExtraArtifact:

@@ -11,7 +11,7 @@ import safetensors.numpy
 import torch
 
 from core import builtin_datasets
-from core.splits import validation_indices
+from core.splits import confirmation_positions, validation_indices
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,16 @@ class Splits:
     def to(self, device: torch.device) -> Splits:
         return Splits(*(t.to(device) for t in (self.x_train, self.y_train, self.x_val, self.y_val,
                                                self.x_test, self.y_test)))
+
+
+def held_out(splits: Splits, fraction: float) -> tuple[Splits, torch.Tensor, torch.Tensor]:
+    """(`splits` with a validation split of the steering images only, the held-out images, their
+    labels): core.splits.confirmation_positions' fixed rule, so that the held-out drop can be
+    recomputed from a download."""
+    steer, held = (torch.from_numpy(i).to(splits.y_val.device) for i in
+                   confirmation_positions(int(splits.y_val.shape[0]), fraction))
+    return (Splits(splits.x_train, splits.y_train, splits.x_val[steer], splits.y_val[steer],
+                   splits.x_test, splits.y_test), splits.x_val[held], splits.y_val[held])
 
 
 def split_arrays(arrays: dict[str, np.ndarray], summary: dict[str, Any]) -> Splits:
