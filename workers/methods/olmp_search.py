@@ -46,12 +46,11 @@ from torch import nn
 from core.architectures import Architecture
 from core.methods.olmp import retrain_attempts, round_trials, search_drop
 from core.spec import JobSpec, search_subset
-from core.splits import confirmation_positions
 from workers.methods import olmp_state
 from workers.methods.olmp_ladder import offer
 from workers.methods.olmp_state import Progress
 from workers.models.masking import MagnitudePruner, PrunedModel, log_ratios_to_keep
-from workers.runtime.data import Splits
+from workers.runtime.data import Splits, held_out
 from workers.runtime.evaluation import Evaluator, accuracy
 from workers.runtime.masked_sgd import (
     MaskedTrainer,
@@ -128,11 +127,8 @@ class OlmpSearch:
         self.x_steer, self.y_steer = splits.x_val, splits.y_val
         self.confirm_scorer: Evaluator | None = None
         if spec.olmp.confirm_fraction > 0:
-            steer, held = (torch.from_numpy(i).to(splits.y_val.device) for i in
-                           confirmation_positions(int(splits.y_val.shape[0]),
-                                                  spec.olmp.confirm_fraction))
-            self.x_steer, self.y_steer = splits.x_val[steer], splits.y_val[steer]
-            self.x_confirm, self.y_confirm = splits.x_val[held], splits.y_val[held]
+            steering, self.x_confirm, self.y_confirm = held_out(splits, spec.olmp.confirm_fraction)
+            self.x_steer, self.y_steer = steering.x_val, steering.y_val
             self.confirm_scorer = Evaluator(model, self.x_confirm, self.y_confirm, mode=mode)
         self.x_score, self.y_score = seeded_subset(self.x_steer, self.y_steer, search_subset(spec),
                                                    spec.seed)
