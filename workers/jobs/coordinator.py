@@ -228,11 +228,7 @@ class DistributedSearch:
         """The smallest trials within δ on the steering images, scored on the held-out ones
         (or replayed), smallest first: the first within δ there, with its held-out drop."""
         assert self.held is not None and reference.confirm_val_accuracy is not None
-        ranked: list[Evaluated] = []
-        for e in self.results:
-            if e.feasible:
-                ranked.append(e)
-        ranked.sort(key=functools.cmp_to_key(
+        ranked = sorted((e for e in self.results if e.feasible), key=functools.cmp_to_key(
             lambda a, b: -1 if self._better(a, b) else (1 if self._better(b, a) else 0)))
         constraint = Constraint(self.spec.max_accuracy_drop)
         tried = ranked[: self.confirm_attempts]
@@ -245,9 +241,10 @@ class DistributedSearch:
                 start = time.perf_counter()
                 acc = accuracy(self.model, params, *self.held)
                 drop = reference.confirm_val_accuracy - acc
-                # the trial's model and sizes, scored on the held-out images
+                # the trial's model and sizes, scored here on the held-out images
                 c = dataclasses.replace(
-                    e, number=number, stage=CONFIRM, val_accuracy=acc, accuracy_drop=drop,
+                    e, number=number, stage=CONFIRM, worker=self.lease.worker,
+                    val_accuracy=acc, accuracy_drop=drop,
                     scored_on=int(self.held[1].shape[0]),
                     objective=constraint.objective(int(e.nonzero or 0), e.total, drop),
                     feasible=constraint.feasible(drop),
