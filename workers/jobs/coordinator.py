@@ -229,8 +229,10 @@ class DistributedSearch:
         """The smallest trials within δ on the steering images, scored on the held-out ones
         (or replayed), smallest first: the first within δ there, with its held-out drop."""
         assert self.held is not None and reference.confirm_val_accuracy is not None
-        ranked = sorted((e for e in self.results if e.feasible), key=functools.cmp_to_key(
-            lambda a, b: -1 if self._better(a, b) else (1 if self._better(b, a) else 0)))
+        def order(a: Evaluated, b: Evaluated) -> int:
+            return -1 if self._better(a, b) else (1 if self._better(b, a) else 0)
+
+        ranked = sorted((e for e in self.results if e.feasible), key=functools.cmp_to_key(order))
         constraint = Constraint(self.spec.max_accuracy_drop)
         tried = ranked[: self.confirm_attempts]
         for k, e in enumerate(tried):
