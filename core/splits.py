@@ -3,6 +3,8 @@ model trained by the zoo has never seen the validation samples a search scores o
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 DEFAULT_VALIDATION_FRACTION = 0.1
@@ -31,6 +33,16 @@ def confirmation_size(n_val: int, fraction: float) -> int:
         raise ValueError(f"a confirmation hold-out of {fraction:g} of a {n_val:,}-image validation "
                          f"split leaves {size:,} images held out and {n_val - size:,} to steer on")
     return size
+
+
+def admit_confirmation(dataset: dict[str, Any], fraction: float, field: str) -> None:
+    """At admission: a hold-out of `fraction` (0: none) of the uploaded dataset's validation split
+    must leave images on both sides; ValueError naming the spec's `field` when it does not."""
+    if fraction > 0:
+        try:
+            confirmation_size(int(dataset["splits"]["validation"]), fraction)
+        except ValueError as exc:
+            raise ValueError(f"{field}: {exc}") from None
 
 
 def confirmation_positions(n_val: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:

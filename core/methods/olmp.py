@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.methods import MethodInfo
-from core.splits import confirmation_size
+from core.splits import admit_confirmation
 
 if TYPE_CHECKING:  # the spec imports this module for OlmpOptions
     from core.architectures import Architecture
@@ -146,11 +146,7 @@ def rules(spec: JobSpec) -> None:
 
 
 def admit(spec: JobSpec, arch: Architecture, dataset: dict[str, Any]) -> None:
-    if spec.olmp.confirm_fraction > 0:
-        try:
-            confirmation_size(int(dataset["splits"]["validation"]), spec.olmp.confirm_fraction)
-        except ValueError as exc:
-            raise ValueError(f"olmp.confirm_fraction: {exc}") from None
+    admit_confirmation(dataset, spec.olmp.confirm_fraction, "olmp.confirm_fraction")
 
 
 METHOD = MethodInfo(

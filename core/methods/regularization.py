@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.methods import MethodInfo
-from core.splits import confirmation_size
+from core.splits import admit_confirmation
 
 if TYPE_CHECKING:
     from core.architectures import Architecture
@@ -126,11 +126,7 @@ def _admit(spec: JobSpec, arch: Architecture, dataset: dict[str, Any]) -> None:
     """Per-layer boxes must name the model's prunable tensors (a typo would silently search the
     default box instead); a hold-out must leave images on both sides."""
     o = spec.regularization
-    if o.confirm_fraction > 0:
-        try:
-            confirmation_size(int(dataset["splits"]["validation"]), o.confirm_fraction)
-        except ValueError as exc:
-            raise ValueError(f"regularization.confirm_fraction: {exc}") from None
+    admit_confirmation(dataset, o.confirm_fraction, "regularization.confirm_fraction")
     if spec.method != "sgl" and o.log10_eta_layers:
         raise ValueError("regularization.log10_eta_layers: only method sgl has an η to search")
     prunable = [t.name for t in arch.prunable]
