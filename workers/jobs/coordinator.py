@@ -238,10 +238,11 @@ class DistributedSearch:
         for k, e in enumerate(tried):
             self.recorder.check()
             number = self.spec.budget.trials + k
-            params = self._params(e)
-            c = self.recorder.replay(number)
+            c = self.recorder.replay(number)  # a resumed job's confirmations are not rescored
+            params = None
             if c is None:
                 start = time.perf_counter()
+                params = self._params(e)
                 acc = accuracy(self.model, params, *self.held)
                 drop = reference.confirm_val_accuracy - acc
                 # the trial's model and sizes, scored here on the held-out images
@@ -256,7 +257,7 @@ class DistributedSearch:
                                     best=c if c.feasible else None)
                 self.recorder.flush()
             if c.feasible:
-                return c, params
+                return c, params if params is not None else self._params(e)
         raise NoFeasibleTrial(
             f"{len(ranked)} of the {self.spec.budget.trials} trials kept validation accuracy "
             f"within max_accuracy_drop ({self.spec.max_accuracy_drop}) on the "
