@@ -53,9 +53,10 @@ def job_doc(j: Job) -> dict[str, Any]:
             "val_accuracy": ref.get("val_accuracy"),
             "test_accuracy": ref.get("test_accuracy"),
             "total_parameters": ref.get("total_parameters"),
-            # olmp's hold-out: the reference on the images that steer and on those that confirm
-            **{k: ref[k] for k in ("steered_on", "confirm_val_accuracy", "confirmed_on")
-               if k in ref},
+            # olmp's hold-out: the reference on the images that steer and on those that confirm;
+            # search_split: its one-shot search scores candidates on training images
+            **{k: ref[k] for k in ("steered_on", "confirm_val_accuracy", "confirmed_on",
+                                   "search_split") if k in ref},
         },
         "best": j.best,
         "test_accuracy": j.test_accuracy,

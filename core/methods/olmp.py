@@ -89,6 +89,11 @@ class OlmpOptions(BaseModel):
         False,
         description="score each round's one-shot candidates on a fresh seeded subset of the "
         "steering images (search.validation_subset of them) rather than the same subset every round")
+    search_images: Literal["steering", "train"] = Field(
+        "train",
+        description="images a round's one-shot candidates are scored on: a seeded subset "
+        "(search.validation_subset of them) of the steering part of the validation split, or of "
+        "the training split, so that no validation image takes part in choosing thresholds")
     search_span: float = Field(
         2.0, gt=0, le=8,
         description="how far below each layer's current keep ratio (log10) a round may search")

@@ -133,15 +133,19 @@ def test_the_best_is_a_trained_model_within_delta_and_the_checkpoint_says_so(
     assert accuracy(model, params, x, y) == best.val_accuracy
     assert accuracy(model, params, splits.x_test, splits.y_test) == result.test_accuracy
     # feasible means δ (2 %) everywhere; a round's search steers by its own tolerance (3 %),
-    # measured against the model the round starts from (the previous round's adjusted model)
-    current = recorder.written[0].val_accuracy
+    # measured against the model the round starts from on the images candidates are scored on
+    # (1,000 training images): in round 0, the reference
+    picked = torch.randperm(4000, generator=torch.Generator().manual_seed(2))[:1000].sort().values
+    current = accuracy(model, safetensors.torch.load(small_model_weights),
+                       splits.x_train[picked], splits.y_train[picked])
+    checked = 0
     for t in recorder.written:
-        assert t.accuracy_drop is not None and t.val_accuracy is not None and current is not None
+        assert t.accuracy_drop is not None and t.val_accuracy is not None
         assert t.feasible == (t.accuracy_drop <= 0.02)
-        if t.stage == "search" and abs(current - t.val_accuracy - 0.03) > 1e-9:
+        if t.stage == "search" and t.round == 0 and abs(current - t.val_accuracy - 0.03) > 1e-9:
             assert (t.objective <= 0) == (current - t.val_accuracy <= 0.03), (t, current)
-        if t.stage == "adjust":
-            current = t.val_accuracy
+            checked += 1
+    assert checked >= 6
 
 
 def test_retraining_attempts_start_from_ever_larger_adjusted_models(
@@ -295,3 +299,53 @@ def test_a_hold_out_that_leaves_nothing_to_steer_on_fails_the_job_with_a_message
     with pytest.raises(ValueError, match="1,000-image validation split leaves 1,000 images held out and 0 to steer on"):
         _run(small_model_weights, small_arrays, StateRecorder(),
              _spec(olmp={**SCHEDULE, "confirm_fraction": 0.9996}))
+
+
+class ReferenceRecorder(StateRecorder):
+    def set_reference(self, reference: dict[str, Any]) -> None:
+        self.reference = reference
+
+
+def test_round_searches_score_candidates_on_training_images_and_no_validation_image(
+        small_model_weights: bytes, small_arrays: dict[str, np.ndarray]) -> None:
+    # the default: a round's thresholds are chosen on a seeded subset of the training split, so a
+    # mask is never chosen for how it does on the validation images that later judge it
+    schedule = {**SCHEDULE, "rounds": 2, "retrain_iterations": 0}
+    recorder = ReferenceRecorder()
+    _run(small_model_weights, small_arrays, recorder, _spec(olmp=schedule))
+    ref = recorder.reference
+    assert ref["search_split"] == "train" and ref["scored_on"] == 1000
+    # the rule the README states: the first 1,000 of torch.randperm(n) seeded with the job's seed
+    picked = torch.randperm(4000, generator=torch.Generator().manual_seed(2))[:1000].sort().values
+    arch = get_architecture("lenet-300-100")
+    x = torch.from_numpy(small_arrays["x_train"])[picked]
+    y = torch.from_numpy(small_arrays["y_train"])[picked]
+    weights = safetensors.torch.load(small_model_weights)
+    assert ref["scored_val_accuracy"] == pytest.approx(accuracy(zoo.build(arch).eval(), weights, x, y))
+    assert ref["scored_val_accuracy"] != pytest.approx(ref["val_accuracy"])
+    searched = [t for t in recorder.written if t.stage == "search"]
+    assert searched and all(t.scored_on == 1000 for t in searched)
+
+    # the validation labels shuffled: every search candidate and every mask is the same; only
+    # the scorings of whole models (on validation images) change
+    shuffled = dict(small_arrays)
+    shuffled["y_val"] = np.random.default_rng(0).permutation(small_arrays["y_val"])
+    other = ReferenceRecorder()
+    _run(small_model_weights, shuffled, other, _spec(olmp=schedule))
+    for a, b in zip(recorder.written, other.written, strict=True):
+        assert a.stage == b.stage
+        if a.stage == "search":
+            assert (a.candidate, a.val_accuracy, a.nonzero) == (b.candidate, b.val_accuracy,
+                                                                b.nonzero)
+        else:
+            assert a.nonzero == b.nonzero
+    adjusted = [(a.val_accuracy, b.val_accuracy)
+                for a, b in zip(recorder.written, other.written, strict=True) if a.stage == "adjust"]
+    assert len(adjusted) == 2 and all(x != y for x, y in adjusted)
+
+    # the previous rule, on request: candidates scored on a subset of the steering images
+    steering = ReferenceRecorder()
+    _run(small_model_weights, small_arrays, steering,
+         _spec(olmp={**schedule, "search_images": "steering"}))
+    assert "search_split" not in steering.reference
+    assert steering.reference["scored_on"] == 667  # the whole steering part (1,000 − 333)

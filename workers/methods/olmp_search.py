@@ -130,9 +130,16 @@ class OlmpSearch:
             steering, self.x_confirm, self.y_confirm = held_out(splits, spec.olmp.confirm_fraction)
             self.x_steer, self.y_steer = steering.x_val, steering.y_val
             self.confirm_scorer = Evaluator(model, self.x_confirm, self.y_confirm, mode=mode)
-        self.x_score, self.y_score = seeded_subset(self.x_steer, self.y_steer, search_subset(spec),
-                                                   spec.seed)
-        self.subset = self.y_score.shape[0] < self.y_steer.shape[0]
+        # the images a round's one-shot candidates are scored on: the search picks, among ~100
+        # candidates a round for 30 rounds, the smallest that passes on them, and a mask chosen
+        # that way on validation images is flattered by those images even after retraining
+        self.x_search, self.y_search = ((splits.x_train, splits.y_train)
+                                        if spec.olmp.search_images == "train"
+                                        else (self.x_steer, self.y_steer))
+        self.x_score, self.y_score = seeded_subset(self.x_search, self.y_search,
+                                                   search_subset(spec), spec.seed)
+        self.subset = (self.y_score.shape[0] < self.y_steer.shape[0]
+                       or spec.olmp.search_images == "train")
         self.full_scorer = Evaluator(model, self.x_steer, self.y_steer, mode=mode)
         self.scorer = (Evaluator(model, self.x_score, self.y_score, mode=mode) if self.subset
                        else self.full_scorer)
@@ -206,7 +213,7 @@ class OlmpSearch:
         images, reference = self.scorer, self.reference_scored
         if spec.olmp.search_resample and self.subset:
             # a fresh subset of the steering part each round: no image steers every round
-            x, y = seeded_subset(self.x_steer, self.y_steer, search_subset(spec),
+            x, y = seeded_subset(self.x_search, self.y_search, search_subset(spec),
                                  round_seed(spec.seed, round_) + 1)
             images = Evaluator(self.model, x, y, mode=spec.search.evaluation)
             reference = accuracy(self.model, self.initial, x, y)
@@ -320,7 +327,8 @@ class OlmpSearch:
         reference = Reference(val_accuracy=self.reference_full, total_parameters=self.total,
                               scored_val_accuracy=self.reference_scored,
                               scored_on=int(self.y_score.shape[0]),
-                              steered_on=int(self.y_steer.shape[0]))
+                              steered_on=int(self.y_steer.shape[0]),
+                              search_split=("train" if o.search_images == "train" else None))
         self.reference_confirm = self.reference_full
         if self.confirm_scorer is not None:
             self.reference_confirm = accuracy(self.model, self.initial, self.x_confirm,

@@ -87,6 +87,7 @@ class Reference:
     scored_val_accuracy: float
     scored_on: int
     steered_on: int | None = None
+    search_split: str | None = None  # where scored_val_accuracy was measured, if not validation
     confirm_val_accuracy: float | None = None
     confirmed_on: int | None = None
     test_accuracy: float | None = None
