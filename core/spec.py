@@ -50,7 +50,8 @@ class SearchOptions(BaseModel):
         description="score candidates on this many validation samples (seeded); the best are "
         "re-scored on the full validation split before one is reported. Default: the whole "
         f"split; method olmp: {OLMP_SEARCH_SUBSET:,} (its rounds' one-shot candidates only steer "
-        "the thresholds; every trained model is scored on the whole split)",
+        "the thresholds, and are scored on this many training samples unless "
+        "olmp.search_images is 'steering'; every trained model is scored on validation data)",
     )
     rescore_top: int = Field(8, ge=1, le=256, description="feasible candidates re-scored in full")
     calibrate: bool = Field(

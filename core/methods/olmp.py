@@ -88,7 +88,8 @@ class OlmpOptions(BaseModel):
     search_resample: bool = Field(
         False,
         description="score each round's one-shot candidates on a fresh seeded subset of the "
-        "steering images (search.validation_subset of them) rather than the same subset every round")
+        "search images (search_images; search.validation_subset of them) rather than the same "
+        "subset every round")
     search_images: Literal["steering", "train"] = Field(
         "train",
         description="images a round's one-shot candidates are scored on: a seeded subset "

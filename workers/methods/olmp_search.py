@@ -8,7 +8,8 @@ Trials, numbered in the order they happen:
   reference  the unpruned model on the full validation split (always feasible: the fallback best);
   search     round r: the spec's optimizer over per-layer log10 keep ratios, near each layer's
              current ratio; a candidate keeps |W| ≥ T_l of the current weights and is scored one-shot
-             on a seeded subset of the validation split (`core.spec.search_subset`);
+             on a seeded subset (`core.spec.search_subset`) of the training split, or with
+             `olmp.search_images: "steering"` of the steering part of the validation split;
   adjust     round r: the best feasible search candidate's thresholds become the masks, then
              `adjust_iterations` of masked training; the trained model is scored on the full split;
   retrain    attempt i (round = rounds + i): back to the adjusted model the ladder keeps for it
@@ -212,7 +213,7 @@ class OlmpSearch:
         steer = search_drop(spec)
         images, reference = self.scorer, self.reference_scored
         if spec.olmp.search_resample and self.subset:
-            # a fresh subset of the steering part each round: no image steers every round
+            # a fresh subset of the search images each round: no image steers every round
             x, y = seeded_subset(self.x_search, self.y_search, search_subset(spec),
                                  round_seed(spec.seed, round_) + 1)
             images = Evaluator(self.model, x, y, mode=spec.search.evaluation)
