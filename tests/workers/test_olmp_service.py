@@ -109,6 +109,9 @@ def test_an_olmp_job_reports_rounds_and_its_checkpoint_reproduces_its_figures(
     # confirmed) scored on the two thirds that steer the job; the reference on both says so
     ref = done["reference"]
     assert (ref["steered_on"], ref["confirmed_on"]) == (667, 333)
+    # the rounds' one-shot candidates were scored on training images, and the job says so
+    assert ref["search_split"] == "train"
+    assert all(t["metrics"]["scored_on"] == 1000 for t in trials if t["stage"] == "search")
     on_held_out = best["stage"] == "confirm"
     assert chosen["metrics"]["scored_on"] == (333 if on_held_out else 667)
     ref_val = ref["confirm_val_accuracy"] if on_held_out else ref["val_accuracy"]
@@ -134,6 +137,7 @@ def test_an_olmp_job_reports_rounds_and_its_checkpoint_reproduces_its_figures(
     nonzero = sum(int(torch.count_nonzero(t)) for t in state.values())
     assert nonzero == best["nonzero"] == manifest["nonzero"]
     assert manifest["spec"]["method"] == "olmp" and manifest["trial_number"] == best["trial_number"]
+    assert manifest["reference"]["search_split"] == "train"
     for name, layer in manifest["layers"].items():
         assert int(torch.count_nonzero(state[name])) == layer["kept"]
 
