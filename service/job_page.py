@@ -123,6 +123,8 @@ def context(session: Session, job: Job, state: TableState, now: datetime) -> dic
         "best_round": next((p.round for p in points if best and p.number == best["trial_number"]),
                            None),
         "steering": sorted(steering(method)),
+        # olmp scores its round searches on training images: the table says so on those rows
+        "search_split": ref.get("search_split"),
         "reference": doc["reference"],
         "multi_round": len(job_rounds) > 1,
         "rounds": job_rounds,

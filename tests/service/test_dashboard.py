@@ -305,7 +305,10 @@ def test_a_multi_round_job_page_polls_and_shows_rounds_and_sorted_trials(world: 
             "nonzero": round(266_610 / 7.5), "total": 266_610, "val_accuracy": 0.948,
             "accuracy_drop": 0.002, "scored_on": 6000,
             "keep_ratios": {"fc1.weight": 0.1, "fc2.weight": 0.3, "fc3.weight": 1.0}}
-    _write_trials(world.url, rows, trials_done=len(rows), stage="adjust", best=best)
+    _write_trials(world.url, rows, trials_done=len(rows), stage="adjust", best=best,
+                  reference={"val_accuracy": 0.95, "total_parameters": 266_610,
+                             "scored_val_accuracy": 0.99, "scored_on": 1000,
+                             "search_split": "train"})
 
     live = browser.get(f"/ui/jobs/{jid}", params={"v": first["version"]})
     assert live.status_code == 200
@@ -325,6 +328,12 @@ def test_a_multi_round_job_page_polls_and_shows_rounds_and_sorted_trials(world: 
     shown = [int(n) for n in re.findall(r'<tr data-trial="(\d+)"', table["parts"]["job-trials"])]
     by_ratio = sorted(rows, key=lambda t: (-t["compression_ratio"], t["number"]))
     assert shown == [t["number"] for t in by_ratio]
+    # the search rows were scored on training images, and their "scored on" cell says so
+    cells = dict(re.findall(r'<tr data-trial="(\d+)".*?<td class="num">([^<]*(?:<span class="muted">train</span>)?)</td>\s*<td class="num">[\d.]+</td>\s*</tr>',
+                            table["parts"]["job-trials"], flags=re.S))
+    assert len(cells) == len(rows)
+    assert {n for n, c in cells.items() if "train" in c} == {str(t["number"]) for t in rows
+                                                             if t["stage"] == "search"}
     only_adjust = browser.get(f"/ui/jobs/{jid}/trials", params={"stage": "adjust"}).json()
     assert re.findall(r'<tr data-trial="(\d+)"', only_adjust["parts"]["job-trials"]) == ["6", "12", "18", "24"]
     page = browser.get(f"/jobs/{jid}", params={"sort": "ratio", "dir": "desc"}).text
