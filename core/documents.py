@@ -104,6 +104,13 @@ class Progress(Document):
     rounds: int | None = Field(None, description="multi-round methods: rounds planned")
 
 
+# The reference's figures beyond val/test accuracy that a method may record and that both the job
+# document and the download's manifest pass on: olmp's and l0/sgl's hold-out (the reference on the
+# images that steer and on those that confirm) and olmp's search split (`train`: its round searches
+# score candidates on training images).
+REFERENCE_DETAILS = ("steered_on", "confirm_val_accuracy", "confirmed_on", "search_split")
+
+
 class ReferenceFigures(Document):
     val_accuracy: float | None
     test_accuracy: float | None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from core import methods
+from core.documents import REFERENCE_DETAILS
 from store.models import Dataset, Job, Model, Trial, Worker
 
 
@@ -53,10 +54,7 @@ def job_doc(j: Job) -> dict[str, Any]:
             "val_accuracy": ref.get("val_accuracy"),
             "test_accuracy": ref.get("test_accuracy"),
             "total_parameters": ref.get("total_parameters"),
-            # olmp's hold-out: the reference on the images that steer and on those that confirm;
-            # search_split: its one-shot search scores candidates on training images
-            **{k: ref[k] for k in ("steered_on", "confirm_val_accuracy", "confirmed_on",
-                                   "search_split") if k in ref},
+            **{k: ref[k] for k in REFERENCE_DETAILS if k in ref},
         },
         "best": j.best,
         "test_accuracy": j.test_accuracy,

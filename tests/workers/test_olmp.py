@@ -70,6 +70,14 @@ def _run(weights: bytes, arrays: dict[str, np.ndarray], recorder: StateRecorder,
                       split_arrays(arrays, {}), spec, recorder, state, state_seconds=0.0).run()
 
 
+def _search_images(arrays: dict[str, np.ndarray], seed: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training images a round's candidates are scored on, by the rule the README states: the
+    first 1,000 positions of torch.randperm(n) seeded with the job's seed, sorted."""
+    picked = torch.randperm(len(arrays["y_train"]),
+                            generator=torch.Generator().manual_seed(seed))[:1000].sort().values
+    return torch.from_numpy(arrays["x_train"])[picked], torch.from_numpy(arrays["y_train"])[picked]
+
+
 def _untimed(trials: Sequence[Evaluated]) -> list[Evaluated]:
     return [dataclasses.replace(t, duration_ms=0.0) for t in trials]
 
@@ -135,9 +143,8 @@ def test_the_best_is_a_trained_model_within_delta_and_the_checkpoint_says_so(
     # feasible means δ (2 %) everywhere; a round's search steers by its own tolerance (3 %),
     # measured against the model the round starts from on the images candidates are scored on
     # (1,000 training images): in round 0, the reference
-    picked = torch.randperm(4000, generator=torch.Generator().manual_seed(2))[:1000].sort().values
     current = accuracy(model, safetensors.torch.load(small_model_weights),
-                       splits.x_train[picked], splits.y_train[picked])
+                       *_search_images(small_arrays))
     checked = 0
     for t in recorder.written:
         assert t.accuracy_drop is not None and t.val_accuracy is not None
@@ -315,13 +322,10 @@ def test_round_searches_score_candidates_on_training_images_and_no_validation_im
     _run(small_model_weights, small_arrays, recorder, _spec(olmp=schedule))
     ref = recorder.reference
     assert ref["search_split"] == "train" and ref["scored_on"] == 1000
-    # the rule the README states: the first 1,000 of torch.randperm(n) seeded with the job's seed
-    picked = torch.randperm(4000, generator=torch.Generator().manual_seed(2))[:1000].sort().values
     arch = get_architecture("lenet-300-100")
-    x = torch.from_numpy(small_arrays["x_train"])[picked]
-    y = torch.from_numpy(small_arrays["y_train"])[picked]
     weights = safetensors.torch.load(small_model_weights)
-    assert ref["scored_val_accuracy"] == pytest.approx(accuracy(zoo.build(arch).eval(), weights, x, y))
+    assert ref["scored_val_accuracy"] == pytest.approx(
+        accuracy(zoo.build(arch).eval(), weights, *_search_images(small_arrays)))
     assert ref["scored_val_accuracy"] != pytest.approx(ref["val_accuracy"])
     searched = [t for t in recorder.written if t.stage == "search"]
     assert searched and all(t.scored_on == 1000 for t in searched)

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import methods
 from core.architectures import Architecture
+from core.documents import REFERENCE_DETAILS
 from core.settings import Settings
 from core.spec import JobSpec
 from store import blobs, records, trial_queue
@@ -223,8 +224,7 @@ def manifest_for(result: SearchResult, *, arch_name: str, arch_config: dict[str,
         "reference": {"val_accuracy": result.reference.val_accuracy,
                       "test_accuracy": result.reference.test_accuracy,
                       **{k: v for k, v in result.reference.doc().items()
-                         if k in ("steered_on", "confirm_val_accuracy", "confirmed_on",
-                                  "search_split")}},
+                         if k in REFERENCE_DETAILS}},
         "pruned": {"val_accuracy": best.val_accuracy, "accuracy_drop": best.accuracy_drop,
                    "scored_on": best.scored_on, "test_accuracy": result.test_accuracy},
         "max_accuracy_drop": spec.max_accuracy_drop,
