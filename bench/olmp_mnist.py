@@ -71,8 +71,9 @@ FULL = {"lenet-300-100": {"iterations": 10_000, "budget": 3000, "olmp": {}},
 # The defaults, shortened to about 5 minutes of 2 CPU cores per model: fewer rounds and
 # candidates, shorter retraining attempts for LeNet-300-100. LeNet-5's steps cost ~15× more, so it
 # gets fewer rounds but keeps full-length adjusting and retraining: measured on seed 3 (validation
-# only), 12 rounds × 400 with attempts of 2,000 confirmed 21-29× and 6 × 1,000 with one attempt of
-# 10,000 confirmed 146.9× (a LeNet-5 pruned 100×+ needs ~10,000 masked steps to come back within δ)
+# only), 12 rounds × 400 with attempts of 2,000 confirmed 13-29× and 6 × 1,000 with one attempt of
+# 10,000 146.9× (a LeNet-5 pruned 100×+ needs ~10,000 masked steps to come back within δ; the
+# README's table)
 QUICK = {"lenet-300-100": {"iterations": 10_000, "budget": 1500,
                            "olmp": {"rounds": 15, "retrain_iterations": 5000}},
          "lenet-5": {"iterations": 10_000, "budget": 600,
