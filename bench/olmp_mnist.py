@@ -73,7 +73,8 @@ FULL = {"lenet-300-100": {"iterations": 10_000, "budget": 3000, "olmp": {}},
 # gets fewer rounds but keeps full-length adjusting and retraining: measured on seed 3 (validation
 # only), 12 rounds × 400 with attempts of 2,000 confirmed 13-29× and 6 × 1,000 with one attempt of
 # 10,000 146.9× (a LeNet-5 pruned 100×+ needs ~10,000 masked steps to come back within δ; the
-# README's table)
+# README's table). 6 × 800 with attempts of 8,000 (12,800 steps, to fit 5 minutes on a slower
+# machine) confirmed seeds 3 and 4 but only 1.0× / 115.0× / 77.8× on seeds 0-2: not kept
 QUICK = {"lenet-300-100": {"iterations": 10_000, "budget": 1500,
                            "olmp": {"rounds": 15, "retrain_iterations": 5000}},
          "lenet-5": {"iterations": 10_000, "budget": 600,
