@@ -50,7 +50,7 @@ from workers.methods import TrialOutcome, group_prox
 from workers.methods import hard_concrete as hc
 from workers.models import compaction, zoo
 from workers.models.masking import nonzero_parameters
-from workers.runtime import batchnorm
+from workers.runtime import batchnorm, layout
 from workers.runtime.data import Splits
 from workers.runtime.evaluation import accuracy
 from workers.runtime.fine_tuning import cosine_annealed
@@ -123,7 +123,10 @@ class _Trial:
             raise ValueError(f"reference weights lack {sorted(missing)}")
         # parameters train; buffers (BatchNorm's running statistics) follow them in train mode,
         # updated in place on the trial's own copies and carried into every scored model
-        self.weights = {t.name: reference[t.name].detach().to(device, torch.float32).clone()
+        # convolution weights channels-last on CPU (workers.runtime.layout): oneDNN trains them
+        # faster that way; the trial's outcome is made contiguous before it leaves
+        self.layout = layout.Layout(self.model, device)
+        self.weights = {t.name: self.layout.copy(t.name, reference[t.name].to(device, torch.float32))
                         .requires_grad_(True) for t in arch.parameters}
         self.buffers = {t.name: reference[t.name].detach().to(device).clone() for t in arch.buffers}
         cpu_gen = torch.Generator().manual_seed(seed)
@@ -210,12 +213,12 @@ class _Trial:
                 z = gate(la)
                 norm = normalized.get(name)
                 if norm is None:
-                    p[name] = self.weights[name] * z
+                    p[name] = self.layout.fast(name, self.weights[name] * z)
                     continue
                 for affine in (f"{norm}.weight", f"{norm}.bias"):
                     p[affine] = self.weights[affine] * z.reshape(-1)
                 if final:
-                    p[name] = self.weights[name] * (z > 0)
+                    p[name] = self.layout.fast(name, self.weights[name] * (z > 0))
             return p
 
         for epoch in range(opts.epochs):
@@ -280,7 +283,7 @@ class _Trial:
             alive = masks[conv].flatten(1).any(dim=1)
             for affine in (f"{norm}.weight", f"{norm}.bias"):
                 masks[affine] = alive | (params[affine] != 0)
-        weights = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+        weights = {k: self.layout.copy(k, v).requires_grad_(True) for k, v in params.items()}
         opt = torch.optim.Adam(list(weights.values()), lr=self.options.lr)
         sched = (cosine_annealed(opt, self.options.finetune_epochs * self.batches.per_epoch)
                  if self.options.finetune_schedule == "cosine" else None)

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from workers.runtime.layout import Layout
+
 EVAL_BATCH = 8192
 # Elements of activations alive at once in a batched pass (fp32: 4 bytes each).
 ACTIVATION_BUDGET = 256 * 1024 * 1024
@@ -28,6 +30,7 @@ def accuracy(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor,
     """Accuracy of `model` computing with `params` on (x, y), in eval mode: BatchNorm uses its
     running statistics, dropout is off (a trainer switches back to train mode itself)."""
     model.eval()
+    params = Layout(model, x.device).params(params)  # conv weights channels-last on CPU
     correct = 0
     for start in range(0, x.shape[0], batch):
         logits = functional_call(model, params, (x[start : start + batch],))

@@ -30,6 +30,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from workers.runtime import layout
+
 log = logging.getLogger(__name__)
 
 
@@ -98,7 +100,7 @@ class MaskedTrainer:
 
     def __init__(self, model: nn.Module, weights: dict[str, torch.Tensor], masked: list[str],
                  x: torch.Tensor, y: torch.Tensor, config: SolverConfig, seed: int,
-                 *, graphs: bool | None = None) -> None:
+                 *, graphs: bool | None = None, channels_last: bool = True) -> None:
         self.model, self.x, self.y, self.config = model, x, y, config
         # Only parameters train; buffers (BatchNorm's running statistics) are updated in place by
         # the forward pass in train mode, on the trainer's own copies
@@ -107,7 +109,11 @@ class MaskedTrainer:
         self.buffers = {n: t.detach().clone() for n, t in weights.items() if n not in trainable}
         self.masked = list(masked)
         device = x.device
-        self.w = {n: weights[n].detach().clone().float().requires_grad_(True) for n in self.names}
+        # convolution weights channels-last on CPU (workers.runtime.layout); masks, velocity and
+        # scratch follow their weight's layout (`*_like`); what is handed out is standard again
+        self.layout = layout.Layout(model, x.device, enabled=channels_last)
+        self.w = {n: self.layout.copy(n, weights[n].float()).requires_grad_(True)
+                  for n in self.names}
         self.m = {n: torch.ones_like(self.w[n], requires_grad=False) for n in self.masked}
         # buffers of the mask refresh, which runs on every layer at almost every early iteration
         self._scratch = {n: (torch.empty_like(self.m[n]), torch.empty_like(self.m[n]))
@@ -161,7 +167,7 @@ class MaskedTrainer:
     def masked_params(self) -> dict[str, torch.Tensor]:
         """The model as it computes: W⊙M for masked tensors, W elsewhere (fresh tensors)."""
         with torch.no_grad():
-            out = {n: (self.w[n] * self.m[n] if n in self.m else self.w[n].clone())
+            out = {n: layout.standard(self.w[n] * self.m[n] if n in self.m else self.w[n])
                    for n in self.names}
             return {**out, **{n: t.clone() for n, t in self.buffers.items()}}
 
@@ -183,7 +189,8 @@ class MaskedTrainer:
             # whose gradient is W's. (A custom autograd.Function did the same; its two Python
             # calls per tensor per step cost a LeNet-300-100 step about a fifth of its time.)
             with torch.no_grad():
-                leaves = {k: (self.w[k] * self.m[k]).requires_grad_(True) for k in self.m}
+                leaves = {k: self.layout.fast(k, self.w[k] * self.m[k])
+                          .requires_grad_(True) for k in self.m}
             eff = {k: leaves.get(k, self.w[k]) for k in self.names}
         wrt = [eff[k] for k in self.names]
         eff.update(self.buffers)
@@ -268,9 +275,9 @@ class MaskedTrainer:
     # -- state -----------------------------------------------------------------------------
     def state(self) -> TrainerState:
         return TrainerState(
-            weights={k: t.detach().clone() for k, t in self.w.items()},
-            masks={k: t.clone() for k, t in self.m.items()},
-            velocity={k: t.clone() for k, t in self.v.items()},
+            weights={k: layout.standard(t) for k, t in self.w.items()},
+            masks={k: layout.standard(t) for k, t in self.m.items()},
+            velocity={k: layout.standard(t) for k, t in self.v.items()},
             thresholds=dict(self.thresholds), iteration=self.iteration,
             batch_rng=self.batches.get_state(), coin_rng=dict(self.coins.bit_generator.state),
             buffers={k: t.clone() for k, t in self.buffers.items()})
