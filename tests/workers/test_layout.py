@@ -35,6 +35,10 @@ def test_only_convolution_weights_on_cpu_take_the_layout() -> None:
     assert Layout(model, torch.device("meta")).names == frozenset()
     assert Layout(model, CPU, enabled=False).names == frozenset()
     assert Layout(zoo.build(get_architecture("lenet-300-100")), CPU).names == frozenset()
+    # a model that does not say its forward is safe for it (an uploaded graph may `view` an
+    # activation, which channels-last strides cannot serve) keeps the standard layout
+    plain = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten())
+    assert Layout(plain, CPU).names == frozenset()
 
 
 def test_one_input_channel_gets_canonical_channels_last_strides() -> None:

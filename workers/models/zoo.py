@@ -69,6 +69,10 @@ class LeNet300100(nn.Module):
 class LeNet5(nn.Module):
     """Caffe's LeNet (as in OLMP): no nonlinearity after the convolutions, ReLU after fc1 only."""
 
+    # its forward reads activations by flatten (a reshape), never a view: workers.runtime.layout
+    # may keep its convolutions channels-last on CPU
+    channels_last_safe = True
+
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         widths = {**LENET_5_WIDTHS, **dict((config or {}).get("widths", {}))}
@@ -88,6 +92,8 @@ class LeNet5(nn.Module):
 class VggFashion(nn.Module):
     """conv 3×3 (no bias) → BatchNorm → ReLU, six times, max-pool after every second, then global
     average pooling and fc; `config["widths"]` narrows the convolutions (a compacted model)."""
+
+    channels_last_safe = True  # as LeNet5's: no view of an activation
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         super().__init__()

@@ -8,9 +8,11 @@ values are the same tensors. So trainers keep the weights of the model's `nn.Con
 this layout, scorings convert them on the way in, and everything handed out (states,
 checkpoints) is made standard (contiguous) again, which is what safetensors and readers expect.
 
-Only `nn.Conv2d` weights are touched: an uploaded graph may read a 4-D tensor in other ways
-(a `view`, which strides can break). CUDA keeps the standard layout (not measured to gain on its
-small convolutions, and its training step is a captured CUDA graph).
+Only `nn.Conv2d` weights of a model that opts in (`channels_last_safe = True`: the built-in
+LeNet-5 and vgg-fashion) are touched: channels-last weights make the activations channels-last
+too, and an uploaded graph may `view` an activation, which those strides cannot satisfy (it
+fails at run time). CUDA keeps the standard layout (not measured to gain on its small
+convolutions, and its training step is a captured CUDA graph).
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ class Layout:
     """Which of a model's tensors train and score channels-last on `device`."""
 
     def __init__(self, model: nn.Module, device: torch.device, *, enabled: bool = True) -> None:
+        on = enabled and device.type == "cpu" and getattr(model, "channels_last_safe", False)
         self.names = frozenset(
             f"{name}.weight" for name, m in model.named_modules()
-            if isinstance(m, nn.Conv2d)) if enabled and device.type == "cpu" else frozenset()
+            if isinstance(m, nn.Conv2d)) if on else frozenset()
 
     def copy(self, name: str, t: torch.Tensor) -> torch.Tensor:
         """A detached copy of `t`, channels-last if it is a convolution weight here. Always a
