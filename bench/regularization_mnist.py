@@ -114,7 +114,7 @@ RUNS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         # 188.3× at +0.05 pt at the box's middle (η −1.25/−1.5/−1.75/−1.25, λ −5.5), 222.6× at
         # +0.23 with conv1 −1.0, conv2 −1.25, where one η for every layer (−1.75, fc2 −1.25) kept
         # 152.2× at +0.15 (README, "sgl on LeNet-5: η per layer"). No trial pruner: the median
-        # pruner read each trial's accuracy after its second regularized epoch, mid-ramp, where the
+        # pruner read each trial's accuracy after its 2nd or 3rd regularized epoch, mid-ramp, where the
         # trials that end smallest look worst; on seed 3 (validation only, one reference) it
         # stopped 6 of 8 there and the job kept 173.9×, without it 188.8× (README, "Trial
         # pruners on sgl LeNet-5")
