@@ -75,6 +75,13 @@ class RegularizationOptions(BaseModel):
         default_factory=dict,
         description="sgl: per-layer search boxes of log10 η by prunable tensor name, replacing "
         "log10_eta for the layers named")
+    # Off until measured: the ratio counts biases, and sgl kept every living unit's bias (about
+    # one non-zero in eight of a pruned LeNet-5, README "Biases under sgl's ℓ0 term")
+    prune_biases: bool = Field(
+        False,
+        description="sgl: the ℓ0 term prices each layer's bias entries too, at that layer's η "
+        "(a bias stays only if it is worth η of loss, as a weight must be); pruned biases stay "
+        "zero through fine-tuning. l0 ignores it")
     train_subset: int | None = Field(
         None, ge=100, description="train each trial on this many training samples (seeded)")
     pruner: Literal["none", "median", "hyperband"] = Field(

@@ -49,7 +49,7 @@ from core.methods.regularization import RegularizationOptions
 from workers.methods import TrialOutcome, group_prox
 from workers.methods import hard_concrete as hc
 from workers.models import compaction, zoo
-from workers.models.masking import nonzero_parameters
+from workers.models.masking import nonzero_parameters, tied_biases
 from workers.runtime import batchnorm, layout
 from workers.runtime.data import Splits
 from workers.runtime.evaluation import accuracy
@@ -112,8 +112,8 @@ class _Batches:
 
 
 class _Trial:
-    def __init__(self, arch: Architecture, reference: dict[str, torch.Tensor], splits: Splits,
-                 options: RegularizationOptions, seed: int, device: torch.device,
+    def __init__(self, method: str, arch: Architecture, reference: dict[str, torch.Tensor],
+                 splits: Splits, options: RegularizationOptions, seed: int, device: torch.device,
                  report: Callable[[int, float], bool], check: Callable[[], None]) -> None:
         self.arch, self.options, self.device, self.report = arch, options, device, report
         self.model: nn.Module = zoo.build(arch).to(device).eval()
@@ -143,6 +143,8 @@ class _Trial:
         self.pruned_at: int | None = None
         # {conv weight: the BatchNorm that normalizes its output} (l0's neuron gates, fine-tuning)
         self.normalized = batchnorm.normalized_outputs(self.model, arch.input_shape)
+        self.tied = tied_biases(arch)  # each prunable weight's bias (sgl's prune_biases)
+        self.method = method
 
     def loss(self, params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor
              ) -> torch.Tensor:
@@ -252,6 +254,10 @@ class _Trial:
         # 300-long columns as on a 25-weight filter, and λ is per weight as l0's is
         layers = [(t, self.weights[t.name], lam * math.sqrt(group_prox.group_size(t.kind, t.shape)),
                    eta) for t, lam, eta in zip(self.prunable, lambdas, etas, strict=True)]
+        # a bias entry is a non-zero like a weight: the ℓ0 prox of a scalar keeps b only where
+        # ½b² > tη (no group term: a bias belongs to no input column or filter)
+        biases = ([(self.weights[self.tied[t.name]], eta)
+                   for t, _, _, eta in layers if t.name in self.tied] if opts.prune_biases else [])
         for epoch in range(opts.epochs):
             for xb, yb in self.batches.epoch():
                 self.batches.tick()
@@ -263,6 +269,9 @@ class _Trial:
                     for t, w, lam, eta in layers:
                         step = ramp * adam_step_size(opt, w)
                         w.copy_(group_prox.prox(w, t.kind, step, lam, eta))
+                    for b, eta in biases:
+                        step = ramp * adam_step_size(opt, b)
+                        b.mul_(b.square() > 2.0 * step * eta)
             current = self.detached()
             self.recalibrate(current)
             if self.scored(epoch, current):
@@ -275,6 +284,8 @@ class _Trial:
         """Adam on the survivors, zeros frozen: masked gradients keep Adam's moments of a pruned
         weight at 0 (so its update is exactly 0), and the mask is reapplied after each step."""
         masks = {t.name: params[t.name] != 0 for t in self.prunable}
+        if self.options.prune_biases and self.method == "sgl":
+            masks.update({b: params[b] != 0 for b in self.tied.values()})
         for conv, norm in self.normalized.items():
             if conv not in masks:
                 continue  # a convolution the method does not prune
@@ -332,7 +343,7 @@ def run_trial(method: str, arch: Architecture, reference: dict[str, torch.Tensor
     if len(strengths) != needed:
         raise ValueError(f"method {method} on {arch.name} takes {needed} strengths, got {len(strengths)}")
     values = [10.0 ** float(s) for s in strengths]
-    trial = _Trial(arch, reference, splits, options, seed, device, report, check)
+    trial = _Trial(method, arch, reference, splits, options, seed, device, report, check)
     n = len(arch.prunable)
     if method == "l0":
         params = trial.run_l0(values)
