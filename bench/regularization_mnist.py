@@ -3,7 +3,7 @@
     .venv/bin/python bench/regularization_mnist.py [--models lenet-300-100 lenet-5]
         [--seeds 0 1 2] [--trials N] [--workers 2] [--quick] [--device auto|cpu|cuda]
         [--methods "l0 neuron" "l0 weight" sgl] [--tag NAME] [--rescore RUN.db]
-    .venv/bin/python bench/regularization_mnist.py --merge RESULTS.json … --tag NAME
+    .venv/bin/python bench/regularization_mnist.py --merge RESULTS.json[#MODEL:METHOD,…] … --tag NAME
 
 For each model: the Caffe-trained reference of bench/olmp_mnist.py (cached under var/bench/), the
 real API (in process) on a fresh SQLite file and `--workers` real `thresher worker` processes of one
@@ -23,7 +23,8 @@ the two workers ran (workers idle between jobs), so that both are timed under th
 Prints one table per model with the published rows and the median over seeds, and writes
 bench/results/regularization_mnist[_quick]_<device>.json. `--merge` prints the same table for the
 rows of several results files (seeds run one at a time, so that each wrote its file as it ended)
-and writes them as one file; each row keeps the reference test error of the run it came from.
+and writes them as one file; each row keeps the reference test error of the run it came from, and
+`PATH#MODEL:METHOD,…` takes only those rows of a file that also holds superseded ones.
 """
 
 from __future__ import annotations
@@ -518,16 +519,49 @@ def print_tables(results: dict[str, Any], trials: int, seeds: list[int], workers
         print()
 
 
-def merge(paths: list[Path]) -> dict[str, Any]:
-    """The rows of several results files as one: per model, every file's rows (each with the
-    reference test error of its own run), the schedule of the first file that has the model and
-    every file's runs, which must not differ for one method; the union of the seeds, the most
-    trials, and the files' seconds summed."""
+def merge_source(arg: str) -> tuple[Path, set[tuple[str, str]] | None]:
+    """`PATH` (every row) or `PATH#MODEL:METHOD[,MODEL:METHOD…]` (only those models' rows of those
+    methods, e.g. `x.json#lenet-300-100:l0 weight`): a results file that holds superseded rows
+    beside current ones gives only the current ones."""
+    path, _, picks = arg.partition("#")
+    if not picks:
+        return Path(path), None
+    chosen: set[tuple[str, str]] = set()
+    for pick in picks.split(","):
+        arch, sep, label = pick.partition(":")
+        if not sep or arch not in PUBLISHED or not label.strip():
+            raise SystemExit(f"--merge: {pick!r} in {arg!r} is not MODEL:METHOD with MODEL one of "
+                             f"{list(PUBLISHED)}")
+        chosen.add((arch, label.strip()))
+    return Path(path), chosen
+
+
+def merge(sources: list[str]) -> dict[str, Any]:
+    """The rows of several results files as one (see `merge_source` for picking rows): per model,
+    every file's rows (each with the reference test error of its own run), the schedule of the
+    first file that has the model and every file's runs, which must not differ for one method;
+    the union of the seeds, the most trials, and the files' seconds summed."""
+    picked = [merge_source(a) for a in sources]
+    paths = [p for p, _ in picked]
     files = [json.loads(p.read_text()) for p in paths]
+    for (path, chosen), f in zip(picked, files, strict=True):
+        if chosen is None:
+            continue
+        have = {(arch, run_label(m, e)) for arch, res in f["results"].items() for m, e in res["runs"]}
+        if chosen - have:
+            raise SystemExit(f"--merge: {path} has no rows of {sorted(chosen - have)}")
+        f["results"] = {arch: {**res, "runs": [r for r in res["runs"]
+                                               if (arch, run_label(*r)) in chosen],
+                               "rows": [r for r in res["rows"] if (arch, r["method"]) in chosen]}
+                        for arch, res in f["results"].items()
+                        if any(a == arch for a, _ in chosen)}
     results: dict[str, Any] = {}
     options: dict[tuple[str, str], tuple[Any, Path]] = {}  # a method's options, and where from
     for path, f in zip(paths, files, strict=True):
         for arch, res in f["results"].items():
+            # a file's runs without rows in it (methods left out by --methods) say nothing
+            labels = {r["method"] for r in res["rows"]}
+            res["runs"] = [r for r in res["runs"] if run_label(*r) in labels]
             for m, e in res["runs"]:  # a median over seeds of different boxes would mean nothing
                 seen = options.setdefault((arch, run_label(m, e)), ((res["schedule"], e), path))
                 if seen[0] != (res["schedule"], e):
@@ -549,7 +583,7 @@ def merge(paths: list[Path]) -> dict[str, Any]:
             "trials": max(f["trials"] for f in files),
             "seeds": sorted({s for f in files for s in f["seeds"]}),
             "workers": files[0]["workers"], "seconds": sum(f["seconds"] for f in files),
-            "published": PUBLISHED, "results": results, "merged_from": [str(p) for p in paths]}
+            "published": PUBLISHED, "results": results, "merged_from": list(sources)}
 
 
 def main() -> None:
@@ -570,8 +604,9 @@ def main() -> None:
                     "options, e.g. '{\"confirm_fraction\": 0.3333333333333333}'")
     ap.add_argument("--tune", action="store_true", help="validation figures only: the test split "
                     "is neither scored nor shown (seeds ≥ 3, for choosing defaults)")
-    ap.add_argument("--merge", type=Path, nargs="+", help="print and write the rows of these "
-                    "results files as one table instead of running jobs")
+    ap.add_argument("--merge", nargs="+", help="print and write the rows of these results files "
+                    "as one table instead of running jobs; PATH#MODEL:METHOD[,…] takes only those "
+                    "rows of a file (e.g. 'x.json#lenet-5:l0 neuron,lenet-5:l0 weight')")
     args = ap.parse_args()
     if args.tune and any(s < 3 for s in args.seeds):
         ap.error("--tune is for seeds ≥ 3; seeds 0, 1, 2 are run once, for the table")
