@@ -257,7 +257,8 @@ def _bare_epochs(arch: str, weights: bytes, method: str, granularity: str, batch
         return w * z.view_as(w)
 
     def run(regularized: bool) -> float:
-        masks = [w.detach().ne(0).float() for w in weights_orig]
+        frozen = [*weights_orig, *(m.bias for m in layers)] if method == "sgl" else weights_orig
+        masks = [w.detach().ne(0).float() for w in frozen]
         t0 = time.perf_counter()
         for i in range(0, images, batch):
             xb, yb = x[i:i + batch], y[i:i + batch]
@@ -279,7 +280,7 @@ def _bare_epochs(arch: str, weights: bytes, method: str, granularity: str, batch
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if not regularized:
-                for w, mk in zip(weights_orig, masks, strict=True):
+                for w, mk in zip(frozen, masks, strict=True):
                     w.grad.mul_(mk)
             opt.step()
             with torch.no_grad():
@@ -290,8 +291,13 @@ def _bare_epochs(arch: str, weights: bytes, method: str, granularity: str, batch
                         t = 1e-3 / float((v_hat.sqrt() + 1e-8).mean())
                         g = w.view(w.shape[0], -1) if w.dim() == 4 else w.t()
                         g.copy_(_sgl_prox(g, t * lam * math.sqrt(g.shape[1]), t * lam))
+                    for m in layers:  # the ℓ0 prox of each bias entry (sgl's prune_biases)
+                        st = opt.state[m.bias]
+                        v_hat = st["exp_avg_sq"] / (1 - 0.999 ** st["step"])
+                        t = 1e-3 / float((v_hat.sqrt() + 1e-8).mean())
+                        m.bias.mul_(m.bias.square() > 2 * t * lam)
                 elif not regularized:
-                    for w, mk in zip(weights_orig, masks, strict=True):
+                    for w, mk in zip(frozen, masks, strict=True):
                         w.mul_(mk)
         return (time.perf_counter() - t0) * 54_000 / images
 
