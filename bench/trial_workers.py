@@ -44,6 +44,10 @@ def reference_weights(workdir: Path) -> bytes:
     return path.read_bytes()
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 @contextmanager
 def worker_processes(url: str, workers: int, workdir: Path, threads: int = 1,
                      tag: str = "", device: str = "cpu") -> Iterator[list[subprocess.Popen[bytes]]]:
@@ -56,10 +60,14 @@ def worker_processes(url: str, workers: int, workdir: Path, threads: int = 1,
     procs = [subprocess.Popen([sys.executable, "-m", "cli.main", "worker", "--name", f"w{i}"],
                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
              for i, log in enumerate(logs)]
+    # a bench stopped by SIGTERM (kill, a session's end) must stop its workers too: by default the
+    # signal ends this process without running `finally`, and the workers train on for nobody
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         time.sleep(8.0)  # imports and registration, so that start-up is not part of a timed job
         yield procs
     finally:
+        signal.signal(signal.SIGTERM, previous)
         for p in procs:
             p.send_signal(signal.SIGTERM)
         for p in procs:
