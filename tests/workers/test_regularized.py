@@ -101,8 +101,8 @@ def test_sgl_lambda_alone_removes_groups_eta_alone_single_weights(reference, spl
 
 def test_sgl_prices_living_units_biases_and_keeps_pruned_ones_zero(reference, splits) -> None:  # type: ignore[no-untyped-def]
     strengths = [-12.0] * 3 + [-3.5] * 3  # ℓ0 alone: units live, single entries go
-    kept = trial("sgl", reference, splits, strengths, prune_biases=False, **SGL)
-    pruned = trial("sgl", reference, splits, strengths, **SGL)  # the default
+    kept = trial("sgl", reference, splits, strengths, **SGL)  # the default: biases not priced
+    pruned = trial("sgl", reference, splits, strengths, prune_biases=True, **SGL)
     raw = trial("sgl", reference, splits, strengths, prune_biases=True,
                 **{**SGL, "finetune_epochs": 0})
     assert_consistent(pruned)
@@ -116,9 +116,9 @@ def test_sgl_prices_living_units_biases_and_keeps_pruned_ones_zero(reference, sp
         assert torch.equal(pruned.params[f"{layer}.bias"] == 0, raw.params[f"{layer}.bias"] == 0)
     assert pruned.nonzero < kept.nonzero
     # l0 has no such term: the option leaves its trials as they were
-    l0 = trial("l0", reference, splits, [-4.0] * 3, prune_biases=False, **L0)
-    assert torch.equal(trial("l0", reference, splits, [-4.0] * 3, **L0).params["fc1.bias"],
-                       l0.params["fc1.bias"])
+    l0 = trial("l0", reference, splits, [-4.0] * 3, **L0)
+    assert torch.equal(trial("l0", reference, splits, [-4.0] * 3, prune_biases=True, **L0)
+                       .params["fc1.bias"], l0.params["fc1.bias"])
 
 
 def test_fine_tuning_keeps_the_zero_pattern(reference, splits) -> None:  # type: ignore[no-untyped-def]

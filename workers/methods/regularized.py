@@ -16,7 +16,7 @@ are fine-tuned with the zeros frozen.
 
 `sgl` (ℓ0 sparse group lasso, MobilePrune's schedule shortened): each Adam step is followed by the
 proximal step of t·(λ_l Σ_groups ‖w_g‖₂ + η_l ‖w‖₀) per layer (`workers.methods.group_prox`), which zeroes
-whole groups and single weights exactly; with `prune_biases` (the default) each layer's bias entries
+whole groups and single weights exactly; with `prune_biases` each layer's bias entries
 take the scalar ℓ0 prox of that layer's η as well (zero where ½b² ≤ tη), since the ratio counts
 them; after `epochs` the zero pattern, biases included, is frozen and the rest fine-tuned.
 λ and η are in the units of l0's λ, next to the mean batch cross-entropy: η is the
