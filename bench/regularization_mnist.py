@@ -259,6 +259,11 @@ def _bare_epochs(arch: str, weights: bytes, method: str, granularity: str, batch
             return w * (z.view(1, -1) if isinstance(m, nn.Linear) else z.view(-1, 1, 1, 1))
         return w * z.view_as(w)
 
+    def step_size(p: torch.Tensor) -> float:  # Adam's effective step on p, the prox's t
+        st = opt.state[p]
+        v_hat = st["exp_avg_sq"] / (1 - 0.999 ** st["step"])
+        return 1e-3 / float((v_hat.sqrt() + 1e-8).mean())
+
     def run(regularized: bool) -> float:
         frozen = [*weights_orig, *(m.bias for m in layers)] if method == "sgl" else weights_orig
         masks = [w.detach().ne(0).float() for w in frozen]
@@ -289,16 +294,11 @@ def _bare_epochs(arch: str, weights: bytes, method: str, granularity: str, batch
             with torch.no_grad():
                 if regularized and method == "sgl":
                     for w in weights_orig:
-                        st = opt.state[w]
-                        v_hat = st["exp_avg_sq"] / (1 - 0.999 ** st["step"])
-                        t = 1e-3 / float((v_hat.sqrt() + 1e-8).mean())
+                        t = step_size(w)
                         g = w.view(w.shape[0], -1) if w.dim() == 4 else w.t()
                         g.copy_(_sgl_prox(g, t * lam * math.sqrt(g.shape[1]), t * lam))
                     for m in layers:  # the ℓ0 prox of each bias entry (sgl's prune_biases)
-                        st = opt.state[m.bias]
-                        v_hat = st["exp_avg_sq"] / (1 - 0.999 ** st["step"])
-                        t = 1e-3 / float((v_hat.sqrt() + 1e-8).mean())
-                        m.bias.mul_(m.bias.square() > 2 * t * lam)
+                        m.bias.mul_(m.bias.square() > 2 * step_size(m.bias) * lam)
                 elif not regularized:
                     for w, mk in zip(frozen, masks, strict=True):
                         w.mul_(mk)
@@ -559,11 +559,9 @@ def merge(sources: list[str]) -> dict[str, Any]:
         have = {(arch, run_label(m, e)) for arch, res in f["results"].items() for m, e in res["runs"]}
         if chosen - have:
             raise SystemExit(f"--merge: {path} has no rows of {sorted(chosen - have)}")
-        f["results"] = {arch: {**res, "runs": [r for r in res["runs"]
-                                               if (arch, run_label(*r)) in chosen],
-                               "rows": [r for r in res["rows"] if (arch, r["method"]) in chosen]}
-                        for arch, res in f["results"].items()
-                        if any(a == arch for a, _ in chosen)}
+        # the runs left without rows are dropped below, as for any file
+        f["results"] = {arch: {**res, "rows": [r for r in res["rows"] if (arch, r["method"]) in chosen]}
+                        for arch, res in f["results"].items() if any(a == arch for a, _ in chosen)}
     results: dict[str, Any] = {}
     options: dict[tuple[str, str], tuple[Any, Path]] = {}  # a method's options, and where from
     for path, f in zip(paths, files, strict=True):

@@ -114,8 +114,8 @@ class _Batches:
 
 
 class _Trial:
-    def __init__(self, method: str, arch: Architecture, reference: dict[str, torch.Tensor],
-                 splits: Splits, options: RegularizationOptions, seed: int, device: torch.device,
+    def __init__(self, arch: Architecture, reference: dict[str, torch.Tensor], splits: Splits,
+                 options: RegularizationOptions, seed: int, device: torch.device,
                  report: Callable[[int, float], bool], check: Callable[[], None]) -> None:
         self.arch, self.options, self.device, self.report = arch, options, device, report
         self.model: nn.Module = zoo.build(arch).to(device).eval()
@@ -145,8 +145,8 @@ class _Trial:
         self.pruned_at: int | None = None
         # {conv weight: the BatchNorm that normalizes its output} (l0's neuron gates, fine-tuning)
         self.normalized = batchnorm.normalized_outputs(self.model, arch.input_shape)
-        self.tied = tied_biases(arch)  # each prunable weight's bias (sgl's prune_biases)
-        self.method = method
+        # biases the regularizer priced (sgl's prune_biases): fine-tuning keeps their zeros too
+        self.priced_biases: list[str] = []
 
     def loss(self, params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor
              ) -> torch.Tensor:
@@ -258,8 +258,9 @@ class _Trial:
                    eta) for t, lam, eta in zip(self.prunable, lambdas, etas, strict=True)]
         # a bias entry is a non-zero like a weight: the ℓ0 prox of a scalar keeps b only where
         # ½b² > tη (no group term: a bias belongs to no input column or filter)
-        biases = ([(self.weights[self.tied[t.name]], eta)
-                   for t, _, _, eta in layers if t.name in self.tied] if opts.prune_biases else [])
+        tied = tied_biases(self.arch) if opts.prune_biases else {}
+        self.priced_biases = [tied[t.name] for t, *_ in layers if t.name in tied]
+        biases = [(self.weights[tied[t.name]], eta) for t, _, _, eta in layers if t.name in tied]
         for epoch in range(opts.epochs):
             for xb, yb in self.batches.epoch():
                 self.batches.tick()
@@ -285,9 +286,8 @@ class _Trial:
     def finetune(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Adam on the survivors, zeros frozen: masked gradients keep Adam's moments of a pruned
         weight at 0 (so its update is exactly 0), and the mask is reapplied after each step."""
-        masks = {t.name: params[t.name] != 0 for t in self.prunable}
-        if self.options.prune_biases and self.method == "sgl":
-            masks.update({b: params[b] != 0 for b in self.tied.values()})
+        masks = {name: params[name] != 0
+                 for name in [*(t.name for t in self.prunable), *self.priced_biases]}
         for conv, norm in self.normalized.items():
             if conv not in masks:
                 continue  # a convolution the method does not prune
@@ -345,7 +345,7 @@ def run_trial(method: str, arch: Architecture, reference: dict[str, torch.Tensor
     if len(strengths) != needed:
         raise ValueError(f"method {method} on {arch.name} takes {needed} strengths, got {len(strengths)}")
     values = [10.0 ** float(s) for s in strengths]
-    trial = _Trial(method, arch, reference, splits, options, seed, device, report, check)
+    trial = _Trial(arch, reference, splits, options, seed, device, report, check)
     n = len(arch.prunable)
     if method == "l0":
         params = trial.run_l0(values)
